@@ -1,0 +1,45 @@
+# Helpers shared by scripts/setup-test-deps.sh and scripts/test.sh. Source it; do not run it.
+# shellcheck shell=bash
+
+# The database the PostgreSQL sink test uses unless VIGIL_TEST_DATABASE_URL is already set.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+readonly VIGIL_DEFAULT_TEST_DATABASE_URL=postgres://127.0.0.1:5432/test
+
+# Prints "<script>: <message>" on stderr.
+say() { printf '%s: %s\n' "${SCRIPT_NAME:-vigil}" "$*" >&2; }
+
+# Prints the header comment of script $1 (from line 2 to the first non-comment line).
+print_usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$1"; }
+
+# Prints "HOST PORT" of a postgres://[user@]host[:port]/db URL (port defaults to 5432).
+pg_host_port() {
+  local hostport=${1#*://} host
+  hostport=${hostport#*@}
+  hostport=${hostport%%/*}
+  host=${hostport%%:*}
+  if [ "$hostport" = "$host" ]; then echo "$host 5432"; else echo "$host ${hostport##*:}"; fi
+}
+
+# Succeeds when something accepts connections on HOST PORT (pg_isready when installed,
+# else a bare TCP connect).
+pg_server_up() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -q -t 3 -h "$1" -p "$2"
+  else
+    timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
+  fi
+}
+
+# Succeeds when a PostgreSQL server accepts a session for URL (postgres://host:port/db).
+# With psql installed this proves that the database and role exist too; without it, only
+# that the server is up. On failure, psql's message is left in PG_ERROR.
+pg_reachable() {
+  local host port
+  PG_ERROR=""
+  if command -v psql >/dev/null 2>&1; then
+    PG_ERROR=$(PGCONNECT_TIMEOUT=3 psql "$1" -Atqc 'select 1' 2>&1 >/dev/null) && return 0
+    return 1
+  fi
+  read -r host port <<<"$(pg_host_port "$1")"
+  pg_server_up "$host" "$port"
+}
