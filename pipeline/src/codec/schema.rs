@@ -1,0 +1,187 @@
+//! Embedded schemas, fingerprints and the generic single-object encode/decode.
+
+use std::fmt;
+use std::io::Cursor;
+use std::sync::LazyLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::Schema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::CodecError;
+
+/// The two marker bytes that open every single-object encoded value.
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+/// Largest single allocation the Avro decoder may make for a claimed length
+/// (bounds what a corrupt length prefix can cost).
+const MAX_AVRO_ALLOCATION_BYTES: usize = 64 * 1024 * 1024;
+
+/// Which record a value is supposed to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordType {
+    Frame,
+    DetectionResult,
+}
+
+impl fmt::Display for RecordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordType::Frame => "Frame",
+            RecordType::DetectionResult => "DetectionResult",
+        })
+    }
+}
+
+/// A parsed schema with its fingerprint.
+pub(crate) struct KnownSchema {
+    pub(crate) schema: Schema,
+    pub(crate) fingerprint: u64,
+}
+
+impl KnownSchema {
+    fn parse(record: RecordType, text: &str) -> Self {
+        // The schemas are embedded at build time and covered by tests: failing here is a
+        // build defect, not a runtime condition.
+        let schema = Schema::parse_str(text)
+            .unwrap_or_else(|e| panic!("embedded {record} schema is invalid: {e}"));
+        let fp = schema.fingerprint::<Rabin>();
+        let fingerprint = u64::from_le_bytes(
+            fp.bytes[..8]
+                .try_into()
+                .expect("Rabin fingerprints are 8 bytes"),
+        );
+        Self {
+            schema,
+            fingerprint,
+        }
+    }
+}
+
+/// The schemas of one record type: the current one (written by this build, and the
+/// reader schema) and every writer schema this build can still read (current first).
+pub(crate) struct SchemaSet {
+    pub(crate) record: RecordType,
+    pub(crate) writers: Vec<KnownSchema>,
+}
+
+impl SchemaSet {
+    fn new(record: RecordType, texts: &[&str]) -> Self {
+        apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
+        Self {
+            record,
+            writers: texts
+                .iter()
+                .map(|t| KnownSchema::parse(record, t))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn current(&self) -> &KnownSchema {
+        &self.writers[0]
+    }
+
+    /// Encodes `value` with the current schema, header included.
+    pub(crate) fn encode<T: Serialize>(
+        &self,
+        value: &T,
+        size_hint: usize,
+    ) -> Result<Vec<u8>, CodecError> {
+        let current = self.current();
+        let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
+        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+        out.extend_from_slice(&current.fingerprint.to_le_bytes());
+        apache_avro::write_avro_datum_ref(&current.schema, value, &mut out).map_err(|e| {
+            CodecError::Encode {
+                record: self.record,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Decodes a single-object value written with any known schema version, resolved to
+    /// the current schema.
+    pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let fingerprint = fingerprint_of(bytes)?;
+        let writer = self
+            .writers
+            .iter()
+            .find(|s| s.fingerprint == fingerprint)
+            .ok_or(CodecError::UnknownSchema {
+                expected: self.record,
+                fingerprint,
+            })?;
+        let bad = |reason: String| CodecError::BadRecord {
+            record: self.record,
+            reason,
+        };
+        let mut body = Cursor::new(&bytes[HEADER_LEN..]);
+        let value =
+            apache_avro::from_avro_datum(&writer.schema, &mut body, Some(&self.current().schema))
+                .map_err(|e| bad(e.to_string()))?;
+        let trailing = bytes.len() - HEADER_LEN - body.position() as usize;
+        if trailing != 0 {
+            return Err(bad(format!("{trailing} trailing bytes after the record")));
+        }
+        apache_avro::from_value::<T>(&value).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// Reads the schema fingerprint from a single-object header, without decoding the body.
+pub fn fingerprint_of(bytes: &[u8]) -> Result<u64, CodecError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CodecError::NotAvro {
+            reason: format!(
+                "{} bytes, shorter than the {HEADER_LEN}-byte header",
+                bytes.len()
+            ),
+        });
+    }
+    if bytes[..2] != SINGLE_OBJECT_MAGIC {
+        return Err(CodecError::NotAvro {
+            reason: format!(
+                "starts with {:#04x} {:#04x}, expected 0xc3 0x01",
+                bytes[0], bytes[1]
+            ),
+        });
+    }
+    Ok(u64::from_le_bytes(
+        bytes[2..HEADER_LEN].try_into().expect("8 bytes"),
+    ))
+}
+
+/// `Frame` schemas: current first, then older versions still readable (`schemas/history/`).
+pub(crate) static FRAME: LazyLock<SchemaSet> = LazyLock::new(|| {
+    SchemaSet::new(
+        RecordType::Frame,
+        &[include_str!("../../../schemas/Frame.avsc")],
+    )
+});
+
+/// `DetectionResult` schemas: current first, then older versions still readable.
+pub(crate) static DETECTION_RESULT: LazyLock<SchemaSet> = LazyLock::new(|| {
+    SchemaSet::new(
+        RecordType::DetectionResult,
+        &[include_str!("../../../schemas/DetectionResult.avsc")],
+    )
+});
+
+impl RecordType {
+    /// Fingerprint of the schema this build writes for the record type.
+    pub fn current_fingerprint(self) -> u64 {
+        match self {
+            RecordType::Frame => FRAME.current().fingerprint,
+            RecordType::DetectionResult => DETECTION_RESULT.current().fingerprint,
+        }
+    }
+
+    /// The current schema, as Avro JSON (canonical form).
+    pub fn canonical_schema(self) -> String {
+        match self {
+            RecordType::Frame => FRAME.current().schema.canonical_form(),
+            RecordType::DetectionResult => DETECTION_RESULT.current().schema.canonical_form(),
+        }
+    }
+}

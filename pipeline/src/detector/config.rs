@@ -1,0 +1,142 @@
+//! Detector configuration (the `[detector]` section).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Backend, DecodeLimits};
+
+/// How the detector hands results downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// One Kafka transaction per batch: results, dead letters and input offsets commit
+    /// together (`send_offsets_to_transaction`); readers use `read_committed`.
+    #[default]
+    ExactlyOnce,
+    /// Produce results, wait for delivery, then commit input offsets: a crash between the
+    /// two re-processes the batch (duplicates, never loss); the sink de-duplicates on
+    /// `frame_id`. For brokers without working transactional offsets (the mock).
+    AtLeastOnce,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivery::ExactlyOnce => "exactly-once",
+            Delivery::AtLeastOnce => "at-least-once",
+        })
+    }
+}
+
+/// The detect stage: consumer group on `images`, batches, model, results to `detections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// Consumer group shared by all detector workers.
+    pub group_id: String,
+    /// Worker name; derives `transactional.id` (`<group_id>-<instance_id>`). Unset: a fresh
+    /// unique id per start (workers never fence each other). Set it to a stable per-pod name
+    /// (e.g. the StatefulSet pod name) so a restart fences and aborts its predecessor's open
+    /// transaction at once.
+    pub instance_id: Option<String>,
+    /// Where the model runs: `auto` (GPU through wgpu if present, else CPU), `wgpu`, `cpu`.
+    pub backend: Backend,
+    /// `exactly-once` (transactions) or `at-least-once` (see [`Delivery`]).
+    pub delivery: Delivery,
+    /// Most frames per inference batch.
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill after its first frame arrived, milliseconds.
+    pub max_wait_ms: u64,
+    /// Kafka `transaction.timeout.ms`: must exceed the worst batch time (decode + inference +
+    /// produce + commit); the broker aborts transactions older than this.
+    pub transaction_timeout_ms: u64,
+    /// Kafka `session.timeout.ms` of the consumer: how soon a dead worker's partitions move.
+    pub session_timeout_ms: u64,
+    /// Kafka `max.poll.interval.ms`: longest gap between polls before the worker is evicted.
+    pub max_poll_interval_ms: u64,
+    /// Records larger than this go to the dead-letter topic undecoded, bytes.
+    pub max_record_bytes: usize,
+    /// Image decoding limits (decompression-bomb guard) applied before any pixel is decoded.
+    pub decode: DecodeLimits,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "vigil-detector".into(),
+            instance_id: None,
+            backend: Backend::Auto,
+            delivery: Delivery::ExactlyOnce,
+            max_batch: 8,
+            max_wait_ms: 50,
+            transaction_timeout_ms: 60_000,
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            max_record_bytes: 20 * 1024 * 1024,
+            decode: DecodeLimits::default(),
+        }
+    }
+}
+
+impl DetectorConfig {
+    /// `max_wait_ms` as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+
+    /// Checks values and their relations; errors name the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.group_id.trim().is_empty() {
+            return Err(("detector.group_id", "must not be empty".into()));
+        }
+        if let Some(id) = &self.instance_id {
+            if id.trim().is_empty() || id.chars().any(char::is_whitespace) {
+                return Err((
+                    "detector.instance_id",
+                    format!("{id:?} must be non-empty, without whitespace"),
+                ));
+            }
+        }
+        if !(1..=4096).contains(&self.max_batch) {
+            return Err((
+                "detector.max_batch",
+                format!("{} is outside 1..=4096", self.max_batch),
+            ));
+        }
+        if self.session_timeout_ms < 1_000 {
+            return Err((
+                "detector.session_timeout_ms",
+                format!("{} is below 1000", self.session_timeout_ms),
+            ));
+        }
+        if self.max_poll_interval_ms < self.session_timeout_ms {
+            return Err((
+                "detector.max_poll_interval_ms",
+                format!(
+                    "{} must be >= detector.session_timeout_ms ({})",
+                    self.max_poll_interval_ms, self.session_timeout_ms
+                ),
+            ));
+        }
+        if self.transaction_timeout_ms <= self.max_wait_ms {
+            return Err((
+                "detector.transaction_timeout_ms",
+                format!(
+                    "{} must exceed detector.max_wait_ms ({})",
+                    self.transaction_timeout_ms, self.max_wait_ms
+                ),
+            ));
+        }
+        if self.max_record_bytes == 0 {
+            return Err(("detector.max_record_bytes", "must be > 0".into()));
+        }
+        if self.decode.max_dimension_px == 0
+            || self.decode.max_pixels == 0
+            || self.decode.max_alloc_bytes == 0
+        {
+            return Err(("detector.decode", "limits must be > 0".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! `ClientConfig` builders: bootstrap servers, then the `kafka.client` passthrough, then
+//! what the role requires (those last settings win, so a passthrough property cannot
+//! weaken a stage's guarantees).
+
+use rdkafka::ClientConfig;
+
+use super::KafkaConfig;
+
+/// Bootstrap servers plus every `kafka.client.*` property: the base of every client.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+    config
+}
+
+/// An idempotent producer (`enable.idempotence=true`, `acks=all`) that may send records up
+/// to `kafka.max_message_bytes`.
+pub fn idempotent_producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.max.bytes", kafka.max_message_bytes.to_string());
+    config
+}
+
+/// A group consumer that commits nothing by itself (`enable.auto.commit=false`), starts
+/// at the earliest offset when the group has none, and reads only committed transactional
+/// records (`isolation.level=read_committed`).
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    session_timeout_ms: u64,
+) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", session_timeout_ms.to_string())
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// A consumer outside any group's offset management (manual `assign`, reads watermarks
+/// and records for `tail`/`verify`): a throwaway group id, no commits, read_committed.
+pub fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set(
+            "group.id",
+            format!("vigil-{purpose}-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_settings_win_over_passthrough() {
+        let mut kafka = KafkaConfig::default();
+        kafka.client.insert("acks".into(), "1".into());
+        kafka
+            .client
+            .insert("isolation.level".into(), "read_uncommitted".into());
+        kafka.client.insert("client.id".into(), "me".into());
+        let p = idempotent_producer_config(&kafka);
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("client.id"), Some("me"));
+        assert_eq!(p.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        let c = consumer_config(&kafka, "g", 6000);
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        assert_eq!(c.get("group.id"), Some("g"));
+    }
+}

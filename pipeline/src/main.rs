@@ -1,0 +1,7 @@
+//! The `vigil` binary: see `vigil --help`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

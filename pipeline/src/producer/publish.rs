@@ -1,0 +1,296 @@
+//! Publishing frames: idempotent producer, bounded in-flight deliveries, optional rate.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{FrameInput, ProducerError};
+use crate::codec::{now_us, Frame, ImageEncoding};
+use crate::kafka::{ensure_topics, idempotent_producer_config};
+use crate::settings::Settings;
+use crate::telemetry::{attributes as attr, inject_context, spans, start_span};
+
+/// Knobs of one [`produce_frames`] call that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ProduceOptions {
+    /// Draw an indicatif progress bar on stderr (only when stderr is a terminal).
+    pub show_progress: bool,
+    /// Expected number of frames, for the progress bar (`None`: unknown / looping).
+    pub total: Option<u64>,
+    /// Keep the ids of delivered frames in the summary (tests, audits).
+    pub record_frame_ids: bool,
+}
+
+/// What a [`produce_frames`] call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProduceSummary {
+    /// Frames acknowledged by the broker (acks=all).
+    pub delivered: u64,
+    /// Frames whose delivery failed after the producer's retries.
+    pub failed: u64,
+    /// Payload bytes of delivered frames (image bytes, before Avro framing).
+    pub bytes: u64,
+    /// Delivered frames whose format was not recognised from magic bytes (sent anyway).
+    pub unidentified: u64,
+    /// Inputs that could not be read (never became frames).
+    pub unreadable: u64,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+    /// The first delivery error, if any.
+    pub first_error: Option<String>,
+    /// Ids of delivered frames, when [`ProduceOptions::record_frame_ids`] is set.
+    pub frame_ids: Vec<String>,
+}
+
+impl ProduceSummary {
+    /// One human line, e.g. `delivered 20 frames (1.2 MiB) to images in 0.8 s, 0 failed`.
+    pub fn line(&self, topic: &str) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.delivered as f64 / secs
+        } else {
+            0.0
+        };
+        format!(
+            "delivered {} frames ({:.1} MiB) to {topic} in {secs:.1} s ({rate:.1} frames/s), {} failed, {} unidentified, {} unreadable",
+            self.delivered,
+            self.bytes as f64 / (1024.0 * 1024.0),
+            self.failed,
+            self.unidentified,
+            self.unreadable,
+        )
+    }
+}
+
+struct InFlight {
+    delivery: DeliveryFuture,
+    frame_id: String,
+    bytes: u64,
+    unidentified: bool,
+    trace: Context,
+}
+
+/// Publishes every input to `kafka.topics.images` (created first if missing) with the
+/// idempotent producer: key = source, a fresh UUID `frame_id` and a per-source `seq`
+/// (from 0 in each call), a W3C `traceparent` header. Inputs are pulled on a dedicated
+/// thread (file reads, image generation) through a bounded channel; at most
+/// `producer.max_in_flight` records await acknowledgement. Stops early, after flushing,
+/// when `shutdown` fires. Delivery failures are counted in the summary, not returned
+/// as errors; errors are setup failures (client, topics) and encoding bugs.
+pub async fn produce_frames<I>(
+    settings: &Settings,
+    inputs: I,
+    options: ProduceOptions,
+    shutdown: CancellationToken,
+) -> Result<ProduceSummary, ProducerError>
+where
+    I: IntoIterator<Item = Result<FrameInput, ProducerError>>,
+    I::IntoIter: Send + 'static,
+{
+    let started = Instant::now();
+    let topic = settings.kafka.topics.images.name.clone();
+    let pcfg = &settings.producer;
+    let mut client = idempotent_producer_config(&settings.kafka);
+    client
+        .set("linger.ms", pcfg.linger_ms.to_string())
+        .set("message.timeout.ms", pcfg.delivery_timeout_ms.to_string());
+    if !settings.kafka.client.contains_key("partitioner") {
+        // Same key → partition mapping as the Java clients.
+        client.set("partitioner", "murmur2_random");
+    }
+    let producer: FutureProducer = client.create().map_err(ProducerError::Client)?;
+    ensure_topics(&settings.kafka, &[&settings.kafka.topics.images]).await?;
+
+    let (tx, mut rx) = mpsc::channel::<Result<FrameInput, ProducerError>>(16);
+    let iter = inputs.into_iter();
+    let reader_stop = shutdown.clone();
+    let reader = std::thread::Builder::new()
+        .name("vigil-produce-inputs".into())
+        .spawn(move || {
+            for item in iter {
+                if reader_stop.is_cancelled() || tx.blocking_send(item).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| ProducerError::Input {
+            path: "<inputs>".into(),
+            reason: format!("cannot start reader thread: {e}"),
+        })?;
+
+    let progress = progress_bar(&options);
+    let mut ticker = pcfg.frame_interval().map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut seqs: HashMap<String, i64> = HashMap::new();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut summary = ProduceSummary::default();
+    let max_in_flight = pcfg.max_in_flight;
+
+    loop {
+        let input = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            item = rx.recv() => match item {
+                None => break,
+                Some(Err(e)) => {
+                    warn!("skipping input: {e}");
+                    summary.unreadable += 1;
+                    continue;
+                }
+                Some(Ok(input)) => input,
+            },
+        };
+        if let Some(ticker) = ticker.as_mut() {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+        }
+        let encoding = ImageEncoding::sniff(&input.data);
+        let name = input.attributes.get("file").cloned().unwrap_or_else(|| {
+            format!(
+                "{} #{}",
+                input.source,
+                seqs.get(&input.source).copied().unwrap_or(0)
+            )
+        });
+        if encoding == ImageEncoding::Unknown {
+            warn!(input = %name, bytes = input.data.len(), "not recognised as an image (sending it anyway; the detector will judge)");
+        }
+        let seq = seqs.entry(input.source.clone()).or_insert(0);
+        let frame = Frame {
+            frame_id: uuid::Uuid::new_v4().to_string(),
+            source: input.source,
+            seq: *seq,
+            captured_at_us: now_us(),
+            encoding,
+            width: input.width,
+            height: input.height,
+            data: input.data,
+            attributes: input.attributes,
+        };
+        *seq += 1;
+        let payload = frame.encode().map_err(ProducerError::Encode)?;
+        let trace = start_span(
+            spans::IMAGES_PUBLISH,
+            SpanKind::Producer,
+            &Context::new(),
+            vec![
+                KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "send"),
+                KeyValue::new(attr::MESSAGING_DESTINATION_NAME, topic.clone()),
+                KeyValue::new(attr::MESSAGING_MESSAGE_ID, frame.frame_id.clone()),
+                KeyValue::new(attr::MESSAGING_KAFKA_MESSAGE_KEY, frame.source.clone()),
+            ],
+        );
+        let headers = inject_context(&trace, OwnedHeaders::new());
+        let delivery = loop {
+            let record = FutureRecord::to(&topic)
+                .key(&frame.source)
+                .payload(&payload)
+                .headers(headers.clone());
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // librdkafka's queue is full: wait for the oldest delivery, then retry.
+                    match in_flight.pop_front() {
+                        Some(done) => {
+                            settle(done, &mut summary, &progress, options.record_frame_ids).await
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                Err((e, _)) => return Err(ProducerError::Client(e)),
+            }
+        };
+        in_flight.push_back(InFlight {
+            delivery,
+            frame_id: frame.frame_id,
+            bytes: frame.data.len() as u64,
+            unidentified: encoding == ImageEncoding::Unknown,
+            trace,
+        });
+        while in_flight.len() >= max_in_flight {
+            let done = in_flight.pop_front().expect("non-empty");
+            settle(done, &mut summary, &progress, options.record_frame_ids).await;
+        }
+    }
+    drop(rx);
+    while let Some(done) = in_flight.pop_front() {
+        settle(done, &mut summary, &progress, options.record_frame_ids).await;
+    }
+    let _ = producer.flush(Duration::from_secs(10));
+    let _ = reader.join();
+    progress.finish_and_clear();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+async fn settle(
+    done: InFlight,
+    summary: &mut ProduceSummary,
+    progress: &ProgressBar,
+    record_ids: bool,
+) {
+    let span = done.trace.span();
+    match done.delivery.await {
+        Ok(Ok(delivery)) => {
+            span.set_attribute(KeyValue::new(
+                attr::MESSAGING_DESTINATION_PARTITION_ID,
+                delivery.partition.to_string(),
+            ));
+            span.set_attribute(KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, delivery.offset));
+            debug!(frame_id = %done.frame_id, partition = delivery.partition, offset = delivery.offset, "delivered");
+            summary.delivered += 1;
+            summary.bytes += done.bytes;
+            summary.unidentified += u64::from(done.unidentified);
+            if record_ids {
+                summary.frame_ids.push(done.frame_id);
+            }
+            progress.inc(1);
+        }
+        Ok(Err((e, _))) => {
+            warn!(frame_id = %done.frame_id, error = %e, "delivery failed");
+            span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+            summary.failed += 1;
+            summary.first_error.get_or_insert_with(|| e.to_string());
+        }
+        Err(_) => {
+            summary.failed += 1;
+            summary
+                .first_error
+                .get_or_insert_with(|| "producer dropped before delivery".into());
+        }
+    }
+    span.end();
+}
+
+fn progress_bar(options: &ProduceOptions) -> ProgressBar {
+    if !options.show_progress {
+        return ProgressBar::hidden();
+    }
+    let bar = match options.total {
+        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} frames  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template("{spinner} {pos} frames  {per_sec}  {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
