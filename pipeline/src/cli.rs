@@ -24,21 +24,21 @@ pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 const EXAMPLES: &str = "\
-Quick start (no Kafka needed):
-  vigil up                                          # broker + producer + detector + sink in one process
+Quick start (no Kafka needed): broker, producer, detector and sink in one process
+  vigil up
 
-By hand, one terminal each:
-  vigil broker                                      # prints `bootstrap: 127.0.0.1:PORT,...`
+By hand, one terminal each (the broker prints `bootstrap: 127.0.0.1:PORT,...`):
+  vigil broker
   vigil --bootstrap 127.0.0.1:PORT produce --synthetic 20
   vigil --bootstrap 127.0.0.1:PORT detect
   vigil --bootstrap 127.0.0.1:PORT sink --database sqlite://vigil.sqlite
   vigil --bootstrap 127.0.0.1:PORT tail --from-beginning
   vigil --bootstrap 127.0.0.1:PORT verify --database sqlite://vigil.sqlite
 
-Configuration: defaults < --config FILE (TOML) < environment VIGIL__SECTION__KEY < flags.
-  vigil config                                      # print the effective configuration
+Configuration: defaults < --config FILE (TOML) < environment VIGIL__SECTION__KEY < flags
+  vigil config                           # print the effective configuration
   VIGIL__DETECTOR__MAX_BATCH=16 vigil config
-Logs go to stderr (RUST_LOG or telemetry.log_filter); command output to stdout.
+Logs go to stderr (RUST_LOG or telemetry.log_filter); command output goes to stdout.
 Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.";
 
 /// Vigil: a highly available Kafka object-detection pipeline.
@@ -59,7 +59,8 @@ pub struct Cli {
 pub enum Command {
     Broker(vigil::kafka::broker::BrokerArgs),
     Produce(vigil::producer::ProduceArgs),
-    // --- tail / verify (this file's owner) ---
+    Tail(vigil::tail::TailArgs),
+    Verify(vigil::verify::VerifyArgs),
     // --- detect, sink (detector/, sink/ owners): add `Detect(vigil::detector::DetectArgs)`,
     //     `Sink(vigil::sink::SinkArgs)` here and an arm in `run_command` ---
     // --- up (up.rs owner): `Up(vigil::up::UpArgs)` ---
@@ -78,7 +79,8 @@ impl Command {
     pub fn overrides(&self) -> Vec<(&'static str, String)> {
         match self {
             Command::Produce(args) => args.overrides(),
-            Command::Broker(_) | Command::Config => Vec::new(),
+            Command::Verify(args) => args.overrides(),
+            Command::Broker(_) | Command::Tail(_) | Command::Config => Vec::new(),
         }
     }
 }
@@ -173,6 +175,14 @@ async fn run_command(
         Command::Broker(args) => vigil::kafka::broker::run(settings, args, shutdown).await?,
         Command::Produce(args) => {
             vigil::producer::run(settings, args, shutdown).await?;
+        }
+        Command::Tail(args) => {
+            vigil::tail::run(settings, args, shutdown).await?;
+        }
+        Command::Verify(args) => {
+            if !vigil::verify::run(settings, args, shutdown).await?.exact {
+                return Ok(EXIT_RUNTIME);
+            }
         }
         Command::Config => unreachable!("handled before the runtime starts"),
     }
