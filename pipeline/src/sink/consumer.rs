@@ -1,0 +1,114 @@
+//! The sink's Kafka side: a `read_committed` group consumer whose positions come from
+//! the database, not from Kafka.
+//!
+//! On every assignment the rebalance callback reads the stored `next_offset`s and
+//! assigns the partitions **at those offsets** (partitions the database has never seen
+//! start at the beginning: the database, not the group's Kafka offsets, says what is
+//! stored). Kafka offset commits happen only after a database commit, asynchronously,
+//! so that lag monitoring works; they are never read back.
+//!
+//! A batch is written and awaited before the next poll, so no database write is in
+//! flight while a rebalance callback runs: revocation needs no extra flushing, and a
+//! new assignment always sees every committed batch.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use super::db::DbWorker;
+
+/// Consumer context that seeks newly assigned partitions to the database's offsets.
+pub struct SinkContext {
+    db: Arc<DbWorker>,
+    group_id: String,
+    topic: String,
+    /// Set when the stored offsets could not be read: the stage stops instead of reading
+    /// from a wrong position.
+    failure: Mutex<Option<String>>,
+}
+
+impl SinkContext {
+    pub fn new(db: Arc<DbWorker>, group_id: &str, topic: &str) -> Self {
+        SinkContext { db, group_id: group_id.to_owned(), topic: topic.to_owned(), failure: Mutex::new(None) }
+    }
+
+    /// The reason the consumer cannot go on, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets each of our topic's partitions in `tpl` to its stored offset (or the
+    /// beginning). Retries a few times: a database that is restarting should not kill
+    /// the sink at the first rebalance.
+    fn apply_stored_offsets(&self, tpl: &mut TopicPartitionList) -> Result<Vec<(i32, Offset)>, String> {
+        let mut last_error = String::new();
+        for attempt in 0..5 {
+            match self.db.load_offsets_blocking(&self.group_id, &self.topic) {
+                Ok(stored) => {
+                    let partitions: Vec<i32> =
+                        tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                    let mut applied = Vec::with_capacity(partitions.len());
+                    for p in partitions {
+                        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                        tpl.set_partition_offset(&self.topic, p, offset).map_err(|e| e.to_string())?;
+                        applied.push((p, offset));
+                    }
+                    return Ok(applied);
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    warn!(attempt, error = %e, "cannot read stored offsets; retrying");
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+            }
+        }
+        Err(last_error)
+    }
+}
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(base_consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                match self.apply_stored_offsets(tpl) {
+                    Ok(applied) => {
+                        info!(topic = %self.topic, partitions = ?applied, "assigned; reading from the database's offsets");
+                    }
+                    Err(reason) => {
+                        error!(%reason, "cannot read stored offsets; the sink stops");
+                        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                        // Take nothing rather than read from the wrong place.
+                        let _ = base_consumer.unassign();
+                        return;
+                    }
+                }
+                let result: KafkaResult<()> =
+                    if cooperative { base_consumer.incremental_assign(tpl) } else { base_consumer.assign(tpl) };
+                if let Err(e) = result {
+                    error!(error = %e, "assign failed");
+                    *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("assign failed: {e}"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                debug!(partitions = tpl.count(), lost = base_consumer.assignment_lost(), "partitions revoked");
+                let result = if cooperative { base_consumer.incremental_unassign(tpl) } else { base_consumer.unassign() };
+                if let Err(e) = result {
+                    warn!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                error!(error = ?other, "rebalance error; dropping the assignment");
+                let _ = base_consumer.unassign();
+            }
+        }
+    }
+}

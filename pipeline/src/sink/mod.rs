@@ -1,0 +1,422 @@
+//! The sink stage: `detections` (read_committed) into a database, rows and offsets in
+//! one database transaction.
+//!
+//! Exactly-once into the database, whatever the broker does:
+//! - every batch is ONE database transaction: rows (`ON CONFLICT (frame_id) DO
+//!   NOTHING`), undecodable records (`sink_rejects`) and
+//!   `consumer_offsets(group, topic, partition) → next_offset`;
+//! - on assignment the consumer starts at the stored offsets ([`consumer::SinkContext`]),
+//!   so a sink killed at any point re-reads at most its uncommitted batch;
+//! - a result delivered twice (an at-least-once detector, or an aborted transaction
+//!   that a broker without read_committed filtering — the mock — still delivers) is
+//!   the same `frame_id` and is skipped, so the table never holds a frame twice.
+//!
+//! Kafka offset commits happen only after the database commit, asynchronously, for lag
+//! monitoring; the sink never reads them.
+//!
+//! Database I/O runs on a dedicated thread ([`db::DbWorker`]); the async loop is a
+//! `select!` over the consumer, the batch deadline and the shutdown token.
+
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod error;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use config::*;
+pub use error::{SinkError, StoreError};
+
+use self::consumer::SinkContext;
+use self::db::DbWorker;
+use self::store::{Batch, DetectionRow, PartitionOffset, RejectRow};
+use crate::codec::{DetectedObject, DetectionResult};
+use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass};
+use crate::settings::Settings;
+use crate::telemetry::{attributes as attr, extract_context, spans, start_span};
+
+/// `vigil sink` arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(
+    about = "Store detections in a database (SQLite or PostgreSQL), exactly once",
+    long_about = "Store every result of the detections topic (kafka.topics.detections) as one row of the \
+        `detections` table, exactly once.\n\n\
+        The consumer reads with isolation.level=read_committed. Each batch is ONE database transaction that \
+        inserts the rows (idempotent on frame_id) and upserts the consumer offsets \
+        (table consumer_offsets: group, topic, partition -> next offset). On partition assignment the sink \
+        seeks to the offsets stored in the database, so a sink killed at any moment resumes where its last \
+        committed batch ended, and a redelivered result is skipped. Offsets are also committed to Kafka, \
+        after the database, for lag monitoring only.\n\n\
+        The schema is created or migrated at start-up. Several sinks may share the consumer group \
+        (sink.group_id) and the database.",
+    after_help = "Examples:\n  \
+        vigil sink                                             # sqlite://vigil.sqlite (sink.database_url)\n  \
+        vigil sink --database sqlite://vigil-data/run1.sqlite\n  \
+        vigil sink --database postgres://vigil@127.0.0.1:5432/vigil\n  \
+        VIGIL__SINK__MAX_BATCH=1000 vigil sink\n  \
+        sqlite3 vigil.sqlite 'SELECT source, seq, detection_count FROM detections ORDER BY stored_at_us DESC LIMIT 5'"
+)]
+pub struct SinkArgs {
+    /// Database URL: sqlite://PATH or postgres://USER[:PASS]@HOST:PORT/DB [config: sink.database_url].
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+}
+
+impl SinkArgs {
+    /// Config keys these flags set.
+    pub fn overrides(&self) -> Vec<(&'static str, String)> {
+        self.database.iter().map(|url| ("sink.database_url", url.clone())).collect()
+    }
+}
+
+/// What a sink run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Database transactions committed.
+    pub batches: u64,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Results skipped because their frame was already stored.
+    pub duplicates: u64,
+    /// Undecodable records stored in `sink_rejects`.
+    pub rejected: u64,
+}
+
+/// `vigil sink`: runs until `shutdown`, then stores what it has read and leaves the group.
+pub async fn run(settings: &Settings, _args: SinkArgs, shutdown: CancellationToken) -> Result<SinkSummary, SinkError> {
+    // The --database flag already went through the settings overrides.
+    run_sink(settings, shutdown, None).await
+}
+
+/// The sink loop. `observer`, when given, receives every newly stored result (for
+/// `vigil up`'s live view); it is fed with `try_send`, so a slow observer never slows
+/// the sink.
+pub async fn run_sink(
+    settings: &Settings,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::Sender<DetectionResult>>,
+) -> Result<SinkSummary, SinkError> {
+    let cfg = &settings.sink;
+    let topic = settings.kafka.topics.detections.name.clone();
+    let db = Arc::new(DbWorker::start(&cfg.database_url).await?);
+    info!(database = %redact_url(&cfg.database_url), kind = db.kind(), "database ready (schema migrated)");
+
+    ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections])
+        .await
+        .map_err(|e| SinkError::Config(e.to_string()))?;
+
+    let context = SinkContext::new(db.clone(), &cfg.group_id, &topic);
+    let consumer: StreamConsumer<SinkContext> =
+        consumer_config(&settings.kafka, &cfg.group_id, cfg.session_timeout_ms).create_with_context(context)?;
+    consumer.subscribe(&[&topic])?;
+    info!(%topic, group = %cfg.group_id, "sink consuming (read_committed)");
+
+    let mut sink = SinkLoop {
+        db: &db,
+        consumer: &consumer,
+        group_id: cfg.group_id.clone(),
+        topic,
+        pending: Vec::new(),
+        observer,
+        summary: SinkSummary::default(),
+    };
+    let result = sink.run(cfg.max_batch, cfg.max_wait(), &shutdown).await;
+    let summary = sink.summary;
+    // Leaves the group (the revoke callback runs during the close).
+    drop(consumer);
+    info!(
+        batches = summary.batches,
+        inserted = summary.inserted,
+        duplicates = summary.duplicates,
+        rejected = summary.rejected,
+        "sink stopped"
+    );
+    result.map(|()| summary)
+}
+
+/// A record read but not yet stored.
+struct Pending {
+    partition: i32,
+    offset: i64,
+    item: Item,
+    trace: Context,
+}
+
+enum Item {
+    Row(DetectionRow, Box<DetectionResult>),
+    Reject(RejectRow),
+}
+
+struct SinkLoop<'a> {
+    db: &'a DbWorker,
+    consumer: &'a StreamConsumer<SinkContext>,
+    group_id: String,
+    topic: String,
+    pending: Vec<Pending>,
+    observer: Option<mpsc::Sender<DetectionResult>>,
+    summary: SinkSummary,
+}
+
+impl SinkLoop<'_> {
+    async fn run(&mut self, max_batch: usize, max_wait: Duration, shutdown: &CancellationToken) -> Result<(), SinkError> {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if let Some(reason) = self.consumer.context().failure() {
+                return Err(SinkError::AssignOffsets(reason));
+            }
+            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if self.pending.len() >= max_batch || (due && !self.pending.is_empty()) {
+                self.flush(shutdown).await?;
+                deadline = None;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        self.pending.push(self.read(&message));
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
+                    }
+                    Err(e) => match classify(&e) {
+                        ErrorClass::Fatal => return Err(SinkError::Kafka(e)),
+                        _ => warn!(error = %e, "consumer error (librdkafka retries)"),
+                    },
+                },
+            }
+        }
+        // Store what was read: it is ours until the group is left.
+        if !self.pending.is_empty() {
+            self.flush(shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Turns a record into a row, or a reject when it does not decode.
+    fn read(&self, message: &BorrowedMessage<'_>) -> Pending {
+        let partition = message.partition();
+        let offset = message.offset();
+        let trace = extract_context(message.headers());
+        let payload = message.payload().unwrap_or_default();
+        let item = match DetectionResult::decode(payload) {
+            Ok(result) => Item::Row(to_row(&result, partition, offset), Box::new(result)),
+            Err(e) => {
+                warn!(partition, offset, kind = e.kind(), error = %e, "undecodable result; storing it in sink_rejects");
+                Item::Reject(RejectRow {
+                    topic: self.topic.clone(),
+                    partition,
+                    offset,
+                    kind: e.kind().to_owned(),
+                    message: e.to_string(),
+                    payload: payload.to_vec(),
+                })
+            }
+        };
+        Pending { partition, offset, item, trace }
+    }
+
+    /// Writes the pending records in one database transaction (retrying transient
+    /// database errors until it works or shutdown), then commits the same offsets to
+    /// Kafka for lag monitoring.
+    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut batch = Batch { group_id: self.group_id.clone(), topic: self.topic.clone(), ..Batch::default() };
+        let mut results = Vec::new();
+        let mut traces = Vec::with_capacity(pending.len());
+        for p in pending {
+            let entry = next.entry(p.partition).or_insert(p.offset + 1);
+            *entry = (*entry).max(p.offset + 1);
+            traces.push((p.trace, p.partition, p.offset));
+            match p.item {
+                Item::Row(row, result) => {
+                    batch.rows.push(row);
+                    results.push(result);
+                }
+                Item::Reject(reject) => batch.rejects.push(reject),
+            }
+        }
+        batch.offsets = next.iter().map(|(&partition, &next_offset)| PartitionOffset { partition, next_offset }).collect();
+
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let outcome = loop {
+            match self.db.write(batch.clone()).await {
+                Ok(outcome) => break outcome,
+                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                    attempt += 1;
+                    let backoff = Duration::from_millis(100u64 << attempt.min(6));
+                    warn!(attempt, error = %e, ?backoff, "database write failed; retrying the batch");
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "database write failed; the batch will be read again after a restart");
+                    return Err(e.into());
+                }
+            }
+        };
+        self.summary.batches += 1;
+        self.summary.inserted += outcome.inserted;
+        self.summary.duplicates += outcome.duplicates;
+        self.summary.rejected += outcome.rejected;
+        debug!(
+            rows = batch.rows.len(),
+            inserted = outcome.inserted,
+            duplicates = outcome.duplicates,
+            rejected = outcome.rejected,
+            offsets = ?next,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch stored"
+        );
+        if outcome.duplicates > 0 {
+            info!(duplicates = outcome.duplicates, "skipped results whose frames were already stored (redelivery)");
+        }
+        for (parent, partition, offset) in traces {
+            let cx = start_span(
+                spans::DETECTIONS_PROCESS,
+                SpanKind::Consumer,
+                &parent,
+                vec![
+                    KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "process"),
+                    KeyValue::new(attr::MESSAGING_DESTINATION_NAME, self.topic.clone()),
+                    KeyValue::new(attr::MESSAGING_DESTINATION_PARTITION_ID, partition.to_string()),
+                    KeyValue::new(attr::MESSAGING_CONSUMER_GROUP_NAME, self.group_id.clone()),
+                    KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, offset),
+                ],
+            );
+            cx.span().end();
+        }
+
+        // Lag monitoring only: never read back, so failures are harmless.
+        let mut tpl = TopicPartitionList::new();
+        for (&partition, &next_offset) in &next {
+            let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next_offset));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            debug!(error = %e, "Kafka offset commit (lag monitoring) failed");
+        }
+
+        if let Some(observer) = &self.observer {
+            for result in results {
+                let _ = observer.try_send(*result);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored row from a decoded result and its position in `detections`.
+pub fn to_row(result: &DetectionResult, partition: i32, offset: i64) -> DetectionRow {
+    DetectionRow {
+        frame_id: result.frame_id.clone(),
+        source: result.source.clone(),
+        seq: result.seq,
+        captured_at_us: result.captured_at_us,
+        width: result.width,
+        height: result.height,
+        model_name: result.model_name.clone(),
+        model_version: result.model_version.clone(),
+        detection_count: result.detections.len() as i32,
+        detections_json: detections_json(&result.detections),
+        processed_at_us: result.processed_at_us,
+        batch_size: result.batch_size,
+        inference_us: (result.inference_ms * 1000.0).round() as i64,
+        source_partition: result.source_partition,
+        source_offset: result.source_offset,
+        result_partition: partition,
+        result_offset: offset,
+    }
+}
+
+/// `[{"label","class_id","score","box":[x_min,y_min,x_max,y_max]}, …]`.
+fn detections_json(detections: &[DetectedObject]) -> String {
+    let list: Vec<serde_json::Value> = detections
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "label": d.label,
+                "class_id": d.class_id,
+                "score": d.score,
+                "box": [d.x_min, d.y_min, d.x_max, d.y_max],
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+/// The URL with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn rows_carry_positions_and_json() {
+        let result = DetectionResult {
+            frame_id: "f".into(),
+            source: "cam".into(),
+            seq: 3,
+            captured_at_us: 10,
+            width: 640,
+            height: 480,
+            model_name: "nanodet-g".into(),
+            model_version: "v".into(),
+            detections: vec![DetectedObject {
+                label: "dog".into(),
+                class_id: 16,
+                score: 0.5,
+                x_min: 1.0,
+                y_min: 2.0,
+                x_max: 3.0,
+                y_max: 4.0,
+            }],
+            processed_at_us: 20,
+            batch_size: 2,
+            inference_ms: 1.5,
+            source_partition: 4,
+            source_offset: 40,
+        };
+        let row = to_row(&result, 1, 7);
+        assert_eq!((row.result_partition, row.result_offset, row.source_partition, row.source_offset), (1, 7, 4, 40));
+        assert_eq!(row.inference_us, 1500);
+        assert_eq!(row.detection_count, 1);
+        let json: serde_json::Value = serde_json::from_str(&row.detections_json).unwrap();
+        assert_eq!(json[0]["label"], "dog");
+        assert_eq!(json[0]["box"][3], 4.0);
+    }
+
+    #[test]
+    fn args_override_the_database_url() {
+        let args = SinkArgs { database: Some("sqlite://x.db".into()) };
+        assert_eq!(args.overrides(), vec![("sink.database_url", "sqlite://x.db".to_string())]);
+        assert!(SinkArgs::default().overrides().is_empty());
+    }
+}
