@@ -61,9 +61,9 @@ pub enum Command {
     Produce(vigil::producer::ProduceArgs),
     Tail(vigil::tail::TailArgs),
     Verify(vigil::verify::VerifyArgs),
-    // --- detect, sink (detector/, sink/ owners): add `Detect(vigil::detector::DetectArgs)`,
-    //     `Sink(vigil::sink::SinkArgs)` here and an arm in `run_command` ---
-    // --- up (up.rs owner): `Up(vigil::up::UpArgs)` ---
+    Detect(vigil::detector::DetectArgs),
+    Sink(vigil::sink::SinkArgs),
+    Up(vigil::up::UpArgs),
     // --- detect-image, bench (model owner) ---
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     #[command(
@@ -80,6 +80,9 @@ impl Command {
         match self {
             Command::Produce(args) => args.overrides(),
             Command::Verify(args) => args.overrides(),
+            Command::Detect(args) => args.overrides(),
+            Command::Sink(args) => args.overrides(),
+            Command::Up(args) => args.overrides(),
             Command::Broker(_) | Command::Tail(_) | Command::Config => Vec::new(),
         }
     }
@@ -183,6 +186,15 @@ async fn run_command(
             if !vigil::verify::run(settings, args, shutdown).await?.exact {
                 return Ok(EXIT_RUNTIME);
             }
+        }
+        Command::Detect(args) => {
+            vigil::detector::run(settings, args, shutdown).await?;
+        }
+        Command::Sink(args) => {
+            vigil::sink::run(settings, args, shutdown).await?;
+        }
+        Command::Up(args) => {
+            vigil::up::run(settings, args, shutdown).await?;
         }
         Command::Config => unreachable!("handled before the runtime starts"),
     }

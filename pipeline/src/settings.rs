@@ -46,13 +46,27 @@ pub struct Settings {
 pub enum SettingsError {
     /// Reading or deserializing failed (missing file, TOML syntax, unknown key, wrong type).
     #[error("configuration error: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     /// A value is out of range or inconsistent with another.
     #[error("configuration error: `{key}`: {reason}")]
     Invalid { key: String, reason: String },
     /// The effective configuration could not be rendered as TOML.
     #[error("cannot render the configuration as TOML: {0}")]
-    Render(#[from] toml::ser::Error),
+    Render(toml::ser::Error),
+}
+
+// Not `#[from]`/`#[source]`: the message already includes the cause, and error chains
+// (`{:#}`) would print it twice.
+impl From<config::ConfigError> for SettingsError {
+    fn from(e: config::ConfigError) -> Self {
+        SettingsError::Load(e)
+    }
+}
+
+impl From<toml::ser::Error> for SettingsError {
+    fn from(e: toml::ser::Error) -> Self {
+        SettingsError::Render(e)
+    }
 }
 
 /// Builds [`Settings`] from the layers; see the module docs for the order.

@@ -18,8 +18,8 @@ use crate::settings::Settings;
 pub enum TailError {
     #[error(transparent)]
     Kafka(#[from] KafkaPlumbingError),
-    #[error("cannot read {topic}: {source}")]
-    Consume { topic: String, source: KafkaError },
+    #[error("cannot read {topic}: {cause}")]
+    Consume { topic: String, cause: KafkaError },
 }
 
 /// `vigil tail` arguments.
@@ -93,9 +93,9 @@ pub async fn run(
     let consumer: StreamConsumer =
         reader_config(&settings.kafka, "tail")
             .create()
-            .map_err(|source| KafkaPlumbingError::Client {
+            .map_err(|cause| KafkaPlumbingError::Client {
                 role: "tail consumer",
-                source,
+                cause,
             })?;
     let start = if args.from_beginning {
         Offset::Beginning
@@ -106,16 +106,16 @@ pub async fn run(
     for p in 0..partitions {
         assignment
             .add_partition_offset(&topic, p, start)
-            .map_err(|source| TailError::Consume {
+            .map_err(|cause| TailError::Consume {
                 topic: topic.clone(),
-                source,
+                cause,
             })?;
     }
     consumer
         .assign(&assignment)
-        .map_err(|source| TailError::Consume {
+        .map_err(|cause| TailError::Consume {
             topic: topic.clone(),
-            source,
+            cause,
         })?;
     info!(%topic, partitions, from_beginning = args.from_beginning, "tailing");
 

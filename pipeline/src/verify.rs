@@ -231,9 +231,9 @@ pub fn read_topic_to_end(
     config.set("enable.partition.eof", "true");
     let consumer: BaseConsumer = config
         .create()
-        .map_err(|source| KafkaPlumbingError::Client {
+        .map_err(|cause| KafkaPlumbingError::Client {
             role: "verify",
-            source,
+            cause,
         })?;
     let mut assignment = TopicPartitionList::new();
     for p in pending.keys() {

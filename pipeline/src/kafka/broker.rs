@@ -96,9 +96,9 @@ pub async fn run(
         let mut out = std::io::stdout().lock();
         writeln!(out, "bootstrap: {}", broker.bootstrap_servers())
             .and_then(|_| out.flush())
-            .map_err(|source| KafkaPlumbingError::MockIo {
+            .map_err(|cause| KafkaPlumbingError::MockIo {
                 what: "write to stdout".into(),
-                source,
+                cause,
             })?;
     }
     info!(

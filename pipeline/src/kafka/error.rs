@@ -128,32 +128,31 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
 }
 
 /// Errors of the shared Kafka plumbing (client creation, topics, the dev broker).
+/// Messages include their cause (fields are named `cause`, not `source`, so error
+/// chains do not print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaPlumbingError {
-    #[error("cannot create the Kafka {role} client: {source} (check kafka.bootstrap_servers and kafka.client.*)")]
+    #[error("cannot create the Kafka {role} client: {cause} (check kafka.bootstrap_servers and kafka.client.*)")]
     Client {
         role: &'static str,
-        source: KafkaError,
+        cause: KafkaError,
     },
-    #[error("cannot create topics {topics:?}: {source}")]
+    #[error("cannot create topics {topics:?}: {cause}")]
     CreateTopics {
         topics: Vec<String>,
-        source: KafkaError,
+        cause: KafkaError,
     },
     #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },
-    #[error("cannot read metadata from {bootstrap}: {source} (is the broker running? `vigil broker` starts one)")]
+    #[error("cannot read metadata from {bootstrap}: {cause} (is the broker running? `vigil broker` starts one)")]
     Metadata {
         bootstrap: String,
-        source: KafkaError,
+        cause: KafkaError,
     },
-    #[error("in-memory broker: {what}: {source}")]
-    Mock { what: String, source: KafkaError },
-    #[error("in-memory broker: {what}: {source}")]
-    MockIo {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("in-memory broker: {what}: {cause}")]
+    Mock { what: String, cause: KafkaError },
+    #[error("in-memory broker: {what}: {cause}")]
+    MockIo { what: String, cause: std::io::Error },
 }
 
 #[cfg(test)]

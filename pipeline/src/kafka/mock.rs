@@ -66,7 +66,7 @@ fn mock_err(what: impl Into<String>, code: RDKafkaRespErr) -> Result<(), KafkaPl
     } else {
         Err(KafkaPlumbingError::Mock {
             what: what.into(),
-            source: KafkaError::MockCluster(code.into()),
+            cause: KafkaError::MockCluster(code.into()),
         })
     }
 }
@@ -74,7 +74,7 @@ fn mock_err(what: impl Into<String>, code: RDKafkaRespErr) -> Result<(), KafkaPl
 fn cstring(what: &str, s: &str) -> Result<CString, KafkaPlumbingError> {
     CString::new(s).map_err(|e| KafkaPlumbingError::Mock {
         what: what.into(),
-        source: KafkaError::Nul(e),
+        cause: KafkaError::Nul(e),
     })
 }
 
@@ -84,15 +84,15 @@ impl DevBroker {
         if !(1..=64).contains(&brokers) {
             return Err(KafkaPlumbingError::Mock {
                 what: format!("{brokers} brokers (1..=64)"),
-                source: KafkaError::MockCluster(RDKafkaErrorCode::InvalidArgument),
+                cause: KafkaError::MockCluster(RDKafkaErrorCode::InvalidArgument),
             });
         }
         let config = ClientConfig::new();
         let native = config
             .create_native_config()
-            .map_err(|source| KafkaPlumbingError::Mock {
+            .map_err(|cause| KafkaPlumbingError::Mock {
                 what: "client config".into(),
-                source,
+                cause,
             })?;
         let client = Client::new(
             &config,
@@ -100,16 +100,16 @@ impl DevBroker {
             RDKafkaType::RD_KAFKA_PRODUCER,
             DefaultClientContext,
         )
-        .map_err(|source| KafkaPlumbingError::Mock {
+        .map_err(|cause| KafkaPlumbingError::Mock {
             what: "client".into(),
-            source,
+            cause,
         })?;
         // SAFETY: the client handle is valid; the cluster is destroyed in Drop, before the client.
         let cluster = unsafe { rdsys::rd_kafka_mock_cluster_new(client.native_ptr(), brokers) };
         if cluster.is_null() {
             return Err(KafkaPlumbingError::Mock {
                 what: "rd_kafka_mock_cluster_new".into(),
-                source: KafkaError::MockCluster(RDKafkaErrorCode::Fail),
+                cause: KafkaError::MockCluster(RDKafkaErrorCode::Fail),
             });
         }
         // SAFETY: valid cluster; librdkafka returns a NUL-terminated string it owns.
@@ -140,16 +140,16 @@ impl DevBroker {
             let port = u16::try_from(u32::from(first_port) + i as u32).map_err(|_| {
                 KafkaPlumbingError::Mock {
                     what: format!("port {first_port} + {i} is above 65535"),
-                    source: KafkaError::MockCluster(RDKafkaErrorCode::InvalidArgument),
+                    cause: KafkaError::MockCluster(RDKafkaErrorCode::InvalidArgument),
                 }
             })?;
             let listen = format!("{}:{port}", options.host);
             let listener =
                 TcpListener::bind(&listen)
                     .await
-                    .map_err(|source| KafkaPlumbingError::MockIo {
+                    .map_err(|cause| KafkaPlumbingError::MockIo {
                         what: format!("bind {listen}"),
-                        source,
+                        cause,
                     })?;
             broker
                 .forwarders

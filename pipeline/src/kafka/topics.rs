@@ -73,9 +73,9 @@ pub async fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka)
             .create()
-            .map_err(|source| KafkaPlumbingError::Client {
+            .map_err(|cause| KafkaPlumbingError::Client {
                 role: "admin",
-                source,
+                cause,
             })?;
     let max_bytes = kafka.max_message_bytes.to_string();
     let new_topics: Vec<NewTopic<'_>> = missing
@@ -122,10 +122,10 @@ pub async fn ensure_topics(
         {
             report.create_unsupported = true
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(KafkaPlumbingError::CreateTopics {
                 topics: names.clone(),
-                source,
+                cause,
             })
         }
     }
@@ -176,12 +176,10 @@ async fn partition_counts(
 pub fn metadata_client(kafka: &KafkaConfig) -> Result<BaseConsumer, KafkaPlumbingError> {
     let mut config = reader_config(kafka, "metadata");
     config.set("allow.auto.create.topics", "false");
-    config
-        .create()
-        .map_err(|source| KafkaPlumbingError::Client {
-            role: "metadata",
-            source,
-        })
+    config.create().map_err(|cause| KafkaPlumbingError::Client {
+        role: "metadata",
+        cause,
+    })
 }
 
 /// Fetches metadata for one topic (blocking).
@@ -192,9 +190,9 @@ pub fn topic_metadata(
 ) -> Result<Metadata, KafkaPlumbingError> {
     consumer
         .fetch_metadata(Some(topic), kafka.operation_timeout())
-        .map_err(|source| KafkaPlumbingError::Metadata {
+        .map_err(|cause| KafkaPlumbingError::Metadata {
             bootstrap: kafka.bootstrap_servers.clone(),
-            source,
+            cause,
         })
 }
 
@@ -226,9 +224,9 @@ pub fn watermarks(
             consumer
                 .fetch_watermarks(topic, p, kafka.operation_timeout())
                 .map(|(low, high)| (p, low, high))
-                .map_err(|source| KafkaPlumbingError::Metadata {
+                .map_err(|cause| KafkaPlumbingError::Metadata {
                     bootstrap: kafka.bootstrap_servers.clone(),
-                    source,
+                    cause,
                 })
         })
         .collect()
