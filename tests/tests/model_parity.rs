@@ -58,7 +58,7 @@ fn check_raw_outputs(backend: Backend) {
     for (tensor, want) in outputs.into_iter().zip(expected) {
         let shape: Vec<usize> = want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert_eq!(tensor.dims().to_vec(), shape, "{} output shape", want["kind"]);
-        let values: Vec<f32> = tensor.into_data().convert::<f32>().into_vec().unwrap();
+        let values: Vec<f32> = tensor.into_data().convert::<f32>().try_into_vec().unwrap();
         let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
         let max = values.iter().copied().fold(f32::MIN, f32::max);
         let (want_mean, want_max) = (want["mean"].as_f64().unwrap(), want["max"].as_f64().unwrap());

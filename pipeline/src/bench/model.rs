@@ -1,0 +1,155 @@
+//! `vigil bench model`: where a frame's time goes, per stage, on one backend.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::median;
+use crate::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  vigil bench model --backend cpu --batch 1\n  vigil bench model --backend wgpu --batch 8 --seconds 20 --json\n\n\
+Stage times are medians per batch after warm-up; frames/s counts all four stages.\n\
+Build with --release: debug builds are not representative.")]
+pub struct BenchModelArgs {
+    /// Model backend (default: detector.backend from the config, normally auto).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// Frames per forward pass.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub batch: u32,
+    /// How long to measure, after warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Warm-up batches, not measured (shader compilation, caches).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u32,
+    /// Directory of JPEG/PNG images to cycle through.
+    #[arg(long, default_value = "samples")]
+    pub images: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageTimes {
+    pub decode: f64,
+    pub resize: f64,
+    pub forward: f64,
+    pub postprocess: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub device: String,
+    pub batch: u32,
+    pub batches: usize,
+    /// Frames/s over all stages.
+    pub frames_per_s: f64,
+    /// Frames/s of the forward pass alone (batch / median forward time).
+    pub forward_frames_per_s: f64,
+    /// Median milliseconds per batch.
+    pub stages_ms: StageTimes,
+}
+
+pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits, args: BenchModelArgs) -> anyhow::Result<()> {
+    if !(args.seconds > 0.0) {
+        bail!("--seconds must be positive, got {}", args.seconds);
+    }
+    let images = read_images(&args.images)?;
+    let detector = NanoDet::load(model, args.backend.unwrap_or(default_backend))?;
+    let batch = args.batch as usize;
+    let mut times: [Vec<f64>; 4] = Default::default();
+    let progress = indicatif::ProgressBar::new_spinner();
+    if args.json {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    progress.set_message(format!("warming up {} (batch {batch})", detector.backend().description));
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let mut next_image = 0;
+    let started = Instant::now();
+    let mut measured = Duration::ZERO;
+    let mut iteration = 0u32;
+    while iteration < args.warmup || measured.as_secs_f64() < args.seconds {
+        let mut stage = [0.0f64; 4];
+        let mut clock = Instant::now();
+        let mut lap = |i: usize, clock: &mut Instant| {
+            stage[i] = clock.elapsed().as_secs_f64() * 1e3;
+            *clock = Instant::now();
+        };
+        let mut rgbs = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            rgbs.push(decode_rgb8(&images[next_image % images.len()], limits)?);
+            next_image += 1;
+        }
+        lap(0, &mut clock);
+        let frames: Vec<_> = rgbs.iter().map(resize_to_input).collect();
+        lap(1, &mut clock);
+        let outputs = detector.forward_raw(detector.input(&frames))?;
+        detector.sync()?;
+        lap(2, &mut clock);
+        let detections = detector.postprocess(outputs, &frames)?;
+        lap(3, &mut clock);
+        std::hint::black_box(detections);
+        iteration += 1;
+        if iteration > args.warmup {
+            measured += Duration::from_secs_f64(stage.iter().sum::<f64>() / 1e3);
+            for (all, t) in times.iter_mut().zip(stage) {
+                all.push(t);
+            }
+            progress.set_message(format!("{} batches, {:.0}s of {:.0}s", times[0].len(), measured.as_secs_f64(), args.seconds));
+        }
+    }
+    progress.finish_and_clear();
+    let batches = times[0].len();
+    let frames = (batches * batch) as f64;
+    let [decode, resize, forward, postprocess] = times.map(|mut t| median(&mut t));
+    let report = BenchReport {
+        backend: detector.backend().backend.to_string(),
+        device: detector.backend().description.clone(),
+        batch: args.batch,
+        batches,
+        frames_per_s: frames / measured.as_secs_f64(),
+        forward_frames_per_s: batch as f64 / (forward / 1e3),
+        stages_ms: StageTimes { decode, resize, forward, postprocess },
+    };
+    tracing::debug!(wall_s = started.elapsed().as_secs_f64(), "bench finished");
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &BenchReport) {
+    println!("backend {} ({}), batch {}, {} batches measured", r.backend, r.device, r.batch, r.batches);
+    println!("{:<12} {:>12} {:>12}", "stage", "ms/batch", "ms/frame");
+    let per_frame = |ms: f64| ms / f64::from(r.batch);
+    for (name, ms) in [
+        ("decode", r.stages_ms.decode),
+        ("resize", r.stages_ms.resize),
+        ("forward", r.stages_ms.forward),
+        ("postprocess", r.stages_ms.postprocess),
+    ] {
+        println!("{name:<12} {ms:>12.2} {:>12.2}", per_frame(ms));
+    }
+    println!("frames/s: {:.1} end to end, {:.1} forward only", r.frames_per_s, r.forward_frames_per_s);
+}
+
+fn read_images(dir: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read --images {} (the repo's samples/ holds the darknet sample JPEGs)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_string_lossy().to_lowercase().as_str())))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .jpg/.jpeg/.png images in {}", dir.display());
+    }
+    files.iter().map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))).collect()
+}

@@ -1,0 +1,94 @@
+//! Which burn device runs the model.
+
+use std::fmt;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+/// The configured choice (`detector.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// wgpu when a real GPU adapter exists, else cpu.
+    #[default]
+    Auto,
+    /// burn-wgpu: a GPU, or Mesa lavapipe (software Vulkan) where there is none.
+    Wgpu,
+    /// burn's flex CPU backend.
+    Cpu,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Wgpu => "wgpu",
+            Backend::Cpu => "cpu",
+        })
+    }
+}
+
+/// A backend after `auto` has been settled, with the device to run on.
+#[derive(Debug, Clone)]
+pub struct ResolvedBackend {
+    pub backend: Backend,
+    /// Human-readable description (adapter name for wgpu).
+    pub description: String,
+    pub device: Device,
+}
+
+/// Settles `backend` into a device. `auto` takes wgpu only when a real GPU adapter is
+/// present; `wgpu` falls back to a CPU (lavapipe) adapter when no GPU exists.
+pub fn resolve(backend: Backend) -> Result<ResolvedBackend, super::ModelError> {
+    use burn::tensor::DeviceKind;
+    let cpu = || ResolvedBackend { backend: Backend::Cpu, description: "cpu (burn flex)".into(), device: Device::flex() };
+    match backend {
+        Backend::Cpu => Ok(cpu()),
+        Backend::Auto => Ok(match best_adapter() {
+            Some(adapter) if adapter.is_gpu => wgpu_backend(DeviceKind::DefaultDevice, &adapter),
+            _ => cpu(),
+        }),
+        Backend::Wgpu => match best_adapter() {
+            Some(adapter) if adapter.is_gpu => Ok(wgpu_backend(DeviceKind::DefaultDevice, &adapter)),
+            Some(adapter) => Ok(wgpu_backend(DeviceKind::Cpu, &adapter)),
+            None => Err(super::ModelError::BackendUnavailable {
+                backend: "wgpu".into(),
+                reason: "no Vulkan/Metal/DX12 adapter found; install a GPU driver, or Mesa's software Vulkan \
+                         driver (Debian: `apt-get install mesa-vulkan-drivers libvulkan1`), or use --backend cpu"
+                    .into(),
+            }),
+        },
+    }
+}
+
+fn wgpu_backend(kind: burn::tensor::DeviceKind, adapter: &Adapter) -> ResolvedBackend {
+    ResolvedBackend { backend: Backend::Wgpu, description: format!("wgpu ({})", adapter.name), device: Device::wgpu(kind) }
+}
+
+struct Adapter {
+    name: String,
+    is_gpu: bool,
+}
+
+/// The most capable adapter wgpu can see, GPUs first.
+fn best_adapter() -> Option<Adapter> {
+    use burn::tensor::wgpu::wgpu;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let infos: Vec<_> = adapters.iter().map(|a| a.get_info()).collect();
+    let is_gpu = |t: wgpu::DeviceType| matches!(t, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu);
+    let best = infos.iter().find(|i| is_gpu(i.device_type)).or_else(|| infos.iter().find(|i| i.device_type == wgpu::DeviceType::Cpu))?;
+    Some(Adapter { name: format!("{} / {:?}", best.name, best.backend), is_gpu: is_gpu(best.device_type) })
+}
+
+/// wgpu's native adapter enumeration completes immediately; poll it to completion.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}

@@ -1,0 +1,35 @@
+//! NanoDet-g on burn: weights loading, network, pre- and post-processing.
+//!
+//! The pipeline only sees [`Detector`]: a batch of decoded frames in, one
+//! [`FrameDetections`] per frame out.
+
+mod backend;
+mod config;
+mod error;
+mod graph;
+mod nanodet;
+mod network;
+mod postprocess;
+mod preprocess;
+mod weights;
+
+pub use backend::{resolve as resolve_backend, Backend, ResolvedBackend};
+pub use config::ModelConfig;
+pub use error::{DecodeError, ModelError};
+pub use nanodet::NanoDet;
+pub use postprocess::{Detection, PostProcess};
+pub use postprocess::iou;
+pub use preprocess::{decode_image, decode_rgb8, resize_to_input, DecodeLimits, DecodedFrame, INPUT_SIZE};
+
+/// What the detect stage needs from a model: batched inference, one result per frame.
+///
+/// Implementations own their device and weights; calls are blocking (CPU/GPU work), so
+/// the pipeline runs them on a dedicated thread, never on the async runtime.
+pub trait Detector: Send {
+    /// Model name and version recorded with every result (e.g. `nanodet-g`, `human-models@3.0.4`).
+    fn model_name(&self) -> &str;
+    fn model_version(&self) -> &str;
+    /// Runs the model on `frames` (any batch size ≥ 1) and returns one entry per frame,
+    /// in order, boxes in the frame's original pixel coordinates.
+    fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError>;
+}

@@ -1,0 +1,115 @@
+//! [`NanoDet`]: the loaded network plus its pre- and post-processing, as a [`Detector`].
+
+use burn::tensor::{Tensor, TensorData};
+
+use super::backend::resolve;
+use super::graph::TfjsGraph;
+use super::network::Network;
+use super::postprocess::{cell_centres, levels, reduce_on_device, CellResults, Level};
+use super::{Backend, DecodedFrame, Detection, Detector, ModelConfig, ModelError, PostProcess, ResolvedBackend, INPUT_SIZE};
+
+/// COCO class names in model order.
+const LABELS: &str = include_str!("coco.names");
+
+/// NanoDet-g loaded on a burn device.
+pub struct NanoDet {
+    network: Network,
+    backend: ResolvedBackend,
+    levels: Vec<Level>,
+    bins: usize,
+    centres: Vec<[f32; 2]>,
+    labels: Vec<String>,
+    post: PostProcess,
+}
+
+impl NanoDet {
+    /// Loads `nanodet.json` + `nanodet.bin` from `config.dir` onto the chosen backend and
+    /// runs one warm-up frame, which also checks the network end to end.
+    pub fn load(config: &ModelConfig, backend: Backend) -> Result<NanoDet, ModelError> {
+        let graph = TfjsGraph::load(&config.dir)?;
+        let backend = resolve(backend)?;
+        let network = Network::compile(&graph, &backend.device)?;
+        let labels: Vec<String> = LABELS.lines().map(str::to_string).collect();
+        let zeros = DecodedFrame { width: INPUT_SIZE, height: INPUT_SIZE, chw: vec![0.0; 3 * (INPUT_SIZE * INPUT_SIZE) as usize] };
+        let outputs = network.forward(input_tensor(std::slice::from_ref(&zeros), network.device()))?;
+        let shapes: Vec<[usize; 3]> = outputs.iter().map(|t| t.dims()).collect();
+        let (levels, bins) = levels(&shapes, labels.len())?;
+        let centres = cell_centres(&levels);
+        let post = PostProcess {
+            score_threshold: config.score_threshold,
+            nms_iou: config.nms_iou,
+            class_aware_nms: config.class_aware_nms,
+        };
+        Ok(NanoDet { network, backend, levels, bins, centres, labels, post })
+    }
+
+    pub fn backend(&self) -> &ResolvedBackend {
+        &self.backend
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Batched input tensor `[N, 3, 416, 416]` on this model's device.
+    pub fn input(&self, frames: &[DecodedFrame]) -> Tensor<4> {
+        input_tensor(frames, self.network.device())
+    }
+
+    /// The graph's raw outputs, in signature order (class scores per level, then distance bins).
+    pub fn forward_raw(&self, input: Tensor<4>) -> Result<Vec<Tensor<3>>, ModelError> {
+        self.network.forward(input)
+    }
+
+    /// Device-side reduction of raw outputs to per-cell results (brings them to the host).
+    pub(crate) fn reduce(&self, outputs: Vec<Tensor<3>>) -> Result<CellResults, ModelError> {
+        reduce_on_device(outputs, &self.levels, self.bins, self.network.device())
+    }
+
+    /// Host-side thresholding, NMS and scaling for every frame.
+    pub(crate) fn finish(&self, cells: &CellResults, frames: &[DecodedFrame]) -> Vec<Vec<Detection>> {
+        frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| self.post.frame_detections(cells, &self.centres, i, (f.width, f.height), &self.labels))
+            .collect()
+    }
+
+    /// Raw outputs → detections for `frames` (device reduction, then host NMS).
+    pub fn postprocess(&self, outputs: Vec<Tensor<3>>, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
+        let cells = self.reduce(outputs)?;
+        Ok(self.finish(&cells, frames))
+    }
+
+    /// Waits for queued device work (for honest stage timings on asynchronous devices).
+    pub fn sync(&self) -> Result<(), ModelError> {
+        self.network.device().sync().map_err(|e| ModelError::Inference(format!("{e:?}")))
+    }
+}
+
+impl Detector for NanoDet {
+    fn model_name(&self) -> &str {
+        "nanodet-g"
+    }
+
+    fn model_version(&self) -> &str {
+        "human-models@3.0.4"
+    }
+
+    fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outputs = self.forward_raw(self.input(frames))?;
+        self.postprocess(outputs, frames)
+    }
+}
+
+fn input_tensor(frames: &[DecodedFrame], device: &burn::tensor::Device) -> Tensor<4> {
+    let side = INPUT_SIZE as usize;
+    let mut data = Vec::with_capacity(frames.len() * 3 * side * side);
+    for frame in frames {
+        data.extend_from_slice(&frame.chw);
+    }
+    Tensor::<4>::from_data(TensorData::new(data, [frames.len(), 3, side, side]), device)
+}
