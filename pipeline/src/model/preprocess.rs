@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use image::{imageops::FilterType, ImageReader, Limits};
+use image::{ImageReader, Limits};
 use serde::{Deserialize, Serialize};
 
 use super::DecodeError;
@@ -78,18 +78,87 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImag
     Ok(image.into_rgb8())
 }
 
-/// Triangle-filter resize to 416×416 and planar /255 conversion.
+/// Resize to 416×416 and planar /255 conversion.
 pub fn resize_to_input(rgb: &image::RgbImage) -> DecodedFrame {
     let (width, height) = rgb.dimensions();
-    let resized = image::imageops::resize(rgb, INPUT_SIZE, INPUT_SIZE, FilterType::Triangle);
-    let plane = (INPUT_SIZE * INPUT_SIZE) as usize;
+    let side = INPUT_SIZE as usize;
+    let resized = resize_bilinear(rgb.as_raw(), width as usize, height as usize, side, side);
+    let plane = side * side;
     let mut chw = vec![0f32; 3 * plane];
-    for (i, px) in resized.pixels().enumerate() {
+    for (i, px) in resized.chunks_exact(3).enumerate() {
         chw[i] = f32::from(px[0]) / 255.0;
         chw[plane + i] = f32::from(px[1]) / 255.0;
         chw[2 * plane + i] = f32::from(px[2]) / 255.0;
     }
     DecodedFrame { width, height, chw }
+}
+
+/// Fixed-point precision of the resampling weights (as in Pillow: 32 − 8 − 2 bits).
+const PRECISION_BITS: u32 = 22;
+
+/// Separable triangle-filter resampling of packed RGB8, bit-exact with Pillow's
+/// `Image.resize(…, BILINEAR)` (the reference's pre-processing): the filter support
+/// widens by the scale when shrinking, weights are rounded to fixed point, and the
+/// horizontal pass is rounded to 8 bits before the vertical one. The `image` crate's
+/// triangle filter differs by up to 2 levels, enough to move raw outputs by 4e-3.
+pub fn resize_bilinear(src: &[u8], width: usize, height: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+    let horizontal = weights(width, out_w);
+    let mut rows = vec![0u8; height * out_w * 3];
+    for y in 0..height {
+        let line = &src[y * width * 3..(y + 1) * width * 3];
+        for (x, (start, k)) in horizontal.iter().enumerate() {
+            for c in 0..3 {
+                let acc = k.iter().enumerate().fold(1i64 << (PRECISION_BITS - 1), |acc, (i, &w)| {
+                    acc + i64::from(line[(start + i) * 3 + c]) * i64::from(w)
+                });
+                rows[(y * out_w + x) * 3 + c] = clip8(acc);
+            }
+        }
+    }
+    let vertical = weights(height, out_h);
+    let mut out = vec![0u8; out_h * out_w * 3];
+    for (y, (start, k)) in vertical.iter().enumerate() {
+        for i in 0..out_w * 3 {
+            let acc = k.iter().enumerate().fold(1i64 << (PRECISION_BITS - 1), |acc, (j, &w)| {
+                acc + i64::from(rows[(start + j) * out_w * 3 + i]) * i64::from(w)
+            });
+            out[y * out_w * 3 + i] = clip8(acc);
+        }
+    }
+    out
+}
+
+fn clip8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// For each output pixel: the first input pixel used and the fixed-point weights.
+fn weights(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale; // the triangle filter's support is 1
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let min = ((center - support + 0.5) as i64).max(0) as usize;
+            let max = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let raw: Vec<f64> = (min..max)
+                .map(|x| {
+                    let d = ((x as f64 - center + 0.5) / filter_scale).abs();
+                    if d < 1.0 { 1.0 - d } else { 0.0 }
+                })
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let fixed = raw
+                .iter()
+                .map(|&w| {
+                    let w = if total != 0.0 { w / total } else { w } * f64::from(1u32 << PRECISION_BITS);
+                    (if w < 0.0 { w - 0.5 } else { w + 0.5 }) as i32
+                })
+                .collect();
+            (min, fixed)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -157,4 +226,14 @@ mod tests {
         assert!(frame.chw[plane].abs() < 1e-6);
         assert!((frame.chw[2 * plane] - 0.2).abs() < 1e-6);
     }
+
+    #[test]
+    fn resize_matches_pillow_on_a_gradient() {
+        // Pillow 13: Image.frombytes("RGB", (5, 3), bytes(range(45))).resize((2, 2), Image.BILINEAR)
+        let src: Vec<u8> = (0..45).collect();
+        let out = resize_bilinear(&src, 5, 3, 2, 2);
+        assert_eq!(out, PILLOW_5X3_TO_2X2);
+    }
+
+    const PILLOW_5X3_TO_2X2: [u8; 12] = [9, 10, 11, 15, 16, 17, 27, 28, 29, 33, 34, 35];
 }
