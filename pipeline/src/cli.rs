@@ -64,7 +64,11 @@ pub enum Command {
     Detect(vigil::detector::DetectArgs),
     Sink(vigil::sink::SinkArgs),
     Up(vigil::up::UpArgs),
-    // --- detect-image, bench (model owner) ---
+    /// Run the detector on local image files (no Kafka): labels, scores, boxes.
+    DetectImage(vigil::detect_image::DetectImageArgs),
+    /// Measure throughput (`vigil bench model`).
+    #[command(subcommand)]
+    Bench(vigil::bench::BenchCommand),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     #[command(
         after_help = "Examples:\n  vigil config > vigil.toml          # a starting point to edit\n  \
@@ -83,7 +87,7 @@ impl Command {
             Command::Detect(args) => args.overrides(),
             Command::Sink(args) => args.overrides(),
             Command::Up(args) => args.overrides(),
-            Command::Broker(_) | Command::Tail(_) | Command::Config => Vec::new(),
+            Command::Broker(_) | Command::Tail(_) | Command::DetectImage(_) | Command::Bench(_) | Command::Config => Vec::new(),
         }
     }
 }
@@ -195,6 +199,21 @@ async fn run_command(
         }
         Command::Up(args) => {
             vigil::up::run(settings, args, shutdown).await?;
+        }
+        Command::DetectImage(args) => {
+            let (model, detector) = (settings.model.clone(), settings.detector.clone());
+            // Model work is blocking CPU/GPU work: keep it off the async runtime.
+            tokio::task::spawn_blocking(move || {
+                vigil::detect_image::run(&model, detector.backend, &detector.decode, args)
+            })
+            .await??;
+        }
+        Command::Bench(vigil::bench::BenchCommand::Model(args)) => {
+            let (model, detector) = (settings.model.clone(), settings.detector.clone());
+            tokio::task::spawn_blocking(move || {
+                vigil::bench::model::run(&model, detector.backend, &detector.decode, args)
+            })
+            .await??;
         }
         Command::Config => unreachable!("handled before the runtime starts"),
     }
