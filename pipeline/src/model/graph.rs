@@ -1,7 +1,7 @@
 //! The TF.js graph model file (`nanodet.json`): topology, signature and weights.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -66,7 +66,6 @@ struct Signature {
 /// The parsed graph with all constants decoded.
 #[derive(Debug)]
 pub struct TfjsGraph {
-    pub path: PathBuf,
     pub nodes: Vec<GraphNode>,
     pub consts: HashMap<String, WeightTensor>,
     pub input: String,
@@ -95,7 +94,7 @@ impl TfjsGraph {
         };
         let mut outputs: Vec<String> = model.signature.outputs.keys().map(strip).collect();
         outputs.sort_by_key(|name| output_index(name));
-        let graph = TfjsGraph { path: path.clone(), nodes: model.model_topology.node, consts, input: input.clone(), outputs };
+        let graph = TfjsGraph { nodes: model.model_topology.node, consts, input: input.clone(), outputs };
         graph.check_consts()?;
         Ok(graph)
     }

@@ -7,6 +7,7 @@ mod backend;
 mod config;
 mod error;
 mod graph;
+mod jpeg;
 mod nanodet;
 mod network;
 mod postprocess;

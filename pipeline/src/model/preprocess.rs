@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageReader, Limits};
+use image::{ImageFormat, ImageReader, Limits};
 use serde::{Deserialize, Serialize};
 
 use super::DecodeError;
@@ -47,7 +47,8 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedFrame,
     Ok(resize_to_input(&rgb))
 }
 
-/// Decodes to RGB8, checking the header's dimensions against `limits` first.
+/// Decodes to RGB8, checking the header's dimensions against `limits` first. JPEG
+/// pixels come from libjpeg-turbo (see `jpeg.rs`), other formats from the `image` crate.
 pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
@@ -55,13 +56,18 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImag
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(DecodeError::UnknownFormat);
-    }
+    };
     let (width, height) = reader.into_dimensions().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     let pixels = u64::from(width) * u64::from(height);
     if width > limits.max_dimension_px || height > limits.max_dimension_px || pixels > limits.max_pixels {
         return Err(DecodeError::TooLarge { width, height, pixels, max_pixels: limits.max_pixels });
+    }
+    if format == ImageFormat::Jpeg {
+        let (w, h, pixels) = super::jpeg::decode_rgb(bytes)?;
+        return image::RgbImage::from_raw(w, h, pixels)
+            .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short image".into()));
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

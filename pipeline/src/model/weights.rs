@@ -25,14 +25,6 @@ pub struct WeightTensor {
 }
 
 impl WeightTensor {
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Integer view, for shape/axis/paddings constants.
     pub fn as_ints(&self) -> Option<Vec<i64>> {
         match &self.values {
