@@ -1,0 +1,148 @@
+//! Which partitions this worker owns, and since when.
+//!
+//! Every assignment change bumps the partition's *epoch*; each consumed record is
+//! tagged with the epoch of its partition at the time it was read. A record whose
+//! partition was revoked (or revoked and assigned again) since then belongs to an
+//! ownership that has ended: its results are dropped, not committed, and the
+//! partition's next owner (maybe this worker again) reads it again from the committed
+//! offset.
+//!
+//! Transactions and rebalances never overlap: librdkafka runs the rebalance callback
+//! inside a consumer poll, and the detector never polls between `begin_transaction` and
+//! the commit or abort (the transaction phase runs to its end first). So when
+//! partitions are revoked no transaction is open; the batch still in the model is
+//! filtered by epoch when it comes back ("aborted" for the revoked partitions; the
+//! rest is committed).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::TopicPartitionList;
+use tracing::{info, warn};
+
+#[derive(Debug, Default)]
+struct Ownership {
+    /// Current epoch per partition of the input topic.
+    epochs: HashMap<i32, u64>,
+    /// Partitions currently assigned.
+    assigned: std::collections::BTreeSet<i32>,
+    /// Source of fresh epochs.
+    counter: u64,
+    /// Rebalances seen (assign or revoke events).
+    rebalances: u64,
+}
+
+/// Consumer context of a detector worker.
+#[derive(Debug)]
+pub struct DetectorContext {
+    topic: String,
+    state: Mutex<Ownership>,
+}
+
+impl DetectorContext {
+    pub fn new(topic: &str) -> Self {
+        DetectorContext { topic: topic.to_owned(), state: Mutex::new(Ownership::default()) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Ownership> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The epoch to tag a record of `partition` with, read now.
+    pub fn epoch(&self, partition: i32) -> u64 {
+        self.state().epochs.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Whether a record tagged `epoch` still belongs to the current ownership of `partition`.
+    pub fn is_current(&self, partition: i32, epoch: u64) -> bool {
+        let state = self.state();
+        state.assigned.contains(&partition) && state.epochs.get(&partition) == Some(&epoch)
+    }
+
+    /// Partitions currently assigned.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.state().assigned.iter().copied().collect()
+    }
+
+    /// Number of assignment changes so far.
+    pub fn rebalances(&self) -> u64 {
+        self.state().rebalances
+    }
+
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect()
+    }
+
+    fn assign(&self, partitions: &[i32]) {
+        let mut state = self.state();
+        state.rebalances += 1;
+        for &p in partitions {
+            state.counter += 1;
+            let epoch = state.counter;
+            state.epochs.insert(p, epoch);
+            state.assigned.insert(p);
+        }
+    }
+
+    fn revoke(&self, partitions: &[i32]) {
+        let mut state = self.state();
+        state.rebalances += 1;
+        for &p in partitions {
+            state.counter += 1;
+            let epoch = state.counter;
+            state.epochs.insert(p, epoch);
+            state.assigned.remove(&p);
+        }
+    }
+}
+
+impl ClientContext for DetectorContext {}
+
+impl ConsumerContext for DetectorContext {
+    fn pre_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = self.partitions(tpl);
+            // Before librdkafka drops them: from now on their in-flight records are stale.
+            self.revoke(&partitions);
+            info!(topic = %self.topic, ?partitions, lost = base_consumer.assignment_lost(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = self.partitions(tpl);
+                self.assign(&partitions);
+                info!(topic = %self.topic, ?partitions, "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_an_ended_ownership_are_stale() {
+        let ctx = DetectorContext::new("images");
+        assert!(!ctx.is_current(0, ctx.epoch(0)), "nothing assigned yet");
+        ctx.assign(&[0, 1]);
+        let e0 = ctx.epoch(0);
+        let e1 = ctx.epoch(1);
+        assert!(ctx.is_current(0, e0) && ctx.is_current(1, e1));
+        // Eager rebalance: everything revoked, then partition 0 comes back.
+        ctx.revoke(&[0, 1]);
+        assert!(!ctx.is_current(0, e0) && !ctx.is_current(1, e1));
+        ctx.assign(&[0]);
+        assert!(!ctx.is_current(0, e0), "a record read before the revoke stays stale");
+        assert!(ctx.is_current(0, ctx.epoch(0)));
+        assert!(!ctx.is_current(1, ctx.epoch(1)), "partition 1 went to another worker");
+        assert_eq!(ctx.assigned(), vec![0]);
+        assert_eq!(ctx.rebalances(), 3);
+    }
+}

@@ -1,0 +1,523 @@
+//! The model thread: Avro decode, image decode and batched inference, off the async
+//! runtime. One job (one batch) at a time through a bounded channel; every record of a
+//! job gets exactly one [`Verdict`]: a result, or a dead letter naming what was wrong
+//! with the input.
+
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::DetectorError;
+use crate::codec::{now_us, DetectedObject, DetectionResult, Frame};
+use crate::model::{decode_image, DecodeLimits, DecodedFrame, Detection, Detector, ModelError};
+
+/// A consumed `images` record, owned.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// `None` for a record without a value (a tombstone): dead-lettered as `not_avro`.
+    pub payload: Option<Vec<u8>>,
+    /// The record's headers, kept for the dead letter.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The partition's assignment epoch when the record was read (see `DetectorContext`).
+    pub epoch: u64,
+}
+
+impl InputRecord {
+    fn bytes(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or_default()
+    }
+}
+
+/// What becomes of one input record.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// An encoded `DetectionResult` for `detections`, keyed by source.
+    Result { key: String, value: Vec<u8>, frame_id: String, detections: usize },
+    /// The input goes to the dead-letter topic unchanged, with these error headers.
+    DeadLetter { kind: &'static str, message: String },
+}
+
+/// Limits the worker applies to inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct InputLimits {
+    /// Larger records are dead-lettered as `oversized` without being decoded.
+    pub max_record_bytes: usize,
+    /// Image decoding limits (decompression bombs).
+    pub decode: DecodeLimits,
+}
+
+/// Dead-letter kinds the detector itself assigns (codec and image kinds come from
+/// [`crate::codec::CodecError::kind`] and [`crate::model::DecodeError::kind`]).
+pub mod kinds {
+    /// The record is larger than `detector.max_record_bytes`.
+    pub const OVERSIZED: &str = "oversized";
+    /// The model failed on this frame alone (after the batch failed and was split).
+    pub const INFERENCE_FAILED: &str = "inference_failed";
+    /// The result could not be encoded (a bug, kept rather than lost).
+    pub const ENCODE: &str = "encode";
+    /// Same kind as [`crate::model::DecodeError::Corrupt`]: used for truncated JPEGs, which
+    /// the decoder would otherwise fill with grey.
+    pub const CORRUPT_IMAGE: &str = "corrupt_image";
+}
+
+/// A JPEG whose last scan (SOS, `FF DA`) is not followed by an end-of-image marker
+/// (`FF D9`) was cut short: the decoder would pad the missing rows with grey and the
+/// model would run on an image that never existed. (Inside entropy-coded data `FF` is
+/// always stuffed, so `FF D9` there is the real marker; an EXIF thumbnail's markers come
+/// before the main image's scan.)
+pub fn truncated_jpeg(bytes: &[u8]) -> Option<String> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return None;
+    }
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => None,
+        (Some(_), _) => Some(format!("truncated JPEG ({} bytes): no end-of-image marker after the last scan", bytes.len())),
+        // No scan at all: let the decoder say what is wrong.
+        (None, _) => None,
+    }
+}
+
+/// A processed batch: the records back (for the dead letters' original bytes) and one
+/// verdict per record, in order.
+pub struct Processed {
+    pub records: Vec<InputRecord>,
+    pub verdicts: Vec<Verdict>,
+    /// Frames that reached the model.
+    pub inferred: usize,
+    /// Wall time of the model call(s), milliseconds.
+    pub inference_ms: f64,
+}
+
+struct Job {
+    records: Vec<InputRecord>,
+    reply: oneshot::Sender<Processed>,
+}
+
+/// Handle to the model thread. Dropping it stops the thread after its current job.
+pub struct ModelWorker {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    pub model_name: String,
+    pub model_version: String,
+}
+
+impl ModelWorker {
+    /// Starts the thread, builds the model there with `load` (weights stay on the thread
+    /// that uses them) and waits until it is ready.
+    pub async fn start<F>(load: F, limits: InputLimits) -> Result<ModelWorker, DetectorError>
+    where
+        F: FnOnce() -> Result<Box<dyn Detector>, ModelError> + Send + 'static,
+    {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1);
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(String, String), ModelError>>();
+        let thread = std::thread::Builder::new()
+            .name("vigil-model".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut model = match load() {
+                    Ok(model) => model,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                info!(model = model.model_name(), version = model.model_version(), load_ms = started.elapsed().as_millis() as u64, "model loaded");
+                let _ = ready_tx.send(Ok((model.model_name().to_owned(), model.model_version().to_owned())));
+                serve(model.as_mut(), jobs_rx, limits);
+            })
+            .map_err(|e| DetectorError::ModelThread(Some(e.to_string())))?;
+        match ready_rx.await {
+            Ok(Ok((model_name, model_version))) => {
+                Ok(ModelWorker { jobs: Some(jobs_tx), thread: Some(thread), model_name, model_version })
+            }
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(DetectorError::Model(e))
+            }
+            Err(_) => {
+                let reason = thread.join().err().map(panic_message);
+                Err(DetectorError::ModelThread(reason))
+            }
+        }
+    }
+
+    /// Hands a batch to the model thread; the receiver yields it processed.
+    pub async fn submit(&self, records: Vec<InputRecord>) -> Result<oneshot::Receiver<Processed>, DetectorError> {
+        let (reply, rx) = oneshot::channel();
+        let jobs = self.jobs.as_ref().ok_or(DetectorError::ModelThread(None))?;
+        jobs.send(Job { records, reply }).await.map_err(|_| DetectorError::ModelThread(None))?;
+        Ok(rx)
+    }
+}
+
+impl Drop for ModelWorker {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+fn serve(model: &mut dyn Detector, mut jobs: mpsc::Receiver<Job>, limits: InputLimits) {
+    while let Some(job) = jobs.blocking_recv() {
+        let processed = process(model, job.records, &limits);
+        let _ = job.reply.send(processed);
+    }
+    debug!("model thread stopping");
+}
+
+/// A frame that decoded, waiting for the model.
+struct Ready {
+    index: usize,
+    frame: Frame,
+    image: DecodedFrame,
+}
+
+/// Judges every record of a batch: size, Avro, image, then one model call for all the
+/// frames that decoded.
+pub fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limits: &InputLimits) -> Processed {
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; records.len()];
+    let mut ready = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        let bytes = record.bytes();
+        if bytes.len() > limits.max_record_bytes {
+            verdicts[index] = Some(Verdict::DeadLetter {
+                kind: kinds::OVERSIZED,
+                message: format!(
+                    "record is {} bytes, above detector.max_record_bytes = {}",
+                    bytes.len(),
+                    limits.max_record_bytes
+                ),
+            });
+            continue;
+        }
+        let frame = match Frame::decode(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                verdicts[index] = Some(Verdict::DeadLetter { kind: e.kind(), message: e.to_string() });
+                continue;
+            }
+        };
+        if let Some(message) = truncated_jpeg(&frame.data) {
+            verdicts[index] = Some(Verdict::DeadLetter { kind: kinds::CORRUPT_IMAGE, message });
+            continue;
+        }
+        match decode_image(&frame.data, &limits.decode) {
+            Ok(image) => ready.push(Ready { index, frame, image }),
+            Err(e) => {
+                verdicts[index] = Some(Verdict::DeadLetter { kind: e.kind(), message: e.to_string() });
+            }
+        }
+    }
+
+    let inferred = ready.len();
+    let mut inference_ms = 0.0;
+    if !ready.is_empty() {
+        let images: Vec<DecodedFrame> = ready.iter().map(|r| r.image.clone()).collect();
+        let started = Instant::now();
+        let outcome = model.detect(&images);
+        inference_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let per_frame: Vec<Result<Vec<Detection>, String>> = match outcome {
+            Ok(detections) if detections.len() == images.len() => detections.into_iter().map(Ok).collect(),
+            Ok(detections) => {
+                warn!(expected = images.len(), got = detections.len(), "model returned the wrong number of results; retrying frame by frame");
+                one_by_one(model, &images)
+            }
+            Err(e) => {
+                warn!(error = %e, frames = images.len(), "batch inference failed; retrying frame by frame");
+                one_by_one(model, &images)
+            }
+        };
+        let batch_size = images.len() as i32;
+        let processed_at_us = now_us();
+        for (r, detections) in ready.into_iter().zip(per_frame) {
+            let record = &records[r.index];
+            verdicts[r.index] = Some(match detections {
+                Ok(detections) => {
+                    let result = DetectionResult {
+                        frame_id: r.frame.frame_id.clone(),
+                        source: r.frame.source.clone(),
+                        seq: r.frame.seq,
+                        captured_at_us: r.frame.captured_at_us,
+                        width: r.image.width as i32,
+                        height: r.image.height as i32,
+                        model_name: model.model_name().to_owned(),
+                        model_version: model.model_version().to_owned(),
+                        detections: detections.iter().map(to_object).collect(),
+                        processed_at_us,
+                        batch_size,
+                        inference_ms,
+                        source_partition: record.partition,
+                        source_offset: record.offset,
+                    };
+                    match result.encode() {
+                        Ok(value) => Verdict::Result {
+                            key: r.frame.source,
+                            value,
+                            frame_id: r.frame.frame_id,
+                            detections: detections.len(),
+                        },
+                        Err(e) => Verdict::DeadLetter { kind: kinds::ENCODE, message: e.to_string() },
+                    }
+                }
+                Err(message) => Verdict::DeadLetter { kind: kinds::INFERENCE_FAILED, message },
+            });
+        }
+    }
+    let verdicts = verdicts.into_iter().map(|v| v.expect("every record has a verdict")).collect();
+    Processed { records, verdicts, inferred, inference_ms }
+}
+
+/// After a failed batch: each frame alone, so one bad frame cannot sink the others.
+fn one_by_one(model: &mut dyn Detector, images: &[DecodedFrame]) -> Vec<Result<Vec<Detection>, String>> {
+    images
+        .iter()
+        .map(|image| match model.detect(std::slice::from_ref(image)) {
+            Ok(mut d) if d.len() == 1 => Ok(d.remove(0)),
+            Ok(d) => Err(format!("model returned {} results for 1 frame", d.len())),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect()
+}
+
+fn to_object(d: &Detection) -> DetectedObject {
+    DetectedObject {
+        label: d.label.clone(),
+        class_id: d.class_id as i32,
+        score: d.score,
+        x_min: d.bbox[0],
+        y_min: d.bbox[1],
+        x_max: d.bbox[2],
+        y_max: d.bbox[3],
+    }
+}
+
+/// Used by [`ModelWorker::start`] callers that already have a model on this thread
+/// (tests): wraps it in a loader.
+pub fn preloaded(model: Box<dyn Detector>) -> impl FnOnce() -> Result<Box<dyn Detector>, ModelError> + Send {
+    move || Ok(model)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::codec::ImageEncoding;
+    use crate::model::INPUT_SIZE;
+
+    /// A stand-in model for unit tests only (the product always runs NanoDet): one
+    /// "person" box covering the image, or a failure for frames whose first pixel is
+    /// pure red, so splitting a failed batch can be tested.
+    pub(crate) struct FakeModel {
+        pub calls: usize,
+    }
+
+    impl Detector for FakeModel {
+        fn model_name(&self) -> &str {
+            "fake"
+        }
+        fn model_version(&self) -> &str {
+            "0"
+        }
+        fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
+            self.calls += 1;
+            let plane = (INPUT_SIZE * INPUT_SIZE) as usize;
+            if frames.iter().any(|f| f.chw[0] > 0.99 && f.chw[plane] < 0.01) {
+                return Err(ModelError::Inference("red frame".into()));
+            }
+            Ok(frames
+                .iter()
+                .map(|f| {
+                    vec![Detection {
+                        label: "person".into(),
+                        class_id: 0,
+                        score: 0.9,
+                        bbox: [0.0, 0.0, f.width as f32, f.height as f32],
+                    }]
+                })
+                .collect())
+        }
+    }
+
+    pub(crate) fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::RgbImage::from_pixel(width, height, image::Rgb(rgb))
+            .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    pub(crate) fn frame_bytes(id: &str, data: Vec<u8>) -> Vec<u8> {
+        Frame {
+            frame_id: id.into(),
+            source: "cam-1".into(),
+            seq: 1,
+            captured_at_us: 5,
+            encoding: ImageEncoding::sniff(&data),
+            width: None,
+            height: None,
+            data,
+            attributes: HashMap::new(),
+        }
+        .encode()
+        .unwrap()
+    }
+
+    pub(crate) fn record(offset: i64, payload: Option<Vec<u8>>) -> InputRecord {
+        InputRecord { partition: 2, offset, key: Some(b"cam-1".to_vec()), payload, headers: vec![], epoch: 1 }
+    }
+
+    fn limits() -> InputLimits {
+        InputLimits { max_record_bytes: 100_000, decode: DecodeLimits::default() }
+    }
+
+    fn kind(v: &Verdict) -> &str {
+        match v {
+            Verdict::Result { .. } => "result",
+            Verdict::DeadLetter { kind, .. } => kind,
+        }
+    }
+
+    #[test]
+    fn every_record_gets_one_verdict_of_the_right_kind() {
+        let mut model = FakeModel { calls: 0 };
+        let mut truncated = Vec::new();
+        image::RgbImage::from_pixel(64, 48, image::Rgb([10, 200, 30]))
+            .write_to(&mut Cursor::new(&mut truncated), image::ImageFormat::Jpeg)
+            .unwrap();
+        truncated.truncate(truncated.len() / 3);
+        let mut unknown = frame_bytes("u", vec![1]);
+        unknown[2] ^= 0xFF; // fingerprint no longer matches a known schema
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(40, 30, [0, 0, 255])))),
+            record(1, Some(frame_bytes("b", vec![]))),
+            record(2, Some(frame_bytes("c", truncated))),
+            record(3, Some(frame_bytes("d", b"hello, not an image".to_vec()))),
+            record(4, Some(b"plain text".to_vec())),
+            record(5, None),
+            record(6, Some(unknown)),
+            record(7, Some(vec![0; 200_000])),
+            record(8, Some(frame_bytes("e", png(20, 10, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "result",
+                "empty",
+                "corrupt_image",
+                "unknown_format",
+                "not_avro",
+                "not_avro",
+                "unknown_schema",
+                "oversized",
+                "result"
+            ]
+        );
+        assert_eq!(out.inferred, 2);
+        assert_eq!(model.calls, 1, "one model call per batch");
+        // Results carry the input position and decode as DetectionResult.
+        let Verdict::Result { value, key, frame_id, .. } = &out.verdicts[8] else { panic!() };
+        assert_eq!((key.as_str(), frame_id.as_str()), ("cam-1", "e"));
+        let result = DetectionResult::decode(value).unwrap();
+        assert_eq!((result.source_partition, result.source_offset), (2, 8));
+        assert_eq!((result.width, result.height, result.batch_size), (20, 10, 2));
+        assert_eq!(result.detections[0].x_max, 20.0);
+        assert_eq!(out.records.len(), 9);
+    }
+
+    #[test]
+    fn truncated_jpegs_are_corrupt() {
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]))
+            .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        assert_eq!(truncated_jpeg(&jpeg), None);
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0, 0, 0]); // trailing padding after EOI is fine
+        assert_eq!(truncated_jpeg(&padded), None);
+        assert!(truncated_jpeg(&jpeg[..jpeg.len() - 40]).is_some());
+        assert_eq!(truncated_jpeg(b"not a jpeg"), None);
+        let mut model = FakeModel { calls: 0 };
+        let out = process(&mut model, vec![record(0, Some(frame_bytes("t", jpeg[..jpeg.len() - 40].to_vec())))], &limits());
+        assert_eq!(kind(&out.verdicts[0]), "corrupt_image");
+    }
+
+    #[test]
+    fn a_failing_frame_is_isolated() {
+        let mut model = FakeModel { calls: 0 };
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
+            record(1, Some(frame_bytes("red", png(8, 8, [255, 0, 0])))),
+            record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(kinds, ["result", "inference_failed", "result"]);
+        assert_eq!(model.calls, 4, "the batch, then each frame");
+    }
+
+    #[test]
+    fn decompression_bomb_is_dead_lettered() {
+        let mut model = FakeModel { calls: 0 };
+        // A small PNG whose header claims 60000x60000 (a decompression bomb's shape):
+        // IHDR, a tiny IDAT, IEND.
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&60_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&60_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut bomb = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (name, data) in [(&b"IHDR"[..], ihdr), (&b"IDAT"[..], vec![0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), (&b"IEND"[..], vec![])] {
+            let mut chunk = name.to_vec();
+            chunk.extend_from_slice(&data);
+            bomb.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            bomb.extend_from_slice(&chunk);
+            bomb.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        }
+        let out = process(&mut model, vec![record(0, Some(frame_bytes("bomb", bomb)))], &limits());
+        assert_eq!(kind(&out.verdicts[0]), "too_large", "{:?}", out.verdicts[0]);
+        assert_eq!(model.calls, 0);
+    }
+
+    pub(crate) fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn worker_thread_round_trip_and_load_errors() {
+        let worker = ModelWorker::start(preloaded(Box::new(FakeModel { calls: 0 })), limits()).await.unwrap();
+        assert_eq!(worker.model_name, "fake");
+        let rx = worker.submit(vec![record(0, Some(frame_bytes("a", png(4, 4, [1, 2, 3]))))]).await.unwrap();
+        let processed = rx.await.unwrap();
+        assert_eq!(kind(&processed.verdicts[0]), "result");
+        drop(worker);
+
+        let err = ModelWorker::start(|| Err(ModelError::Inference("no weights".into())), limits()).await.err().unwrap();
+        assert!(err.to_string().contains("no weights"), "{err}");
+    }
+}
