@@ -73,8 +73,11 @@ struct Adapter {
 /// The most capable adapter wgpu can see, GPUs first.
 fn best_adapter() -> Option<Adapter> {
     use burn::tensor::wgpu::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     let infos: Vec<_> = adapters.iter().map(|a| a.get_info()).collect();
     let is_gpu = |t: wgpu::DeviceType| matches!(t, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu);
     let best = infos.iter().find(|i| is_gpu(i.device_type)).or_else(|| infos.iter().find(|i| i.device_type == wgpu::DeviceType::Cpu))?;
