@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Model throughput, side by side in one run: onnxruntime (baseline, forward only) and
+# `vigil bench model` on the CPU backend (batch 1/4/8) and on wgpu, then the baseline
+# again so machine noise shows. Prints JSON lines; docs/benchmarks.md quotes them.
+#
+#   scripts/bench-model.sh [SECONDS]        (default 10 s per measurement)
+#
+# Needs a release build (cargo build --release -p vigil), the weights (scripts/fetch-model.sh),
+# PyPI onnxruntime + numpy, and the ONNX conversion in ../shared/reference (or VIGIL_ONNX).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+target=${CARGO_TARGET_DIR:-$HOME/.cache/vigil/target}
+vigil="$target/release/vigil"
+onnx=${VIGIL_ONNX:-../shared/reference/nanodet-reference.onnx}
+[[ -x $vigil ]] || { echo "no release binary at $vigil: run cargo build --release -p vigil" >&2; exit 1; }
+[[ -f $onnx ]] || { echo "no ONNX model at $onnx: set VIGIL_ONNX" >&2; exit 1; }
+ort() { python3 scripts/bench_onnxruntime.py "$onnx" --batch 1 --threads 2 --seconds "$seconds"; }
+ort
+for batch in 1 4 8; do
+    "$vigil" bench model --backend cpu --batch "$batch" --seconds "$seconds" --json 2>/dev/null
+done
+"$vigil" bench model --backend wgpu --batch 1 --seconds "$seconds" --json 2>/dev/null || echo '{"backend":"wgpu","error":"unavailable"}'
+ort
