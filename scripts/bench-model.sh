@@ -11,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 target=${CARGO_TARGET_DIR:-$HOME/.cache/vigil/target}
-vigil="$target/release/vigil"
+vigil=${VIGIL_BIN:-$target/release/vigil}
 onnx=${VIGIL_ONNX:-../shared/reference/nanodet-reference.onnx}
-[[ -x $vigil ]] || { echo "no release binary at $vigil: run cargo build --release -p vigil" >&2; exit 1; }
+[[ -x $vigil ]] || { echo "no binary at $vigil: run cargo build --release -p vigil (or set VIGIL_BIN)" >&2; exit 1; }
 [[ -f $onnx ]] || { echo "no ONNX model at $onnx: set VIGIL_ONNX" >&2; exit 1; }
 ort() { python3 scripts/bench_onnxruntime.py "$onnx" --batch 1 --threads 2 --seconds "$seconds"; }
 ort
