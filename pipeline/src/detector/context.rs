@@ -110,11 +110,18 @@ impl ConsumerContext for DetectorContext {
         }
     }
 
-    fn post_rebalance(&self, _base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.partitions(tpl);
                 self.assign(&partitions);
+                // librdkafka keeps a partition's application pause across a revoke and a
+                // new assignment of the same partition: a pause from the previous
+                // ownership (model busy) would stall it for good. A new ownership starts
+                // fetching; the loop pauses again if it has to.
+                if let Err(e) = base_consumer.resume(tpl) {
+                    warn!(error = %e, "cannot resume newly assigned partitions");
+                }
                 info!(topic = %self.topic, ?partitions, "partitions assigned");
             }
             Rebalance::Revoke(_) => {}

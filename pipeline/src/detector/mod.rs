@@ -440,6 +440,8 @@ impl Detect<'_> {
         }
     }
 
+    /// Resumes every assigned partition (those assigned while paused were resumed by
+    /// the rebalance callback already; resuming twice is harmless).
     fn resume(&self) {
         if let Err(e) = self.consumer.resume(&self.assignment()) {
             warn!(error = %e, "cannot resume partitions");
