@@ -71,7 +71,8 @@ pub fn vigil_bin() -> &'static Path {
         let bin = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "vigil")
+            // Not the unit-test harness of the same target (`profile.test`).
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "vigil" && m["profile"]["test"] == false)
             .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
             .expect("cargo reported no executable for the vigil binary");
