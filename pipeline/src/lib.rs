@@ -14,5 +14,6 @@ pub mod settings;
 pub mod sink;
 pub mod tail;
 pub mod telemetry;
+pub mod testing;
 pub mod up;
 pub mod verify;

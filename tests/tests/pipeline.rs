@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
-use vigil_tests::{count_rows, png_bomb, real_kafka, serial, stored_offsets, Options, PgSchema, Pipeline, Proc};
+use vigil::testing::png_bomb;
+use vigil_tests::{count_rows, real_kafka, serial, stored_offsets, Options, PgSchema, Pipeline, Proc};
 
 const STOP: Duration = Duration::from_secs(60);
 

@@ -478,34 +478,10 @@ pub(crate) mod tests {
     #[test]
     fn decompression_bomb_is_dead_lettered() {
         let mut model = FakeModel { calls: 0 };
-        // A small PNG whose header claims 60000x60000 (a decompression bomb's shape):
-        // IHDR, a tiny IDAT, IEND.
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&60_000u32.to_be_bytes());
-        ihdr.extend_from_slice(&60_000u32.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        let mut bomb = b"\x89PNG\r\n\x1a\n".to_vec();
-        for (name, data) in [(&b"IHDR"[..], ihdr), (&b"IDAT"[..], vec![0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), (&b"IEND"[..], vec![])] {
-            let mut chunk = name.to_vec();
-            chunk.extend_from_slice(&data);
-            bomb.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            bomb.extend_from_slice(&chunk);
-            bomb.extend_from_slice(&crc32(&chunk).to_be_bytes());
-        }
+        let bomb = crate::testing::png_bomb(60_000, 60_000);
         let out = process(&mut model, vec![record(0, Some(frame_bytes("bomb", bomb)))], &limits());
         assert_eq!(kind(&out.verdicts[0]), "too_large", "{:?}", out.verdicts[0]);
         assert_eq!(model.calls, 0);
-    }
-
-    pub(crate) fn crc32(data: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in data {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

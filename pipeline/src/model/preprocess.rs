@@ -171,37 +171,9 @@ fn weights(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
 mod tests {
     use super::*;
 
-    /// A PNG whose IHDR claims 50000×50000: refused from the header, nothing allocated.
-    fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&width.to_be_bytes());
-        ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        for (kind, data) in [(&b"IHDR"[..], &ihdr[..]), (b"IDAT", &[0x78, 0x9c, 0x03, 0x00][..]), (b"IEND", &[][..])] {
-            let mut chunk = kind.to_vec();
-            chunk.extend_from_slice(data);
-            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            png.extend_from_slice(&chunk);
-            png.extend_from_slice(&crc32(&chunk).to_be_bytes());
-        }
-        png
-    }
-
-    fn crc32(data: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in data {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-
     #[test]
     fn refuses_decompression_bomb_from_header() {
-        let err = decode_image(&png_header_claiming(50_000, 50_000), &DecodeLimits::default()).unwrap_err();
+        let err = decode_image(&crate::testing::png_bomb(50_000, 50_000), &DecodeLimits::default()).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { width: 50_000, height: 50_000, .. }), "{err:?}");
         assert_eq!(err.kind(), "too_large");
     }
