@@ -1,5 +1,6 @@
 //! `vigil bench model`: where a frame's time goes, per stage, on one backend.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -7,11 +8,13 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::median;
-use crate::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet};
+use crate::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet, OpProfile};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  vigil bench model --backend cpu --batch 1\n  vigil bench model --backend wgpu --batch 8 --seconds 20 --json\n\n\
 Stage times are medians per batch after warm-up; frames/s counts all four stages.\n\
+--profile adds the forward pass's time per kind of operation (mean ms per batch); it\n\
+synchronises the device after every operation, so on a GPU its frames/s are lower.\n\
 Build with --release: debug builds are not representative.")]
 pub struct BenchModelArgs {
     /// Model backend (default: detector.backend from the config, normally auto).
@@ -32,6 +35,9 @@ pub struct BenchModelArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also time the forward pass per kind of operation (convolution, concat, resize…).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +60,9 @@ pub struct BenchReport {
     pub forward_frames_per_s: f64,
     /// Median milliseconds per batch.
     pub stages_ms: StageTimes,
+    /// With --profile: mean forward milliseconds per batch, by kind of operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_ops_ms: Option<BTreeMap<&'static str, f64>>,
 }
 
 pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits, args: BenchModelArgs) -> anyhow::Result<()> {
@@ -74,6 +83,7 @@ pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits,
     let started = Instant::now();
     let mut measured = Duration::ZERO;
     let mut iteration = 0u32;
+    let mut profile = OpProfile::default();
     while iteration < args.warmup || measured.as_secs_f64() < args.seconds {
         let mut stage = [0.0f64; 4];
         let mut clock = Instant::now();
@@ -89,7 +99,11 @@ pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits,
         lap(0, &mut clock);
         let frames: Vec<_> = rgbs.iter().map(resize_to_input).collect();
         lap(1, &mut clock);
-        let outputs = detector.forward_raw(detector.input(&frames))?;
+        let input = detector.input(&frames);
+        let outputs = match iteration >= args.warmup && args.profile {
+            true => detector.forward_profiled(input, &mut profile)?,
+            false => detector.forward_raw(input)?,
+        };
         detector.sync()?;
         lap(2, &mut clock);
         let detections = detector.postprocess(outputs, &frames)?;
@@ -116,6 +130,9 @@ pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits,
         frames_per_s: frames / measured.as_secs_f64(),
         forward_frames_per_s: batch as f64 / (forward / 1e3),
         stages_ms: StageTimes { decode, resize, forward, postprocess },
+        forward_ops_ms: args
+            .profile
+            .then(|| profile.ms.iter().map(|(&op, &ms)| (op, ms / f64::from(profile.passes.max(1)))).collect()),
     };
     tracing::debug!(wall_s = started.elapsed().as_secs_f64(), "bench finished");
     if args.json {
@@ -139,6 +156,14 @@ fn print_table(r: &BenchReport) {
         println!("{name:<12} {ms:>12.2} {:>12.2}", per_frame(ms));
     }
     println!("frames/s: {:.1} end to end, {:.1} forward only", r.frames_per_s, r.forward_frames_per_s);
+    if let Some(ops) = &r.forward_ops_ms {
+        let mut ops: Vec<_> = ops.iter().collect();
+        ops.sort_by(|a, b| b.1.total_cmp(a.1));
+        println!("\n{:<26} {:>12}", "forward operation", "ms/batch");
+        for (op, ms) in ops {
+            println!("{op:<26} {ms:>12.2}");
+        }
+    }
 }
 
 fn read_images(dir: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {

@@ -5,6 +5,7 @@
 
 mod backend;
 mod config;
+mod cpu;
 mod error;
 mod graph;
 mod jpeg;
@@ -18,6 +19,7 @@ pub use backend::{resolve as resolve_backend, Backend, ResolvedBackend};
 pub use config::ModelConfig;
 pub use error::{DecodeError, ModelError};
 pub use nanodet::NanoDet;
+pub use network::OpProfile;
 pub use postprocess::{Detection, PostProcess};
 pub use postprocess::iou;
 pub use preprocess::{decode_image, decode_rgb8, resize_to_input, DecodeLimits, DecodedFrame, INPUT_SIZE};

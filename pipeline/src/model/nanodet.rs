@@ -4,7 +4,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::backend::resolve;
 use super::graph::TfjsGraph;
-use super::network::Network;
+use super::network::{Network, OpProfile};
 use super::postprocess::{cell_centres, levels, reduce_on_device, CellResults, Level};
 use super::{Backend, DecodedFrame, Detection, Detector, ModelConfig, ModelError, PostProcess, ResolvedBackend, INPUT_SIZE};
 
@@ -59,6 +59,11 @@ impl NanoDet {
     /// The graph's raw outputs, in signature order (class scores per level, then distance bins).
     pub fn forward_raw(&self, input: Tensor<4>) -> Result<Vec<Tensor<3>>, ModelError> {
         self.network.forward(input)
+    }
+
+    /// [`forward_raw`](Self::forward_raw) with per-operation wall times added to `profile`.
+    pub fn forward_profiled(&self, input: Tensor<4>, profile: &mut OpProfile) -> Result<Vec<Tensor<3>>, ModelError> {
+        self.network.forward_profiled(input, profile)
     }
 
     /// Device-side reduction of raw outputs to per-cell results (brings them to the host).

@@ -8,14 +8,21 @@
 //! as its padding, and a convolution's bias `Add` is folded into the convolution at
 //! load time. The plan is still the file's graph, node for node: shapes, strides,
 //! paddings, axes and sizes all come from the file.
+//!
+//! A LeakyReLU that only follows a convolution (through its bias `Add` and a `Transpose`)
+//! is applied inside the convolution. On the CPU (flex) device, convolutions, max-pooling
+//! and resizing run as the NHWC kernels of [`cpu`], so activations there are physically
+//! NHWC instead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
 
 use burn::tensor::activation::{leaky_relu, sigmoid};
 use burn::tensor::module::{conv2d, interpolate, max_pool2d};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::cpu::{self, CpuConv};
 use super::graph::{GraphNode, TfjsGraph};
 use super::weights::WeightTensor;
 use super::ModelError;
@@ -26,12 +33,29 @@ const IDENTITY: Perm = [0, 1, 2, 3];
 /// Logical NHWC stored as physical NCHW.
 const NHWC_ON_NCHW: Perm = [0, 2, 3, 1];
 
-/// A 4-D activation with its logical layout and a pending zero padding (physical axes).
+/// A 4-D activation with its logical layout and a pending padding.
 #[derive(Clone)]
 struct Act {
     tensor: Tensor<4>,
     perm: Perm,
-    pad: [(usize, usize); 4],
+    pad: Padding,
+}
+
+/// A constant padding not applied yet, on physical axes: convolutions and the CPU
+/// max-pool read it as part of their windows instead of copying the activation into a
+/// larger one.
+#[derive(Clone, Copy, PartialEq)]
+struct Padding {
+    sizes: [(usize, usize); 4],
+    value: f32,
+}
+
+impl Padding {
+    const NONE: Padding = Padding { sizes: [(0, 0); 4], value: 0.0 };
+
+    fn is_none(&self) -> bool {
+        self.sizes.iter().all(|&p| p == (0, 0))
+    }
 }
 
 #[derive(Clone)]
@@ -45,7 +69,7 @@ enum Value {
 /// when the plan is built, so a step only names the activations it reads.
 enum Op {
     Input,
-    Conv { weight: Tensor<4>, bias: Option<Tensor<1>>, stride: [usize; 2] },
+    Conv(Conv),
     AddBias { bias: Tensor<1> },
     Add,
     LeakyRelu { alpha: f64 },
@@ -58,6 +82,42 @@ enum Op {
     Reshape { shape: Vec<i64> },
     Transpose { perm: Vec<usize> },
     Identity,
+}
+
+/// A convolution with its bias and (fused) LeakyReLU, in the form its device runs best.
+enum Conv {
+    /// burn's `conv2d` on physically NCHW activations (wgpu).
+    Burn { weight: Tensor<4>, bias: Option<Tensor<1>>, stride: [usize; 2], leaky_alpha: Option<f64> },
+    /// im2col + GEMM on physically NHWC activations (flex).
+    Cpu(CpuConv),
+}
+
+impl Op {
+    /// The name profiles group this step under.
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Conv(_) => "conv (+bias, leaky_relu)",
+            Op::AddBias { .. } | Op::Add => "add",
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::Sigmoid => "sigmoid",
+            Op::Pad { .. } => "pad",
+            Op::MaxPool { .. } => "max_pool",
+            Op::Concat { .. } => "concat",
+            Op::Resize { .. } => "resize",
+            Op::Split { .. } => "split",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Identity => "identity",
+        }
+    }
+}
+
+/// Milliseconds per kind of operation, summed over `passes` profiled forward passes.
+#[derive(Debug, Default, Clone)]
+pub struct OpProfile {
+    pub ms: BTreeMap<&'static str, f64>,
+    pub passes: u32,
 }
 
 struct Step {
@@ -74,6 +134,8 @@ pub struct Network {
     /// How many times each step's value is read (outputs count once), to free early.
     reads: Vec<usize>,
     device: Device,
+    /// Convolution, pooling and resizing run as [`cpu`] kernels (the device is flex).
+    cpu: bool,
 }
 
 impl Network {
@@ -89,6 +151,17 @@ impl Network {
     /// Runs the network on `input` `[N, 3, 416, 416]`; returns the graph outputs in
     /// signature order, each `[N, cells, channels]`.
     pub fn forward(&self, input: Tensor<4>) -> Result<Vec<Tensor<3>>, ModelError> {
+        self.execute(input, None)
+    }
+
+    /// [`forward`](Self::forward), adding each step's wall time to `profile` by kind of
+    /// operation. The device is synchronised after every step, which slows a GPU down.
+    pub fn forward_profiled(&self, input: Tensor<4>, profile: &mut OpProfile) -> Result<Vec<Tensor<3>>, ModelError> {
+        profile.passes += 1;
+        self.execute(input, Some(profile))
+    }
+
+    fn execute(&self, input: Tensor<4>, mut profile: Option<&mut OpProfile>) -> Result<Vec<Tensor<3>>, ModelError> {
         let mut values: Vec<Option<Value>> = vec![None; self.steps.len()];
         let mut remaining = self.reads.clone();
         let mut input = Some(input);
@@ -109,13 +182,18 @@ impl Network {
                     _ => return Err(fail(step, "only Split has several outputs")),
                 });
             }
+            let started = Instant::now();
             let result = match &step.op {
                 Op::Input => {
                     let tensor = input.take().ok_or_else(|| fail(step, "input used twice"))?;
-                    Value::Act(Act { tensor, perm: IDENTITY, pad: [(0, 0); 4] })
+                    Value::Act(Act { tensor, perm: IDENTITY, pad: Padding::NONE })
                 }
-                op => run(step, op, args)?,
+                op => run(step, op, args, self.cpu)?,
             };
+            if let Some(profile) = profile.as_deref_mut() {
+                self.device.sync().map_err(|e| fail(step, &format!("device: {e:?}")))?;
+                *profile.ms.entry(step.op.kind()).or_default() += started.elapsed().as_secs_f64() * 1e3;
+            }
             values[index] = Some(result);
         }
         self.outputs
@@ -139,7 +217,7 @@ fn act(step: &Step, value: Value) -> Result<Act, ModelError> {
     }
 }
 
-fn run(step: &Step, op: &Op, args: Vec<Value>) -> Result<Value, ModelError> {
+fn run(step: &Step, op: &Op, args: Vec<Value>, cpu: bool) -> Result<Value, ModelError> {
     let mut args = args.into_iter();
     let mut next = || args.next().ok_or_else(|| fail(step, "missing input"));
     Ok(match op {
@@ -156,20 +234,25 @@ fn run(step: &Step, op: &Op, args: Vec<Value>) -> Result<Value, ModelError> {
             for (i, &p) in logical.iter().enumerate() {
                 physical[a.perm[i]] = p;
             }
-            if *value == 0.0 {
-                let pad = std::array::from_fn(|i| (a.pad[i].0 + physical[i].0, a.pad[i].1 + physical[i].1));
-                Value::Act(Act { pad, ..a })
-            } else {
-                let a = materialize(a);
-                Value::Act(Act { tensor: a.tensor.pad(physical, PadMode::Constant(*value)), ..a })
-            }
+            // Paddings with one value add up; one with another value is applied first.
+            let a = if a.pad.is_none() || a.pad.value == *value { a } else { materialize(a) };
+            let sizes = std::array::from_fn(|i| (a.pad.sizes[i].0 + physical[i].0, a.pad.sizes[i].1 + physical[i].1));
+            Value::Act(Act { pad: Padding { sizes, value: *value }, ..a })
         }
-        Op::Conv { weight, bias, stride } => {
-            let a = arrange(act(step, next()?)?, NHWC_ON_NCHW);
-            let a = if a.pad[0] == (0, 0) && a.pad[1] == (0, 0) { a } else { materialize(a) };
-            let options = ConvOptions::new_with_padding(*stride, [a.pad[2], a.pad[3]], [1, 1], 1);
+        Op::Conv(Conv::Burn { weight, bias, stride, leaky_alpha }) => {
+            let (a, pad, _) = take_spatial_pad(arrange(act(step, next()?)?, NHWC_ON_NCHW), [2, 3], |v| v == 0.0);
+            let options = ConvOptions::new_with_padding(*stride, pad, [1, 1], 1);
             let tensor = conv2d(a.tensor, weight.clone(), bias.clone(), options);
-            Value::Act(Act { tensor, perm: NHWC_ON_NCHW, pad: [(0, 0); 4] })
+            let tensor = match leaky_alpha {
+                Some(alpha) => leaky_relu(tensor, *alpha),
+                None => tensor,
+            };
+            Value::Act(Act { tensor, perm: NHWC_ON_NCHW, pad: Padding::NONE })
+        }
+        Op::Conv(Conv::Cpu(conv)) => {
+            let (a, pad, _) = take_spatial_pad(cpu_nhwc(step, act(step, next()?)?)?, [1, 2], |v| v == 0.0);
+            let tensor = conv.forward(a.tensor, pad).map_err(|e| fail(step, &e.to_string()))?;
+            Value::Act(Act { tensor, perm: IDENTITY, pad: Padding::NONE })
         }
         Op::AddBias { bias } => {
             let a = materialize(act(step, next()?)?);
@@ -189,6 +272,12 @@ fn run(step: &Step, op: &Op, args: Vec<Value>) -> Result<Value, ModelError> {
             Value::Rank3(t) => Value::Rank3(sigmoid(t)),
             v => map(step, v, sigmoid)?,
         },
+        Op::MaxPool { kernel, stride } if cpu => {
+            let (a, pad, value) = take_spatial_pad(cpu_nhwc(step, act(step, next()?)?)?, [1, 2], |_| true);
+            let tensor = cpu::apply(a.tensor, |x, shape| cpu::max_pool(x, shape, *kernel, *stride, pad, value))
+                .map_err(|e| fail(step, &e.to_string()))?;
+            Value::Act(Act { tensor, ..a })
+        }
         Op::MaxPool { kernel, stride } => {
             let a = materialize(arrange(act(step, next()?)?, NHWC_ON_NCHW));
             let options = MaxPoolOptions { kernel_size: *kernel, stride: *stride, padding: [(0, 0); 2], dilation: [1, 1], ceil_mode: false };
@@ -201,7 +290,12 @@ fn run(step: &Step, op: &Op, args: Vec<Value>) -> Result<Value, ModelError> {
             for value in args {
                 tensors.push(materialize(arrange(act(step, value)?, perm)).tensor);
             }
-            Value::Act(Act { tensor: Tensor::cat(tensors, perm[*axis]), perm, pad: [(0, 0); 4] })
+            Value::Act(Act { tensor: Tensor::cat(tensors, perm[*axis]), perm, pad: Padding::NONE })
+        }
+        Op::Resize { size } if cpu => {
+            let a = materialize(cpu_nhwc(step, act(step, next()?)?)?);
+            let tensor = cpu::apply(a.tensor, |x, shape| cpu::resize_bilinear(x, shape, *size)).map_err(|e| fail(step, &e.to_string()))?;
+            Value::Act(Act { tensor, ..a })
         }
         Op::Resize { size } => {
             let a = materialize(arrange(act(step, next()?)?, NHWC_ON_NCHW));
@@ -232,23 +326,56 @@ fn map(step: &Step, value: Value, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Result<
 }
 
 fn materialize(a: Act) -> Act {
-    if a.pad.iter().all(|&p| p == (0, 0)) {
+    if a.pad.is_none() {
         return a;
     }
-    Act { tensor: a.tensor.pad(a.pad, PadMode::Constant(0.0)), pad: [(0, 0); 4], ..a }
+    Act { tensor: a.tensor.pad(a.pad.sizes, PadMode::Constant(a.pad.value)), pad: Padding::NONE, ..a }
 }
 
-/// Physically permutes `a` so that its logical axes sit where `want` says.
+/// Hands the pending padding to a consumer that reads it on the two physical `axes` only
+/// (and accepts its value): returns the activation without it, its sizes on `axes` and its
+/// value. Any other padding is applied first.
+fn take_spatial_pad(a: Act, axes: [usize; 2], accepts: impl Fn(f32) -> bool) -> (Act, [(usize, usize); 2], f32) {
+    let only_on_axes = (0..4).all(|i| axes.contains(&i) || a.pad.sizes[i] == (0, 0));
+    if a.pad.is_none() || !only_on_axes || !accepts(a.pad.value) {
+        return (materialize(a), [(0, 0); 2], 0.0);
+    }
+    let (sizes, value) = ([a.pad.sizes[axes[0]], a.pad.sizes[axes[1]]], a.pad.value);
+    (Act { pad: Padding::NONE, ..a }, sizes, value)
+}
+
+/// Physically permutes `a` so that its logical axes sit where `want` says; a pending
+/// padding moves with its axes.
 fn arrange(a: Act, want: Perm) -> Act {
     if a.perm == want {
         return a;
     }
-    let a = materialize(a);
+    let axes = permutation_to(a.perm, want);
+    let pad = Padding { sizes: axes.map(|axis| a.pad.sizes[axis]), ..a.pad };
+    Act { tensor: a.tensor.permute(axes), perm: want, pad }
+}
+
+/// The `permute` argument taking physical layout `from` to `to`: new axis `j` is old axis
+/// `axes[j]`.
+fn permutation_to(from: Perm, to: Perm) -> Perm {
     let mut axes = [0; 4];
     for i in 0..4 {
-        axes[want[i]] = a.perm[i];
+        axes[to[i]] = from[i];
     }
-    Act { tensor: a.tensor.permute(axes), perm: want, pad: [(0, 0); 4] }
+    axes
+}
+
+/// `a` laid out physically NHWC (logical NHWC) for the CPU kernels. The network input
+/// arrives NCHW; its transposition is a CPU kernel too, flex's strided copy being slow for
+/// three channels.
+fn cpu_nhwc(step: &Step, a: Act) -> Result<Act, ModelError> {
+    if a.perm != NHWC_ON_NCHW {
+        return Ok(arrange(a, IDENTITY));
+    }
+    let axes = permutation_to(a.perm, IDENTITY);
+    let pad = Padding { sizes: axes.map(|axis| a.pad.sizes[axis]), ..a.pad };
+    let tensor = cpu::nchw_to_nhwc(a.tensor).map_err(|e| fail(step, &e.to_string()))?;
+    Ok(Act { tensor, perm: IDENTITY, pad })
 }
 
 /// Resolves a rank-3 target shape. The exported graph fixes the batch to 1; dimension 0
@@ -285,6 +412,12 @@ struct Compiler<'a> {
     index: HashMap<String, usize>,
     /// Convolutions whose bias `Add` was folded in: Add node name → conv node name.
     folded_bias: HashMap<String, String>,
+    /// Convolutions that apply the LeakyReLU following them: conv node name → alpha.
+    fused_leaky: HashMap<String, f64>,
+    /// The LeakyReLU nodes applied inside a convolution (they become identities).
+    leaky_in_conv: HashSet<String>,
+    /// Convolutions run as [`CpuConv`] (the device is flex).
+    cpu: bool,
 }
 
 impl<'a> Compiler<'a> {
@@ -297,11 +430,15 @@ impl<'a> Compiler<'a> {
             steps: Vec::new(),
             index: HashMap::new(),
             folded_bias: HashMap::new(),
+            fused_leaky: HashMap::new(),
+            leaky_in_conv: HashSet::new(),
+            cpu: matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_)),
         }
     }
 
     fn compile(mut self) -> Result<Network, ModelError> {
         self.find_bias_folds();
+        self.find_leaky_folds();
         let mut outputs = Vec::new();
         for name in self.graph.outputs.clone() {
             outputs.push(self.visit(&name)?);
@@ -315,7 +452,7 @@ impl<'a> Compiler<'a> {
         for &i in &outputs {
             reads[i] += 1;
         }
-        Ok(Network { steps: self.steps, outputs, reads, device: self.device.clone() })
+        Ok(Network { steps: self.steps, outputs, reads, device: self.device.clone(), cpu: self.cpu })
     }
 
     /// A `Conv2D` read only by an `Add` of a `[channels]` constant gets that bias.
@@ -337,6 +474,38 @@ impl<'a> Compiler<'a> {
                 && self.consts.get(bias).map(|b| b.shape.clone()) == filter_out.map(|c| vec![c])
             {
                 self.folded_bias.insert(reader.name.clone(), node.name.clone());
+            }
+        }
+    }
+
+    /// A `LeakyRelu` whose input chain back to a `Conv2D` is only that convolution's
+    /// folded bias `Add` and `Transpose`s, each read by nothing else, is applied inside the
+    /// convolution (an elementwise op commutes with transposes).
+    fn find_leaky_folds(&mut self) {
+        let mut reader_count: HashMap<&str, usize> = HashMap::new();
+        for node in &self.graph.nodes {
+            for input in &node.input {
+                *reader_count.entry(split_input(input).0).or_default() += 1;
+            }
+        }
+        for output in &self.graph.outputs {
+            *reader_count.entry(output.as_str()).or_default() += 1;
+        }
+        for node in self.graph.nodes.iter().filter(|n| n.op == "LeakyRelu") {
+            let mut current = node.input.first().map(|i| split_input(i).0);
+            while let Some(name) = current {
+                let Some(source) = self.nodes.get(name) else { break };
+                if reader_count.get(name) != Some(&1) {
+                    break;
+                }
+                if source.op == "Conv2D" {
+                    let alpha = f64::from(node.float("alpha").unwrap_or(0.2));
+                    self.fused_leaky.insert(source.name.clone(), alpha);
+                    self.leaky_in_conv.insert(node.name.clone());
+                    break;
+                }
+                let passes = source.op == "Transpose" || self.folded_bias.contains_key(&source.name);
+                current = if passes { source.input.first().map(|i| split_input(i).0) } else { None };
             }
         }
     }
@@ -372,6 +541,22 @@ impl<'a> Compiler<'a> {
                     return Err(self.bad(&node.name, &node.op, "filter is not [kh, kw, in, out]"));
                 };
                 let values = filter.as_floats().ok_or_else(|| self.bad(&node.name, &node.op, "filter is not float"))?;
+                let stride = self.nhwc_pair(node, "strides")?;
+                let bias = self.folded_bias.iter().find(|(_, conv)| **conv == node.name).map(|(add, _)| add.clone());
+                let bias = match bias {
+                    Some(add) => {
+                        let add_node = self.nodes[add.as_str()];
+                        let b = self.constant(add_node, add_node.input.get(1))?;
+                        let values = b.as_floats().ok_or_else(|| self.bad(&add_node.name, &add_node.op, "expected a float constant"))?;
+                        Some(values.to_vec())
+                    }
+                    None => None,
+                };
+                let leaky_alpha = self.fused_leaky.get(&node.name).copied();
+                if self.cpu {
+                    let conv = CpuConv::new(values.to_vec(), [kh, kw, cin, cout], bias, stride, leaky_alpha.map(|a| a as f32));
+                    return Ok((Op::Conv(Conv::Cpu(conv)), first()));
+                }
                 // HWIO (TensorFlow) → OIHW (burn).
                 let mut oihw = vec![0f32; values.len()];
                 for (i, &v) in values.iter().enumerate() {
@@ -381,17 +566,8 @@ impl<'a> Compiler<'a> {
                     oihw[((o * cin + c) * kh + y) * kw + x] = v;
                 }
                 let weight = Tensor::<4>::from_data(TensorData::new(oihw, [cout, cin, kh, kw]), self.device);
-                let stride = self.nhwc_pair(node, "strides")?;
-                let bias = self.folded_bias.iter().find(|(_, conv)| **conv == node.name).map(|(add, _)| add.clone());
-                let bias = match bias {
-                    Some(add) => {
-                        let add_node = self.nodes[add.as_str()];
-                        let b = self.constant(add_node, add_node.input.get(1))?;
-                        Some(self.float_tensor1(add_node, &b)?)
-                    }
-                    None => None,
-                };
-                return Ok((Op::Conv { weight, bias, stride }, first()));
+                let bias = bias.map(|b| Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), self.device));
+                return Ok((Op::Conv(Conv::Burn { weight, bias, stride, leaky_alpha }), first()));
             }
             "Add" | "AddV2" | "BiasAdd" if self.folded_bias.contains_key(&node.name) => {
                 return Ok((Op::Identity, first()));
@@ -408,6 +584,7 @@ impl<'a> Compiler<'a> {
                     _ => return Err(self.bad(&node.name, &node.op, "unsupported operand order")),
                 }
             }
+            "LeakyRelu" if self.leaky_in_conv.contains(&node.name) => return Ok((Op::Identity, first())),
             "LeakyRelu" => Op::LeakyRelu { alpha: f64::from(node.float("alpha").unwrap_or(0.2)) },
             "Sigmoid" => Op::Sigmoid,
             "Pad" | "PadV2" => {
