@@ -28,9 +28,14 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
-/// The checkout (parent of `tests/`).
+/// The checkout (parent of `tests/`), or `VIGIL_REPO_ROOT`: a test binary built here and
+/// run elsewhere (scripts/gpu-bench.sh on a GPU machine) finds the samples and fixtures
+/// of the checkout it runs in.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repo").to_path_buf()
+    match std::env::var_os("VIGIL_REPO_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repo").to_path_buf(),
+    }
 }
 
 /// Heavy tests (several model processes each) run one at a time: the machines have

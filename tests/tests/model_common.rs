@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use vigil::model::{Backend, ModelConfig, NanoDet};
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repo").to_path_buf()
-}
+pub use vigil_tests::repo_root;
 
 /// `models/` of the checkout, or `VIGIL_MODEL_DIR`.
 pub fn model_dir() -> PathBuf {

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# GPU checks and numbers in one run: parity with the reference on the GPU, then model
+# frames/s on wgpu at batch 1, 8 and 32 (and the CPU backend on the same machine).
+#
+# Usage: scripts/gpu-bench.sh [SECONDS]            (default 8 s per measurement)
+#
+# Meant for a GPU machine with no Rust toolchain and no network, run from the repository
+# root. Everything it needs is built or fetched beforehand on a development machine:
+#   .gpu/vigil          a release build of the binary (cargo build --release -p vigil)
+#   .gpu/model_parity   the parity test binary (cargo test --workspace --test model_parity
+#                       --no-run prints its path); optional, skipped when absent
+#                       Both may come as .gpu/*.tar.xz (stripped binaries are large; the
+#                       device's upload limit is 64 MiB), unpacked into .gpu/ first.
+#   models/             the weights (scripts/fetch-model.sh)
+#   .gl/*.deb           Vulkan/GL loader packages, unpacked when the machine has no
+#                       libvulkan (apt-get download libvulkan1 libegl1 libglvnd0 ...)
+# Results (JSON lines and logs) go to $OUT, or target/gpu-bench when OUT is unset.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-8}
+out=${OUT:-target/gpu-bench}
+mkdir -p "$out"
+vigil=${VIGIL_BIN:-.gpu/vigil}
+results=$out/gpu-bench.jsonl
+: >"$results"
+log() { printf 'gpu-bench: %s\n' "$*" | tee -a "$out/gpu-bench.log" >&2; }
+
+for archive in .gpu/*.tar.xz; do
+  [[ -f $archive ]] && tar -xJf "$archive" -C .gpu
+done
+[[ -x $vigil ]] || { log "no vigil binary at $vigil"; exit 1; }
+if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
+  log "no Vulkan loader on this machine: unpacking .gl/*.deb"
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [[ -f $nvidia_icd && -z ${VK_DRIVER_FILES:-} ]]; then
+  export VK_DRIVER_FILES=$nvidia_icd
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/gpu-bench.log"
+nproc | sed 's/^/cpus: /' | tee -a "$out/gpu-bench.log"
+
+# `auto` must pick the GPU here; its choice is logged on stderr.
+"$vigil" detect-image --backend auto --json samples/*.jpg >"$out/detections-auto.jsonl" 2>"$out/detect-auto.log"
+log "detect-image --backend auto: exit $?, $(grep -o 'backend[^,]*' "$out/detect-auto.log" | head -1)"
+
+if [[ -x .gpu/model_parity ]]; then
+  VIGIL_REPO_ROOT=$PWD .gpu/model_parity --test-threads 1 wgpu >"$out/parity-wgpu.log" 2>&1
+  log "parity tests on wgpu: exit $? ($(grep -E '^test result' "$out/parity-wgpu.log"))"
+fi
+
+for batch in 1 8 32; do
+  "$vigil" bench model --backend wgpu --batch "$batch" --seconds "$seconds" --json >>"$results" 2>>"$out/bench.log" ||
+    log "wgpu batch $batch failed (see bench.log)"
+done
+"$vigil" bench model --backend cpu --batch 1 --seconds "$seconds" --json >>"$results" 2>>"$out/bench.log" ||
+  log "cpu batch 1 failed (see bench.log)"
+cat "$results"
