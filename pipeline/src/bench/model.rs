@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::median;
@@ -13,6 +14,7 @@ use crate::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelCon
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  vigil bench model --backend cpu --batch 1\n  vigil bench model --backend wgpu --batch 8 --seconds 20 --json\n\n\
 Stage times are medians per batch after warm-up; frames/s counts all four stages.\n\
+A batch's frames are decoded and resized in parallel, as the detector does.\n\
 --profile adds the forward pass's time per kind of operation (mean ms per batch); it\n\
 synchronises the device after every operation, so on a GPU its frames/s are lower.\n\
 Build with --release: debug builds are not representative.")]
@@ -91,13 +93,12 @@ pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits,
             stage[i] = clock.elapsed().as_secs_f64() * 1e3;
             *clock = Instant::now();
         };
-        let mut rgbs = Vec::with_capacity(batch);
-        for _ in 0..batch {
-            rgbs.push(decode_rgb8(&images[next_image % images.len()], limits)?);
-            next_image += 1;
-        }
+        // In parallel, as the detector decodes a batch.
+        let picked: Vec<&Vec<u8>> = (0..batch).map(|i| &images[(next_image + i) % images.len()]).collect();
+        next_image += batch;
+        let rgbs = picked.par_iter().map(|bytes| decode_rgb8(bytes, limits)).collect::<Result<Vec<_>, _>>()?;
         lap(0, &mut clock);
-        let frames: Vec<_> = rgbs.iter().map(resize_to_input).collect();
+        let frames: Vec<_> = rgbs.par_iter().map(resize_to_input).collect();
         lap(1, &mut clock);
         let input = detector.input(&frames);
         let outputs = match iteration >= args.warmup && args.profile {

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use super::DetectorError;
 use crate::codec::{now_us, DetectedObject, DetectionResult, Frame};
 use crate::model::{decode_image, DecodeLimits, DecodedFrame, Detection, Detector, ModelError};
+use rayon::prelude::*;
 
 /// A consumed `images` record, owned.
 #[derive(Debug, Clone)]
@@ -189,39 +190,16 @@ struct Ready {
 }
 
 /// Judges every record of a batch: size, Avro, image, then one model call for all the
-/// frames that decoded.
+/// frames that decoded. Records are decoded in parallel (rayon): on a GPU, decoding and
+/// resizing a batch one frame after the other takes longer than its inference.
 pub fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limits: &InputLimits) -> Processed {
+    let judged: Vec<Result<(Frame, DecodedFrame), Verdict>> = records.par_iter().map(|record| judge(record, limits)).collect();
     let mut verdicts: Vec<Option<Verdict>> = vec![None; records.len()];
     let mut ready = Vec::with_capacity(records.len());
-    for (index, record) in records.iter().enumerate() {
-        let bytes = record.bytes();
-        if bytes.len() > limits.max_record_bytes {
-            verdicts[index] = Some(Verdict::DeadLetter {
-                kind: kinds::OVERSIZED,
-                message: format!(
-                    "record is {} bytes, above detector.max_record_bytes = {}",
-                    bytes.len(),
-                    limits.max_record_bytes
-                ),
-            });
-            continue;
-        }
-        let frame = match Frame::decode(bytes) {
-            Ok(frame) => frame,
-            Err(e) => {
-                verdicts[index] = Some(Verdict::DeadLetter { kind: e.kind(), message: e.to_string() });
-                continue;
-            }
-        };
-        if let Some(message) = truncated_jpeg(&frame.data) {
-            verdicts[index] = Some(Verdict::DeadLetter { kind: kinds::CORRUPT_IMAGE, message });
-            continue;
-        }
-        match decode_image(&frame.data, &limits.decode) {
-            Ok(image) => ready.push(Ready { index, frame, image }),
-            Err(e) => {
-                verdicts[index] = Some(Verdict::DeadLetter { kind: e.kind(), message: e.to_string() });
-            }
+    for (index, outcome) in judged.into_iter().enumerate() {
+        match outcome {
+            Ok((frame, image)) => ready.push(Ready { index, frame, image }),
+            Err(verdict) => verdicts[index] = Some(verdict),
         }
     }
 
@@ -284,6 +262,23 @@ pub fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limits: &Inp
 }
 
 /// After a failed batch: each frame alone, so one bad frame cannot sink the others.
+/// One record's frame and decoded image, or the dead letter it earns.
+fn judge(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFrame), Verdict> {
+    let bytes = record.bytes();
+    if bytes.len() > limits.max_record_bytes {
+        return Err(Verdict::DeadLetter {
+            kind: kinds::OVERSIZED,
+            message: format!("record is {} bytes, above detector.max_record_bytes = {}", bytes.len(), limits.max_record_bytes),
+        });
+    }
+    let frame = Frame::decode(bytes).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
+    if let Some(message) = truncated_jpeg(&frame.data) {
+        return Err(Verdict::DeadLetter { kind: kinds::CORRUPT_IMAGE, message });
+    }
+    let image = decode_image(&frame.data, &limits.decode).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
+    Ok((frame, image))
+}
+
 fn one_by_one(model: &mut dyn Detector, images: &[DecodedFrame]) -> Vec<Result<Vec<Detection>, String>> {
     images
         .iter()
