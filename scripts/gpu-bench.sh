@@ -15,6 +15,7 @@
 #   .gl/*.deb           Vulkan/GL loader packages, unpacked when the machine has no
 #                       libvulkan (apt-get download libvulkan1 libegl1 libglvnd0 ...)
 # Results (JSON lines and logs) go to $OUT, or target/gpu-bench when OUT is unset.
+# VIGIL_GPU_BATCHES overrides the batch sizes (default "1 8 32").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-8}
@@ -50,7 +51,7 @@ if [[ -x .gpu/model_parity ]]; then
   log "parity tests on wgpu: exit $? ($(grep -E '^test result' "$out/parity-wgpu.log"))"
 fi
 
-for batch in 1 8 32; do
+for batch in ${VIGIL_GPU_BATCHES:-1 8 32}; do
   "$vigil" bench model --backend wgpu --batch "$batch" --seconds "$seconds" --json >>"$results" 2>>"$out/bench.log" ||
     log "wgpu batch $batch failed (see bench.log)"
 done
