@@ -3,16 +3,16 @@
 //! The graph came from ONNX (NCHW) through TensorFlow (NHWC), so every convolution
 //! sits between two `Transpose` nodes and every 3×3 convolution behind an explicit
 //! `Pad`. Executing those literally would copy each activation three times. Instead
-//! activations stay physically NCHW and carry their *logical* layout: a `Transpose`
-//! only relabels axes, a zero `Pad` is remembered and handed to the next convolution
-//! as its padding, and a convolution's bias `Add` is folded into the convolution at
-//! load time. The plan is still the file's graph, node for node: shapes, strides,
-//! paddings, axes and sizes all come from the file.
+//! activations carry their *logical* layout apart from their physical one: a `Transpose`
+//! only relabels axes, a constant `Pad` is remembered and read by the next convolution
+//! (or CPU max-pool) as part of its windows, a convolution's bias `Add` is folded into the
+//! convolution at load time, and a LeakyReLU that only follows a convolution (through
+//! that `Add` and a `Transpose`) is applied inside it. The plan is still the file's graph,
+//! node for node: shapes, strides, paddings, axes and sizes all come from the file.
 //!
-//! A LeakyReLU that only follows a convolution (through its bias `Add` and a `Transpose`)
-//! is applied inside the convolution. On the CPU (flex) device, convolutions, max-pooling
-//! and resizing run as the NHWC kernels of [`cpu`], so activations there are physically
-//! NHWC instead.
+//! On wgpu, activations around convolutions are physically NCHW (burn's `conv2d`). On
+//! the CPU (flex) device, convolutions, max-pooling and resizing run as the NHWC kernels
+//! of [`cpu`], so activations there are physically NHWC.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -55,6 +55,12 @@ impl Padding {
 
     fn is_none(&self) -> bool {
         self.sizes.iter().all(|&p| p == (0, 0))
+    }
+
+    /// The same padding after the tensor's axes are permuted by `axes` (`permute`'s
+    /// argument: new axis `j` is old axis `axes[j]`).
+    fn permuted(self, axes: Perm) -> Padding {
+        Padding { sizes: axes.map(|axis| self.sizes[axis]), ..self }
     }
 }
 
@@ -351,8 +357,7 @@ fn arrange(a: Act, want: Perm) -> Act {
         return a;
     }
     let axes = permutation_to(a.perm, want);
-    let pad = Padding { sizes: axes.map(|axis| a.pad.sizes[axis]), ..a.pad };
-    Act { tensor: a.tensor.permute(axes), perm: want, pad }
+    Act { tensor: a.tensor.permute(axes), perm: want, pad: a.pad.permuted(axes) }
 }
 
 /// The `permute` argument taking physical layout `from` to `to`: new axis `j` is old axis
@@ -372,8 +377,7 @@ fn cpu_nhwc(step: &Step, a: Act) -> Result<Act, ModelError> {
     if a.perm != NHWC_ON_NCHW {
         return Ok(arrange(a, IDENTITY));
     }
-    let axes = permutation_to(a.perm, IDENTITY);
-    let pad = Padding { sizes: axes.map(|axis| a.pad.sizes[axis]), ..a.pad };
+    let pad = a.pad.permuted(permutation_to(a.perm, IDENTITY));
     let tensor = cpu::nchw_to_nhwc(a.tensor).map_err(|e| fail(step, &e.to_string()))?;
     Ok(Act { tensor, perm: IDENTITY, pad })
 }
