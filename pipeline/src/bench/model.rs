@@ -12,7 +12,7 @@ use super::median;
 use crate::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet, OpProfile};
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  vigil bench model --backend cpu --batch 1\n  vigil bench model --backend wgpu --batch 8 --seconds 20 --json\n\n\
+#[command(after_help = "Examples:\n  vigil bench model --backend cpu --batch 1\n  vigil bench model --backend cpu --profile\n  vigil bench model --backend wgpu --batch 8 --seconds 20 --json\n\n\
 Stage times are medians per batch after warm-up; frames/s counts all four stages.\n\
 A batch's frames are decoded and resized in parallel, as the detector does.\n\
 --profile adds the forward pass's time per kind of operation (mean ms per batch); it\n\
