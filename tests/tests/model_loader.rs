@@ -98,3 +98,35 @@ fn extra_tensor_is_refused() {
     let err = load_from(dir.path());
     assert!(matches!(err, ModelError::UnusedTensor { .. }), "{err:?}");
 }
+
+#[test]
+fn filter_with_a_zero_dimension_is_refused() {
+    // A convolution filter with no output channels, consistent in graph, manifest and
+    // shard: the loader accepts the tensor, the network builder must refuse it.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir().join("nanodet.json")).expect("models/ fetched")).unwrap();
+    let bytes_of = |w: &serde_json::Value| -> usize {
+        let count: u64 = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product();
+        let width = if w["dtype"] == "float32" && w["quantization"]["dtype"] == "float16" { 2 } else { 4 };
+        count as usize * width
+    };
+    let weights = manifest(&mut json);
+    let index = weights.iter().position(|w| w["shape"].as_array().is_some_and(|s| s.len() == 4)).unwrap();
+    let offset: usize = weights[..index].iter().map(bytes_of).sum();
+    let size = bytes_of(&weights[index]);
+    let dir = damaged(
+        |json| {
+            let entry = &mut manifest(json)[index];
+            entry["shape"][3] = 0.into();
+            let name = entry["name"].clone();
+            let node = json["modelTopology"]["node"].as_array_mut().unwrap().iter_mut().find(|n| n["name"] == name).unwrap();
+            node["attr"]["value"]["tensor"]["tensorShape"]["dim"][3]["size"] = "0".into();
+        },
+        |bin| {
+            bin.drain(offset..offset + size);
+        },
+    );
+    let err = load_from(dir.path());
+    assert!(matches!(err, ModelError::Unsupported { .. }), "{err:?}");
+    assert!(err.to_string().contains("zero dimension"), "{err}");
+}

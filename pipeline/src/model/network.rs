@@ -544,6 +544,9 @@ impl<'a> Compiler<'a> {
                 let &[kh, kw, cin, cout] = filter.shape.as_slice() else {
                     return Err(self.bad(&node.name, &node.op, "filter is not [kh, kw, in, out]"));
                 };
+                if [kh, kw, cin, cout].contains(&0) {
+                    return Err(self.bad(&node.name, &node.op, "filter has a zero dimension"));
+                }
                 let values = filter.as_floats().ok_or_else(|| self.bad(&node.name, &node.op, "filter is not float"))?;
                 let stride = self.nhwc_pair(node, "strides")?;
                 let bias = self.folded_bias.iter().find(|(_, conv)| **conv == node.name).map(|(add, _)| add.clone());
