@@ -255,7 +255,7 @@ mod tests {
 
     fn check(s: NhwcShape, kernel: [usize; 2], cout: usize, stride: [usize; 2], pad: [(usize, usize); 2], alpha: Option<f32>) {
         let shape = [kernel[0], kernel[1], s.c, cout];
-        let input = values(s.len(), 1);
+        let input = values(s.elements(), 1);
         let filter = values(shape.iter().product(), 2);
         let bias = values(cout, 3);
         let conv = CpuConv::new(filter.clone(), shape, Some(bias.clone()), stride, alpha);

@@ -26,7 +26,7 @@ pub fn max_pool(
     let c = shape.c;
     let line = out.w * c;
     let per_task = lines_per_task(out.n * out.h);
-    let mut output = vec![0f32; out.len()];
+    let mut output = vec![0f32; out.elements()];
     output.par_chunks_mut(per_task * line).enumerate().for_each(|(task, lines)| {
         for (offset, dst_line) in lines.chunks_exact_mut(line).enumerate() {
             let index = task * per_task + offset;
@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn matches_windowed_maximum() {
         let shape = NhwcShape { n: 2, h: 9, w: 8, c: 5 };
-        let input = values(shape.len(), 7);
+        let input = values(shape.elements(), 7);
         let (got, out) = max_pool(&input, shape, [3, 3], [2, 2], [(0, 0); 2], 0.0).unwrap();
         assert_eq!(out, NhwcShape { n: 2, h: 4, w: 3, c: 5 });
         for b in 0..2 {

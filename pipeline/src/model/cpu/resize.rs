@@ -40,7 +40,7 @@ pub fn resize_bilinear(input: &[f32], shape: NhwcShape, size: [usize; 2]) -> Res
     let c = shape.c;
     let line = ow * c;
     let per_task = lines_per_task(out.n * oh);
-    let mut output = vec![0f32; out.len()];
+    let mut output = vec![0f32; out.elements()];
     output.par_chunks_mut(per_task * line).enumerate().for_each(|(task, lines)| {
         for (offset, dst_line) in lines.chunks_exact_mut(line).enumerate() {
             let index = task * per_task + offset;
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn same_size_is_the_identity_and_channels_stay_apart() {
         let shape = NhwcShape { n: 2, h: 5, w: 3, c: 4 };
-        let input = values(shape.len(), 11);
+        let input = values(shape.elements(), 11);
         let (got, _) = resize_bilinear(&input, shape, [5, 3]).unwrap();
         assert_eq!(got, input);
     }
@@ -87,7 +87,7 @@ mod tests {
     fn separable_against_one_dimensional_resizes() {
         // Bilinear = linear in y of linear in x: check a 3×4 → 6×7 resize against that.
         let shape = NhwcShape { n: 1, h: 3, w: 4, c: 2 };
-        let input = values(shape.len(), 5);
+        let input = values(shape.elements(), 5);
         let (got, _) = resize_bilinear(&input, shape, [6, 7]).unwrap();
         let (rows, cols) = (taps(6, 3), taps(7, 4));
         let at = |y: usize, x: usize, ch: usize| input[(y * 4 + x) * 2 + ch];
