@@ -73,6 +73,8 @@ enum Value {
 
 /// One executable node. Constant inputs (axes, sizes, paddings, weights) are resolved
 /// when the plan is built, so a step only names the activations it reads.
+// A plan is built once per model (~300 steps): the size of a step does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Op {
     Input,
     Conv(Conv),
@@ -91,6 +93,7 @@ enum Op {
 }
 
 /// A convolution with its bias and (fused) LeakyReLU, in the form its device runs best.
+#[allow(clippy::large_enum_variant)]
 enum Conv {
     /// burn's `conv2d` on physically NCHW activations (wgpu).
     Burn { weight: Tensor<4>, bias: Option<Tensor<1>>, stride: [usize; 2], leaky_alpha: Option<f64> },

@@ -209,6 +209,7 @@ mod tests {
     use super::*;
 
     /// Straightforward direct convolution, the definition the fast path must match.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         input: &[f32],
         s: NhwcShape,
