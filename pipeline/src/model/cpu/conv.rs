@@ -47,8 +47,9 @@ impl CpuConv {
     /// `filter` is a TensorFlow HWIO filter, `shape` = `[kh, kw, cin, cout]`, row-major.
     ///
     /// # Panics
-    /// When `filter` or `bias` does not have the length `shape` implies (a loader bug:
-    /// the weights loader has checked the file's shapes already).
+    /// When a dimension is zero, or `filter` or `bias` does not have the length `shape`
+    /// implies (bugs: the network builder refuses such filters, the weights loader checks
+    /// the file's shapes).
     pub fn new(
         filter: Vec<f32>,
         shape: [usize; 4],
@@ -57,6 +58,7 @@ impl CpuConv {
         leaky_alpha: Option<f32>,
     ) -> CpuConv {
         let [kh, kw, cin, cout] = shape;
+        assert!(!shape.contains(&0), "filter shape {shape:?} has a zero dimension");
         assert_eq!(filter.len(), kh * kw * cin * cout, "filter length does not match its shape");
         let bias = bias.unwrap_or_else(|| vec![0.0; cout]);
         assert_eq!(bias.len(), cout, "bias length does not match the filter's output channels");

@@ -77,7 +77,7 @@ pub fn nchw_to_nhwc(input: Tensor<4>) -> Result<Tensor<4>, CpuOpError> {
         let line = w * c;
         let per_task = lines_per_task(n * h);
         let mut output = vec![0f32; shape.elements()];
-        output.par_chunks_mut(per_task * line).enumerate().for_each(|(task, lines)| {
+        output.par_chunks_mut((per_task * line).max(1)).enumerate().for_each(|(task, lines)| {
             for (offset, dst_line) in lines.chunks_exact_mut(line).enumerate() {
                 let (b, y) = ((task * per_task + offset) / h, (task * per_task + offset) % h);
                 for (x, dst) in dst_line.chunks_exact_mut(c).enumerate() {

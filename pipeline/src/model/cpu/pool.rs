@@ -27,7 +27,7 @@ pub fn max_pool(
     let line = out.w * c;
     let per_task = lines_per_task(out.n * out.h);
     let mut output = vec![0f32; out.elements()];
-    output.par_chunks_mut(per_task * line).enumerate().for_each(|(task, lines)| {
+    output.par_chunks_mut((per_task * line).max(1)).enumerate().for_each(|(task, lines)| {
         for (offset, dst_line) in lines.chunks_exact_mut(line).enumerate() {
             let index = task * per_task + offset;
             let (b, oy) = (index / out.h, index % out.h);
@@ -94,6 +94,13 @@ mod tests {
         assert!(max_pool(&[0.0; 16], shape, [3, 3], [1, 1], [(0, 0); 2], 0.0).is_err());
         assert!(max_pool(&[0.0; 16], shape, [3, 3], [1, 1], [(1, 0), (0, 0)], 0.0).is_ok());
         assert!(max_pool(&[0.0; 15], shape, [1, 1], [1, 1], [(0, 0); 2], 0.0).is_err(), "a slice shorter than its shape is refused");
+    }
+
+    #[test]
+    fn zero_channels_give_an_empty_output() {
+        let (got, out) = max_pool(&[], NhwcShape { n: 1, h: 4, w: 4, c: 0 }, [2, 2], [2, 2], [(0, 0); 2], 0.0).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(out, NhwcShape { n: 1, h: 2, w: 2, c: 0 });
     }
 
     #[test]

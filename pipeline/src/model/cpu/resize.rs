@@ -41,7 +41,7 @@ pub fn resize_bilinear(input: &[f32], shape: NhwcShape, size: [usize; 2]) -> Res
     let line = ow * c;
     let per_task = lines_per_task(out.n * oh);
     let mut output = vec![0f32; out.elements()];
-    output.par_chunks_mut(per_task * line).enumerate().for_each(|(task, lines)| {
+    output.par_chunks_mut((per_task * line).max(1)).enumerate().for_each(|(task, lines)| {
         for (offset, dst_line) in lines.chunks_exact_mut(line).enumerate() {
             let index = task * per_task + offset;
             let (b, y) = (index / oh, rows[index % oh]);
