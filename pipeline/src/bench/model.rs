@@ -101,9 +101,10 @@ pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits,
         let frames: Vec<_> = rgbs.par_iter().map(resize_to_input).collect();
         lap(1, &mut clock);
         let input = detector.input(&frames);
-        let outputs = match iteration >= args.warmup && args.profile {
-            true => detector.forward_profiled(input, &mut profile)?,
-            false => detector.forward_raw(input)?,
+        let outputs = if args.profile && iteration >= args.warmup {
+            detector.forward_profiled(input, &mut profile)?
+        } else {
+            detector.forward_raw(input)?
         };
         detector.sync()?;
         lap(2, &mut clock);

@@ -557,8 +557,7 @@ impl<'a> Compiler<'a> {
                     Some(add) => {
                         let add_node = self.nodes[add.as_str()];
                         let b = self.constant(add_node, add_node.input.get(1))?;
-                        let values = b.as_floats().ok_or_else(|| self.bad(&add_node.name, &add_node.op, "expected a float constant"))?;
-                        Some(values.to_vec())
+                        Some(self.floats(add_node, &b)?)
                     }
                     None => None,
                 };
@@ -576,7 +575,7 @@ impl<'a> Compiler<'a> {
                     oihw[((o * cin + c) * kh + y) * kw + x] = v;
                 }
                 let weight = Tensor::<4>::from_data(TensorData::new(oihw, [cout, cin, kh, kw]), self.device);
-                let bias = bias.map(|b| Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), self.device));
+                let bias = bias.map(|b| tensor1(b, self.device));
                 return Ok((Op::Conv(Conv::Burn { weight, bias, stride, leaky_alpha }), first()));
             }
             "Add" | "AddV2" | "BiasAdd" if self.folded_bias.contains_key(&node.name) => {
@@ -693,8 +692,12 @@ impl<'a> Compiler<'a> {
     }
 
     fn float_tensor1(&self, node: &GraphNode, t: &WeightTensor) -> Result<Tensor<1>, ModelError> {
+        Ok(tensor1(self.floats(node, t)?, self.device))
+    }
+
+    fn floats(&self, node: &GraphNode, t: &WeightTensor) -> Result<Vec<f32>, ModelError> {
         let values = t.as_floats().ok_or_else(|| self.bad(&node.name, &node.op, "expected a float constant"))?;
-        Ok(Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), self.device))
+        Ok(values.to_vec())
     }
 
     fn expect_format(&self, node: &GraphNode) -> Result<(), ModelError> {
@@ -718,6 +721,11 @@ impl<'a> Compiler<'a> {
     fn bad(&self, node: &str, op: &str, reason: &str) -> ModelError {
         ModelError::Unsupported { node: node.to_string(), op: op.to_string(), reason: reason.to_string() }
     }
+}
+
+fn tensor1(values: Vec<f32>, device: &Device) -> Tensor<1> {
+    let len = values.len();
+    Tensor::<1>::from_data(TensorData::new(values, [len]), device)
 }
 
 fn int_tensor(values: Vec<i64>, len: usize) -> WeightTensor {
