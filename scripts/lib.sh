@@ -2,8 +2,10 @@
 # shellcheck shell=bash
 
 # The database the PostgreSQL sink test uses unless VIGIL_TEST_DATABASE_URL is already set.
+# scripts/setup-test-deps.sh installs and starts a local PostgreSQL and creates this role
+# (password vigil) and database.
 # shellcheck disable=SC2034 # used by the scripts that source this file
-readonly VIGIL_DEFAULT_TEST_DATABASE_URL=postgres://127.0.0.1:5432/test
+readonly VIGIL_DEFAULT_TEST_DATABASE_URL=postgres://vigil:vigil@127.0.0.1:5432/vigil_test
 
 # Prints "<script>: <message>" on stderr.
 say() { printf '%s: %s\n' "${SCRIPT_NAME:-vigil}" "$*" >&2; }
@@ -20,6 +22,19 @@ pg_host_port() {
   if [ "$hostport" = "$host" ]; then echo "$host 5432"; else echo "$host ${hostport##*:}"; fi
 }
 
+# Prints "USER PASSWORD DB" of a postgres://[user[:password]@]host[:port]/db[?...] URL, "-"
+# for each part the URL leaves out (no percent-decoding).
+pg_user_password_db() {
+  local rest=${1#*://} userinfo="" user password db
+  case "$rest" in *@*) userinfo=${rest%%@*}; rest=${rest#*@} ;; esac
+  user=${userinfo%%:*}
+  password=""
+  case "$userinfo" in *:*) password=${userinfo#*:} ;; esac
+  db=""
+  case "$rest" in */*) db=${rest#*/}; db=${db%%\?*} ;; esac
+  echo "${user:--} ${password:--} ${db:--}"
+}
+
 # Succeeds when something accepts connections on HOST PORT (pg_isready when installed,
 # else a bare TCP connect).
 pg_server_up() {
@@ -30,7 +45,7 @@ pg_server_up() {
   fi
 }
 
-# Succeeds when a PostgreSQL server accepts a session for URL (postgres://host:port/db).
+# Succeeds when a PostgreSQL server accepts a session for URL (postgres://user:pw@host:port/db).
 # With psql installed this proves that the database and role exist too; without it, only
 # that the server is up. On failure, psql's message is left in PG_ERROR.
 pg_reachable() {

