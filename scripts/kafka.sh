@@ -174,10 +174,11 @@ bootstrap_servers() {
 
 # Prints node $1's pid when that process is alive and is this node's broker.
 node_pid() {
-  local pid
+  local pid cmdline
   pid=$(cat "$(pid_file "$1")" 2>/dev/null) || return 1
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$(node_dir "$1")/server.properties" || return 1
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ "$cmdline" == *" $(node_dir "$1")/server.properties"* ]] || return 1
   echo "$pid"
 }
 
@@ -370,7 +371,7 @@ wait_registered() {
     [ -z "$missing" ] && return 0
     for id in $missing; do node_pid "$id" >/dev/null || fail_node "$id" "node $id exited while starting"; done
     [ "$SECONDS" -lt "$deadline" ] ||
-      fail_node "${missing# }" "broker(s)$missing not in the cluster's metadata within ${timeout_s}s (registered: ${have:-none})"
+      fail_node "$(echo "$missing" | awk '{ print $1 }')" "broker(s)$missing not in the cluster's metadata within ${timeout_s}s (registered: ${have:-none})"
     sleep 1
   done
 }
