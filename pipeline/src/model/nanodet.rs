@@ -24,8 +24,10 @@ pub struct NanoDet {
 
 impl NanoDet {
     /// Loads `nanodet.json` + `nanodet.bin` from `config.dir` onto the chosen backend and
-    /// runs one warm-up frame, which also checks the network end to end.
+    /// runs one warm-up frame, which also checks the network end to end. Missing weights are
+    /// fetched first, or refused, as `config.fetch` says ([`ensure_weights`](super::ensure_weights)).
     pub fn load(config: &ModelConfig, backend: Backend) -> Result<NanoDet, ModelError> {
+        super::ensure_weights(config)?;
         let graph = TfjsGraph::load(&config.dir)?;
         let backend = resolve(backend)?;
         let network = Network::compile(&graph, &backend.device)?;

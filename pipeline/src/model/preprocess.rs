@@ -62,7 +62,7 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImag
     let (width, height) = reader.into_dimensions().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     let pixels = u64::from(width) * u64::from(height);
     if width > limits.max_dimension_px || height > limits.max_dimension_px || pixels > limits.max_pixels {
-        return Err(DecodeError::TooLarge { width, height, pixels, max_pixels: limits.max_pixels });
+        return Err(DecodeError::TooLarge { width, height, pixels, max_pixels: limits.max_pixels, max_dimension_px: limits.max_dimension_px });
     }
     if format == ImageFormat::Jpeg {
         let (w, h, pixels) = super::jpeg::decode_rgb(bytes)?;

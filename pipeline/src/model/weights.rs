@@ -102,7 +102,7 @@ pub(crate) fn load_weights(
             if !path.exists() {
                 return Err(ModelError::MissingFile { path });
             }
-            let data = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            let data = std::fs::read(&path).map_err(|error| ModelError::Io { path: path.clone(), error })?;
             bytes.extend_from_slice(&data);
             first_path.get_or_insert(path);
         }
