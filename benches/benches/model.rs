@@ -1,6 +1,7 @@
 //! NanoDet-g stages on the CPU backend: decode+resize, forward (batch 1, 4, 8), post-process.
 //!
-//! Needs the weights (`scripts/fetch-model.sh`) and the repo's `samples/`.
+//! Needs the repo's `samples/` and the weights: `VIGIL_MODEL_DIR`, else vigil's default
+//! `model.dir` (`~/.cache/vigil/models`), fetched there on first use like any `vigil` command does.
 
 use std::path::PathBuf;
 
@@ -20,8 +21,8 @@ fn model() -> NanoDet {
         Ok("wgpu") => Backend::Wgpu,
         _ => Backend::Cpu,
     };
-    NanoDet::load(&ModelConfig { dir: repo().join("models"), ..ModelConfig::default() }, backend)
-        .expect("weights in models/ (run scripts/fetch-model.sh)")
+    let dir = std::env::var_os("VIGIL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(vigil::model::default_model_dir);
+    NanoDet::load(&ModelConfig { dir, ..ModelConfig::default() }, backend).unwrap_or_else(|e| panic!("cannot load NanoDet-g: {e}"))
 }
 
 fn decode_resize(c: &mut Criterion) {

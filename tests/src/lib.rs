@@ -11,7 +11,7 @@
 //! `cargo build` (a no-op when it is up to date), so a test never runs a stale binary.
 //!
 //! Delivery mode: on the in-memory broker the detectors run `at-least-once` (the mock
-//! stores no transactional offsets, see DESIGN.md) and exactness is checked at the sink
+//! stores no transactional offsets, see docs/architecture.md) and exactness is checked at the sink
 //! (database rows); against a real Kafka they run `exactly-once` and the topic-level
 //! checks apply too ([`Pipeline::exactly_once_topics`]).
 
@@ -86,9 +86,19 @@ pub fn vigil_bin() -> &'static Path {
     })
 }
 
-/// The model directory: `VIGIL_MODEL_DIR`, else `models/` of the checkout.
+/// The model directory: `VIGIL_MODEL_DIR`, else vigil's default `model.dir`,
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/vigil/models`, where `scripts/fetch-model.sh` puts the
+/// weights (the same rule as `vigil::model::model_dir_for`; the model tests check that they agree).
 pub fn model_dir() -> PathBuf {
-    std::env::var_os("VIGIL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("models"))
+    if let Some(dir) = std::env::var_os("VIGIL_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let cache = match (std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from), std::env::var_os("HOME")) {
+        (Some(xdg), _) if xdg.is_absolute() => xdg,
+        (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".cache"),
+        _ => return PathBuf::from("models"),
+    };
+    cache.join("vigil").join("models")
 }
 
 /// A running `vigil` process. Killed (SIGKILL) on drop if still running.

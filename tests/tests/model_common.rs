@@ -2,16 +2,10 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
 use vigil::model::{Backend, ModelConfig, NanoDet};
 
-pub use vigil_tests::repo_root;
-
-/// `models/` of the checkout, or `VIGIL_MODEL_DIR`.
-pub fn model_dir() -> PathBuf {
-    std::env::var_os("VIGIL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("models"))
-}
+/// `VIGIL_MODEL_DIR`, else vigil's default `model.dir` (`~/.cache/vigil/models`).
+pub use vigil_tests::{model_dir, repo_root};
 
 pub fn model_config() -> ModelConfig {
     ModelConfig { dir: model_dir(), ..ModelConfig::default() }

@@ -5,14 +5,14 @@ mod model_common;
 use std::path::Path;
 
 use model_common::model_dir;
-use vigil::model::{Backend, ModelConfig, ModelError, NanoDet};
+use vigil::model::{Backend, ModelConfig, ModelError, ModelFetch, NanoDet};
 
 /// A copy of the real model files, with `edit` applied to the graph JSON.
 fn damaged(edit_json: impl FnOnce(&mut serde_json::Value), edit_bin: impl FnOnce(&mut Vec<u8>)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = model_dir();
     let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("nanodet.json")).expect("models/ fetched")).unwrap();
+        serde_json::from_slice(&std::fs::read(src.join("nanodet.json")).expect("weights fetched (scripts/fetch-model.sh)")).unwrap();
     let mut bin = std::fs::read(src.join("nanodet.bin")).unwrap();
     edit_json(&mut json);
     edit_bin(&mut bin);
@@ -21,8 +21,9 @@ fn damaged(edit_json: impl FnOnce(&mut serde_json::Value), edit_bin: impl FnOnce
     dir
 }
 
+/// Loads from `dir`, never fetching: a missing file must stay an error here.
 fn load_from(dir: &Path) -> ModelError {
-    match NanoDet::load(&ModelConfig { dir: dir.to_path_buf(), ..ModelConfig::default() }, Backend::Cpu) {
+    match NanoDet::load(&ModelConfig { dir: dir.to_path_buf(), fetch: ModelFetch::Never, ..ModelConfig::default() }, Backend::Cpu) {
         Ok(_) => panic!("damaged model loaded"),
         Err(e) => e,
     }
@@ -35,8 +36,30 @@ fn manifest(json: &mut serde_json::Value) -> &mut Vec<serde_json::Value> {
 #[test]
 fn missing_directory_names_the_fix() {
     let err = load_from(Path::new("/nonexistent/vigil-models"));
+    assert!(matches!(err, ModelError::NotFetched { .. }), "{err:?}");
+    let text = err.to_string();
+    for needle in ["/nonexistent/vigil-models", "VIGIL__MODEL__DIR", "VIGIL__MODEL__FETCH=if-missing", "scripts/fetch-model.sh"] {
+        assert!(text.contains(needle), "`{needle}` not in: {text}");
+    }
+    // The message is complete on its own; no `source()` repeats part of it in an error chain.
+    assert!(std::error::Error::source(&err).is_none());
+}
+
+#[test]
+fn shard_missing_from_a_present_directory_is_refused() {
+    // The manifest names a second shard that is not there: both weight files exist, so
+    // nothing is fetched and the loader names the missing file.
+    let dir = damaged(|json| json["weightsManifest"][0]["paths"].as_array_mut().unwrap().push("nanodet-2.bin".into()), |_| {});
+    let err = load_from(dir.path());
     assert!(matches!(err, ModelError::MissingFile { .. }), "{err:?}");
-    assert!(err.to_string().contains("scripts/fetch-model.sh"), "{err}");
+    assert_eq!(err.to_string().matches("is missing").count(), 1, "{err}");
+}
+
+#[test]
+fn test_helpers_and_vigil_agree_on_the_default_directory() {
+    if std::env::var_os("VIGIL_MODEL_DIR").is_none() {
+        assert_eq!(model_dir(), vigil::model::default_model_dir());
+    }
 }
 
 #[test]
@@ -104,7 +127,7 @@ fn filter_with_a_zero_dimension_is_refused() {
     // A convolution filter with no output channels, consistent in graph, manifest and
     // shard: the loader accepts the tensor, the network builder must refuse it.
     let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model_dir().join("nanodet.json")).expect("models/ fetched")).unwrap();
+        serde_json::from_slice(&std::fs::read(model_dir().join("nanodet.json")).expect("weights fetched (scripts/fetch-model.sh)")).unwrap();
     let bytes_of = |w: &serde_json::Value| -> usize {
         let count: u64 = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product();
         let width = if w["dtype"] == "float32" && w["quantization"]["dtype"] == "float16" { 2 } else { 4 };

@@ -4,7 +4,7 @@
 //! Each test has its own broker (in-memory by default, `VIGIL_TEST_BOOTSTRAP` for a real
 //! Kafka), random topic and group names, and its own database. On the in-memory broker
 //! the detectors run at-least-once and exactness is checked in the database (see
-//! `vigil_tests` docs and DESIGN.md for why); on a real Kafka they run exactly-once
+//! `vigil_tests` docs and docs/architecture.md for why); on a real Kafka they run exactly-once
 //! and the topics are checked too.
 //!
 //! Sizes: test 1 uses the 500 frames of the spec; the failure tests use 300, the others
