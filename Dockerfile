@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # The `vigil` image: one binary for every stage (ENTRYPOINT ["vigil"]), the NanoDet-g weights
-# in models/ and the sample images in samples/ (working directory /opt/vigil).
+# in /opt/vigil/models (model.fetch = never) and the sample images in samples/ (working
+# directory /opt/vigil).
 #
 #   docker build -t vigil:local .
 #   docker run --rm vigil:local detect-image --json samples/dog.jpg
@@ -38,6 +39,10 @@ COPY --from=build /out/vigil /usr/local/bin/vigil
 # Fail the build here, not at run time, if a shared library is missing.
 RUN ! ldd /usr/local/bin/vigil | grep 'not found'
 COPY --from=model /models /opt/vigil/models
+# The weights are baked in: read them from here and never download at run time (the
+# default model.dir would be the vigil user's ~/.cache/vigil/models).
+ENV VIGIL__MODEL__DIR=/opt/vigil/models \
+    VIGIL__MODEL__FETCH=never
 COPY samples/*.jpg /opt/vigil/samples/
 COPY samples/README.md /opt/vigil/samples/README.md
 WORKDIR /opt/vigil
