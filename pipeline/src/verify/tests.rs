@@ -1,0 +1,156 @@
+//! The audit end to end, in process: the in-memory broker, real topics, a real SQLite
+//! database.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{read_topic_to_end, run as verify};
+use crate::codec::{dlq, DetectionResult, Frame};
+use crate::kafka::DevBroker;
+use crate::producer::{self, ProduceRequest};
+use crate::settings::Settings;
+use crate::sink::store::{self, Batch, DetectionRow, PartitionOffset};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_topics_and_database() {
+    let broker = DevBroker::start(1).unwrap();
+    let mut settings = Settings::default();
+    settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    settings.kafka.topics.images.name = format!("images-{suffix}");
+    settings.kafka.topics.detections.name = format!("detections-{suffix}");
+    settings.kafka.topics.dlq.name = format!("dlq-{suffix}");
+    for t in settings.kafka.topics.all() {
+        broker.create_topic(&crate::kafka::TopicConfig { partitions: 2, ..t.clone() }).unwrap();
+    }
+    let db_path = std::env::temp_dir().join(format!("vigil-verify-{suffix}.sqlite"));
+    settings.sink.database_url = format!("sqlite://{}", db_path.display());
+
+    settings.producer.source_id = "cam-v".into();
+    let request = ProduceRequest { synthetic: 5, ..Default::default() };
+    let summary = producer::run(&settings, &request, CancellationToken::new()).await.unwrap();
+    assert_eq!(summary.delivered, 5);
+    // The frames' ids, read back from `images` (any order will do).
+    let kafka = settings.kafka.clone();
+    let ids = tokio::task::spawn_blocking(move || {
+        let mut ids = Vec::new();
+        let images = &kafka.topics.images.name;
+        read_topic_to_end(&kafka, images, Duration::from_secs(10), &CancellationToken::new(), |m| {
+            ids.push(Frame::decode(m.payload().unwrap()).unwrap().frame_id)
+        })
+        .unwrap();
+        ids
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 5);
+
+    // Results for the first four frames (the second one twice: a redelivery), and a
+    // dead letter for the fifth.
+    let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
+    let result = |i: usize| DetectionResult {
+        frame_id: ids[i].clone(),
+        source: "cam-v".into(),
+        seq: i as i64,
+        captured_at_us: 1,
+        width: 320,
+        height: 240,
+        model_name: "m".into(),
+        model_version: "v".into(),
+        detections: vec![],
+        processed_at_us: 2,
+        batch_size: 1,
+        inference_ms: 1.0,
+        source_partition: 0,
+        source_offset: i as i64,
+    };
+    for i in [0, 1, 1, 2, 3] {
+        let bytes = result(i).encode().unwrap();
+        producer
+            .send(
+                FutureRecord::to(&settings.kafka.topics.detections.name).key("cam-v").payload(&bytes),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    let fifth = Frame {
+        frame_id: ids[4].clone(),
+        source: "cam-v".into(),
+        seq: 4,
+        captured_at_us: 0,
+        encoding: Default::default(),
+        width: None,
+        height: None,
+        data: b"not an image".to_vec(),
+        attributes: Default::default(),
+    };
+    let headers = dlq::error_headers("bad_image", "test", 0, 4)
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_str()) }));
+    producer
+        .send(
+            FutureRecord::to(&settings.kafka.topics.dlq.name)
+                .key("cam-v")
+                .payload(&fifth.encode().unwrap())
+                .headers(headers),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+
+    let row = |i: usize| DetectionRow {
+        frame_id: ids[i].clone(),
+        source: "cam-v".into(),
+        seq: i as i64,
+        captured_at_us: 1,
+        width: 320,
+        height: 240,
+        model_name: "m".into(),
+        model_version: "v".into(),
+        detection_count: 0,
+        detections_json: "[]".into(),
+        processed_at_us: 2,
+        batch_size: 1,
+        inference_us: 1000,
+        source_partition: 0,
+        source_offset: i as i64,
+        result_partition: 0,
+        result_offset: i as i64,
+    };
+    let write = |rows: Vec<DetectionRow>, next: i64| {
+        let mut db = store::open(&settings.sink.database_url).unwrap();
+        db.write_batch(&Batch {
+            group_id: "g".into(),
+            topic: settings.kafka.topics.detections.name.clone(),
+            rows,
+            rejects: vec![],
+            offsets: vec![PartitionOffset { partition: 0, next_offset: next }],
+        })
+        .unwrap();
+    };
+    write(vec![row(0), row(1), row(2)], 3);
+
+    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    assert_eq!((report.frames, report.results, report.rows, report.dlq), (5, 4, 3, 1), "{report:?}");
+    assert_eq!((report.missing, report.duplicates, report.unexpected), (1, 0, 0), "{report:?}");
+    assert_eq!(report.missing_sample, [ids[3].clone()]);
+    assert_eq!(report.topics.detections_redelivered, 1);
+    assert!(!report.exact);
+
+    write(vec![row(3)], 4);
+    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    assert!(report.exact, "{report:?}");
+
+    // The fifth frame both dead-lettered and stored: a duplicate outcome.
+    write(vec![row(4)], 5);
+    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    assert_eq!(report.duplicates, 1, "{report:?}");
+    assert!(!report.exact);
+    // Best effort: the file is in the temporary directory.
+    std::fs::remove_file(&db_path).ok();
+}
