@@ -22,7 +22,8 @@ fn model() -> NanoDet {
         _ => Backend::Cpu,
     };
     let dir = std::env::var_os("VIGIL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(vigil::model::default_model_dir);
-    NanoDet::load(&ModelConfig { dir, ..ModelConfig::default() }, backend).unwrap_or_else(|e| panic!("cannot load NanoDet-g: {e}"))
+    NanoDet::load(&ModelConfig { dir, ..ModelConfig::default() }, backend)
+        .unwrap_or_else(|e| panic!("cannot load NanoDet-g: {e}"))
 }
 
 fn decode_resize(c: &mut Criterion) {

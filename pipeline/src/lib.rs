@@ -1,11 +1,12 @@
 //! Vigil: a highly available Kafka object-detection pipeline.
 //!
-//! One module per stage (`producer`, `detector`, `sink`), the model in `model`,
-//! the wire format in `codec`, Kafka plumbing shared by the stages in `kafka`.
+//! One module per stage (`producer`, `detector`, `sink`), the model in `model`, the wire
+//! format in `codec`, Kafka plumbing shared by the stages in `kafka`. Each stage exposes
+//! one entry point taking typed settings, its dependencies and a shutdown token, and
+//! returning a summary; the `vigil` binary parses the command line and calls them.
 
-pub mod codec;
-pub mod bench;
-pub mod detect_image;
+mod backoff;
+mod codec;
 pub mod detector;
 pub mod kafka;
 pub mod model;
@@ -15,5 +16,6 @@ pub mod sink;
 pub mod tail;
 pub mod telemetry;
 pub mod testing;
+mod thread_actor;
 pub mod up;
 pub mod verify;

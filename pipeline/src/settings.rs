@@ -100,11 +100,7 @@ impl SettingsLoader {
     pub fn load(self) -> Result<Settings, SettingsError> {
         let mut builder = Config::builder().add_source(Config::try_from(&Settings::default())?);
         if let Some(path) = &self.file {
-            builder = builder.add_source(
-                File::from(path.as_path())
-                    .format(FileFormat::Toml)
-                    .required(true),
-            );
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml).required(true));
         }
         let mut env = Environment::with_prefix(ENV_PREFIX)
             .prefix_separator(ENV_SEPARATOR)
@@ -142,30 +138,16 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |key: String, reason: String| SettingsError::Invalid { key, reason };
         self.kafka.validate().map_err(|(k, r)| invalid(k, r))?;
-        self.producer
-            .validate()
-            .map_err(|(k, r)| invalid(k.into(), r))?;
-        self.detector
-            .validate()
-            .map_err(|(k, r)| invalid(k.into(), r))?;
-        self.sink
-            .validate()
-            .map_err(|(k, r)| invalid(k.into(), r))?;
-        self.telemetry
-            .validate()
-            .map_err(|(k, r)| invalid(k.into(), r))?;
+        self.producer.validate().map_err(|(k, r)| invalid(k.into(), r))?;
+        self.detector.validate().map_err(|(k, r)| invalid(k.into(), r))?;
+        self.sink.validate().map_err(|(k, r)| invalid(k.into(), r))?;
+        self.telemetry.validate().map_err(|(k, r)| invalid(k.into(), r))?;
         let model = &self.model;
         if !(0.0..=1.0).contains(&model.score_threshold) {
-            return Err(invalid(
-                "model.score_threshold".into(),
-                format!("{} is outside 0..=1", model.score_threshold),
-            ));
+            return Err(invalid("model.score_threshold".into(), format!("{} is outside 0..=1", model.score_threshold)));
         }
         if !(0.0..=1.0).contains(&model.nms_iou) {
-            return Err(invalid(
-                "model.nms_iou".into(),
-                format!("{} is outside 0..=1", model.nms_iou),
-            ));
+            return Err(invalid("model.nms_iou".into(), format!("{} is outside 0..=1", model.nms_iou)));
         }
         let record_limit = self.detector.max_record_bytes as u64;
         if record_limit > u64::from(self.kafka.max_message_bytes) {
@@ -200,12 +182,7 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> SettingsLoader {
-        Settings::loader().env(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Settings::loader().env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     fn toml_file(text: &str) -> tempfile_lite::TempToml {
@@ -215,21 +192,17 @@ mod tests {
     /// A tiny self-deleting temp file (the crate has no tempfile dependency).
     mod tempfile_lite {
         use super::*;
-        pub struct TempToml(pub PathBuf);
+        pub(super) struct TempToml(pub PathBuf);
         impl TempToml {
-            pub fn new(text: &str) -> Self {
-                let path = std::env::temp_dir()
-                    .join(format!("vigil-settings-{}.toml", uuid::Uuid::new_v4()));
-                std::fs::File::create(&path)
-                    .unwrap()
-                    .write_all(text.as_bytes())
-                    .unwrap();
+            pub(super) fn new(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!("vigil-settings-{}.toml", uuid::Uuid::new_v4()));
+                std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
                 Self(path)
             }
         }
         impl Drop for TempToml {
             fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
+                std::fs::remove_file(&self.0).ok();
             }
         }
     }
@@ -259,31 +232,23 @@ mod tests {
         let file = toml_file(
             "[kafka]\nbootstrap_servers = \"file:1\"\n[detector]\nmax_batch = 4\ndelivery = \"at-least-once\"\nbackend = \"cpu\"\ninstance_id = \"pod-0\"\n[sink]\nmax_batch = 7\n",
         );
-        let s = env(&[
-            ("VIGIL__DETECTOR__MAX_BATCH", "16"),
-            ("VIGIL__KAFKA__BOOTSTRAP_SERVERS", "env:2"),
-        ])
-        .file(&file.0)
-        .set("kafka.bootstrap_servers", "flag:3")
-        .load()
-        .unwrap();
+        let s = env(&[("VIGIL__DETECTOR__MAX_BATCH", "16"), ("VIGIL__KAFKA__BOOTSTRAP_SERVERS", "env:2")])
+            .file(&file.0)
+            .set("kafka.bootstrap_servers", "flag:3")
+            .load()
+            .unwrap();
         assert_eq!(s.kafka.bootstrap_servers, "flag:3");
         assert_eq!(s.detector.max_batch, 16);
         assert_eq!(s.detector.delivery, Delivery::AtLeastOnce);
         assert_eq!(s.detector.backend, Backend::Cpu);
         assert_eq!(s.detector.instance_id.as_deref(), Some("pod-0"));
         assert_eq!(s.sink.max_batch, 7);
-        assert_eq!(
-            s.sink.group_id, "vigil-sink",
-            "untouched keys keep their defaults"
-        );
+        assert_eq!(s.sink.group_id, "vigil-sink", "untouched keys keep their defaults");
     }
 
     #[test]
     fn numeric_env_value_for_string_key() {
-        let s = env(&[("VIGIL__DETECTOR__INSTANCE_ID", "7")])
-            .load()
-            .unwrap();
+        let s = env(&[("VIGIL__DETECTOR__INSTANCE_ID", "7")]).load().unwrap();
         assert_eq!(s.detector.instance_id.as_deref(), Some("7"));
     }
 
@@ -291,10 +256,7 @@ mod tests {
     fn unknown_keys_are_rejected_with_their_name() {
         let file = toml_file("[detector]\nmax_batchh = 4\n");
         let msg = err_text(no_env().file(&file.0));
-        assert!(
-            msg.contains("max_batchh") && msg.contains("detector"),
-            "{msg}"
-        );
+        assert!(msg.contains("max_batchh") && msg.contains("detector"), "{msg}");
 
         let msg = err_text(env(&[("VIGIL__SINK__NOPE", "1")]));
         assert!(msg.contains("nope") && msg.contains("sink"), "{msg}");
@@ -310,10 +272,7 @@ mod tests {
         let msg = err_text(env(&[("VIGIL__DETECTOR__MAX_BATCH", "0")]));
         assert!(msg.contains("detector.max_batch"), "{msg}");
         let msg = err_text(env(&[("VIGIL__DETECTOR__DELIVERY", "twice")]));
-        assert!(
-            msg.contains("delivery") || msg.contains("Delivery"),
-            "{msg}"
-        );
+        assert!(msg.contains("delivery") || msg.contains("Delivery"), "{msg}");
         let msg = err_text(env(&[("VIGIL__KAFKA__TOPICS__IMAGES__PARTITIONS", "0")]));
         assert!(msg.contains("kafka.topics.images.partitions"), "{msg}");
         let msg = err_text(env(&[("VIGIL__SINK__DATABASE_URL", "mysql://x")]));
@@ -324,30 +283,14 @@ mod tests {
 
     #[test]
     fn client_passthrough_accepts_dotted_quoted_and_env_forms() {
-        let file = toml_file("[kafka.client]\nsasl.mechanisms = \"PLAIN\"\n\"socket.keepalive.enable\" = true\n\"linger.ms\" = 7\n");
-        let s = env(&[("VIGIL__KAFKA__CLIENT__CLIENT__ID", "vigil-test")])
-            .file(&file.0)
-            .load()
-            .unwrap();
-        assert_eq!(
-            s.kafka.client.get("sasl.mechanisms").map(String::as_str),
-            Some("PLAIN")
+        let file = toml_file(
+            "[kafka.client]\nsasl.mechanisms = \"PLAIN\"\n\"socket.keepalive.enable\" = true\n\"linger.ms\" = 7\n",
         );
-        assert_eq!(
-            s.kafka
-                .client
-                .get("socket.keepalive.enable")
-                .map(String::as_str),
-            Some("true")
-        );
-        assert_eq!(
-            s.kafka.client.get("linger.ms").map(String::as_str),
-            Some("7")
-        );
-        assert_eq!(
-            s.kafka.client.get("client.id").map(String::as_str),
-            Some("vigil-test")
-        );
+        let s = env(&[("VIGIL__KAFKA__CLIENT__CLIENT__ID", "vigil-test")]).file(&file.0).load().unwrap();
+        assert_eq!(s.kafka.client.get("sasl.mechanisms").map(String::as_str), Some("PLAIN"));
+        assert_eq!(s.kafka.client.get("socket.keepalive.enable").map(String::as_str), Some("true"));
+        assert_eq!(s.kafka.client.get("linger.ms").map(String::as_str), Some("7"));
+        assert_eq!(s.kafka.client.get("client.id").map(String::as_str), Some("vigil-test"));
     }
 
     #[test]
@@ -360,12 +303,9 @@ mod tests {
 
     #[test]
     fn printed_config_loads_back_identically() {
-        let s = env(&[
-            ("VIGIL__KAFKA__CLIENT__CLIENT__ID", "x"),
-            ("VIGIL__DETECTOR__INSTANCE_ID", "pod-1"),
-        ])
-        .load()
-        .unwrap();
+        let s = env(&[("VIGIL__KAFKA__CLIENT__CLIENT__ID", "x"), ("VIGIL__DETECTOR__INSTANCE_ID", "pod-1")])
+            .load()
+            .unwrap();
         let text = s.to_toml().unwrap();
         let file = toml_file(&text);
         let again = no_env().file(&file.0).load().unwrap();

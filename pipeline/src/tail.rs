@@ -1,6 +1,5 @@
 //! `vigil tail`: a live, human-readable (or JSON) view of the `detections` topic.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -22,106 +21,47 @@ pub enum TailError {
     Consume { topic: String, cause: KafkaError },
 }
 
-/// `vigil tail` arguments.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    about = "Show detection results as they arrive (read_committed)",
-    long_about = "Show detection results from the detections topic (kafka.topics.detections) as they arrive, one \
-        line per frame: source, sequence number, labels with scores, image size, capture-to-result latency and \
-        where the frame came from (images partition@offset). Reads with isolation.level=read_committed and \
-        outside any consumer group (it commits nothing and disturbs nobody). Starts at the end of the topic \
-        unless --from-beginning; waits for the topic if it does not exist yet.",
-    after_help = "Examples:\n  \
-        vigil tail                              # new results only\n  \
-        vigil tail --from-beginning --limit 20  # the first 20 results, then exit\n  \
-        vigil tail --json | jq .frame_id        # one JSON object per line (the DetectionResult fields)"
-)]
-pub struct TailArgs {
-    /// Start at the beginning of the topic instead of the end.
-    #[arg(long)]
-    pub from_beginning: bool,
-    /// One JSON object per line (all DetectionResult fields) instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Exit after printing N results.
-    #[arg(long, value_name = "N")]
-    pub limit: Option<u64>,
+impl TailError {
+    /// Whether the command was used wrongly (exit code 2) rather than failing at run time.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, TailError::Kafka(e) if e.is_usage())
+    }
 }
 
-/// One human-readable line for a result, e.g.
-/// `cam-0 #12  dog 0.91, bicycle 0.42  768x576  latency 250 ms  [p3@1234]`.
-pub fn format_line(result: &DetectionResult) -> String {
-    let mut line = format!("{} #{}  ", result.source, result.seq);
-    if result.detections.is_empty() {
-        line.push_str("(nothing detected)");
-    } else {
-        const SHOWN: usize = 6;
-        let labels: Vec<String> = result
-            .detections
-            .iter()
-            .take(SHOWN)
-            .map(|d| format!("{} {:.2}", d.label, d.score))
-            .collect();
-        line.push_str(&labels.join(", "));
-        if result.detections.len() > SHOWN {
-            let _ = write!(line, " (+{} more)", result.detections.len() - SHOWN);
-        }
-    }
-    let _ = write!(
-        line,
-        "  {}x{}  latency {:.0} ms  [p{}@{}]",
-        result.width,
-        result.height,
-        result.latency_ms(),
-        result.source_partition,
-        result.source_offset
-    );
-    line
+/// How to tail.
+#[derive(Debug, Clone, Default)]
+pub struct TailOptions {
+    /// Start at the beginning of the topic instead of the end.
+    pub from_beginning: bool,
+    /// One JSON object per line (all DetectionResult fields) instead of text.
+    pub json: bool,
+    /// Exit after printing this many results.
+    pub limit: Option<u64>,
 }
 
 /// Runs `vigil tail` until `shutdown` fires (or `--limit` is reached). Returns how many
 /// results were printed.
-pub async fn run(
-    settings: &Settings,
-    args: TailArgs,
-    shutdown: CancellationToken,
-) -> Result<u64, TailError> {
+pub async fn run(settings: &Settings, options: &TailOptions, shutdown: CancellationToken) -> Result<u64, TailError> {
     let topic = settings.kafka.topics.detections.name.clone();
     let Some(partitions) = wait_for_topic(settings, &topic, &shutdown).await? else {
         return Ok(0);
     };
-    let consumer: StreamConsumer =
-        reader_config(&settings.kafka, "tail")
-            .create()
-            .map_err(|cause| KafkaPlumbingError::Client {
-                role: "tail consumer",
-                cause,
-            })?;
-    let start = if args.from_beginning {
-        Offset::Beginning
-    } else {
-        Offset::End
-    };
+    let consumer: StreamConsumer = reader_config(&settings.kafka, "tail")
+        .create()
+        .map_err(|cause| KafkaPlumbingError::Client { role: "tail consumer", cause })?;
+    let start = if options.from_beginning { Offset::Beginning } else { Offset::End };
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment
             .add_partition_offset(&topic, p, start)
-            .map_err(|cause| TailError::Consume {
-                topic: topic.clone(),
-                cause,
-            })?;
+            .map_err(|cause| TailError::Consume { topic: topic.clone(), cause })?;
     }
-    consumer
-        .assign(&assignment)
-        .map_err(|cause| TailError::Consume {
-            topic: topic.clone(),
-            cause,
-        })?;
-    info!(%topic, partitions, from_beginning = args.from_beginning, "tailing");
+    consumer.assign(&assignment).map_err(|cause| TailError::Consume { topic: topic.clone(), cause })?;
+    info!(%topic, partitions, from_beginning = options.from_beginning, "tailing");
 
     let mut printed = 0u64;
     loop {
-        if args.limit.is_some_and(|limit| printed >= limit) {
+        if options.limit.is_some_and(|limit| printed >= limit) {
             break;
         }
         let message = tokio::select! {
@@ -137,22 +77,18 @@ pub async fn run(
             }
         };
         let Some(payload) = message.payload() else {
-            warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                "record without a value; skipped"
-            );
+            warn!(partition = message.partition(), offset = message.offset(), "record without a value; skipped");
             continue;
         };
         match DetectionResult::decode(payload) {
             Ok(result) => {
-                if args.json {
+                if options.json {
                     match serde_json::to_string(&result) {
                         Ok(json) => println!("{json}"),
                         Err(e) => warn!(error = %e, "cannot render as JSON"),
                     }
                 } else {
-                    println!("{}", format_line(&result));
+                    println!("{}", result.line());
                 }
                 printed += 1;
             }
@@ -236,27 +172,9 @@ mod tests {
     }
 
     #[test]
-    fn human_line() {
-        assert_eq!(
-            format_line(&result(2)),
-            "cam-0 #12  obj0 0.50, obj1 0.50  768x576  latency 250 ms  [p3@1234]"
-        );
-        assert!(format_line(&result(0)).contains("(nothing detected)"));
-        assert!(format_line(&result(9)).contains("(+3 more)"));
-    }
-
-    #[test]
     fn json_line_has_every_field() {
         let json: serde_json::Value = serde_json::to_value(result(1)).unwrap();
-        for key in [
-            "frame_id",
-            "source",
-            "seq",
-            "captured_at_us",
-            "detections",
-            "processed_at_us",
-            "source_offset",
-        ] {
+        for key in ["frame_id", "source", "seq", "captured_at_us", "detections", "processed_at_us", "source_offset"] {
             assert!(json.get(key).is_some(), "{key} missing");
         }
     }
@@ -268,41 +186,23 @@ mod tests {
         let broker = crate::kafka::DevBroker::start(1).unwrap();
         let mut settings = Settings::default();
         settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
-        settings.kafka.topics.detections.name =
-            format!("detections-{}", uuid::Uuid::new_v4().simple());
-        broker
-            .create_topic(&settings.kafka.topics.detections)
-            .unwrap();
-        let producer: FutureProducer = crate::kafka::client_config(&settings.kafka)
-            .create()
-            .unwrap();
-        for payload in [
-            result(1).encode().unwrap(),
-            b"garbage".to_vec(),
-            result(0).encode().unwrap(),
-        ] {
+        settings.kafka.topics.detections.name = format!("detections-{}", uuid::Uuid::new_v4().simple());
+        broker.create_topic(&settings.kafka.topics.detections).unwrap();
+        let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
+        for payload in [result(1).encode().unwrap(), b"garbage".to_vec(), result(0).encode().unwrap()] {
             producer
                 .send(
-                    FutureRecord::to(&settings.kafka.topics.detections.name)
-                        .key("cam-0")
-                        .payload(&payload),
+                    FutureRecord::to(&settings.kafka.topics.detections.name).key("cam-0").payload(&payload),
                     Duration::from_secs(5),
                 )
                 .await
                 .unwrap();
         }
-        let args = TailArgs {
-            from_beginning: true,
-            json: true,
-            limit: Some(2),
-        };
-        let printed = tokio::time::timeout(
-            Duration::from_secs(20),
-            run(&settings, args, CancellationToken::new()),
-        )
-        .await
-        .expect("tail stops at --limit")
-        .unwrap();
+        let options = TailOptions { from_beginning: true, json: true, limit: Some(2) };
+        let printed = tokio::time::timeout(Duration::from_secs(20), run(&settings, &options, CancellationToken::new()))
+            .await
+            .expect("tail stops at --limit")
+            .unwrap();
         assert_eq!(printed, 2, "the garbage record is skipped, not counted");
     }
 }

@@ -34,10 +34,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self {
-            log_filter: "info,opentelemetry=warn,opentelemetry_sdk=warn".into(),
-            otlp_endpoint: None,
-        }
+        Self { log_filter: "info,opentelemetry=warn,opentelemetry_sdk=warn".into(), otlp_endpoint: None }
     }
 }
 
@@ -45,10 +42,7 @@ impl TelemetryConfig {
     /// Checks values; errors name the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Err(e) = EnvFilter::try_new(&self.log_filter) {
-            return Err((
-                "telemetry.log_filter",
-                format!("{:?}: {e}", self.log_filter),
-            ));
+            return Err(("telemetry.log_filter", format!("{:?}: {e}", self.log_filter)));
         }
         if let Some(endpoint) = &self.otlp_endpoint {
             return Err((
@@ -106,7 +100,9 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("vigil: cannot flush traces on exit: {e}");
+        }
     }
 }
 
@@ -117,10 +113,8 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         Ok(filter) if !filter.trim().is_empty() => filter,
         _ => config.log_filter.clone(),
     };
-    let env_filter = EnvFilter::try_new(&filter).map_err(|e| TelemetryError::Filter {
-        filter: filter.clone(),
-        reason: e.to_string(),
-    })?;
+    let env_filter = EnvFilter::try_new(&filter)
+        .map_err(|e| TelemetryError::Filter { filter: filter.clone(), reason: e.to_string() })?;
     tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
@@ -143,24 +137,36 @@ pub fn init_tracing_context() -> TelemetryGuard {
 /// Starts a span of `kind` named `name` as a child of `parent`, with the Kafka messaging
 /// attributes, and returns the context holding it (end it by dropping the context's span
 /// or calling `cx.span().end()`).
-pub fn start_span(
-    name: &'static str,
-    kind: SpanKind,
-    parent: &Context,
-    attributes: Vec<KeyValue>,
-) -> Context {
+pub fn start_span(name: &'static str, kind: SpanKind, parent: &Context, attributes: Vec<KeyValue>) -> Context {
     let tracer = global::tracer(TRACER_NAME);
-    let mut attrs = vec![KeyValue::new(
-        attributes::MESSAGING_SYSTEM,
-        attributes::MESSAGING_SYSTEM_KAFKA,
-    )];
+    let mut attrs = vec![KeyValue::new(attributes::MESSAGING_SYSTEM, attributes::MESSAGING_SYSTEM_KAFKA)];
     attrs.extend(attributes);
-    let span = tracer
-        .span_builder(name)
-        .with_kind(kind)
-        .with_attributes(attrs)
-        .start_with_context(&tracer, parent);
+    let span = tracer.span_builder(name).with_kind(kind).with_attributes(attrs).start_with_context(&tracer, parent);
     parent.with_span(span)
+}
+
+/// Starts a consumer-side `process` span for one record read from `topic`, as a child of
+/// the context that record carried (one shape for every stage that consumes).
+pub(crate) fn start_process_span(
+    name: &'static str,
+    parent: &Context,
+    topic: &str,
+    partition: i32,
+    group_id: &str,
+    offset: i64,
+) -> Context {
+    start_span(
+        name,
+        SpanKind::Consumer,
+        parent,
+        vec![
+            KeyValue::new(attributes::MESSAGING_OPERATION_TYPE, "process"),
+            KeyValue::new(attributes::MESSAGING_DESTINATION_NAME, topic.to_owned()),
+            KeyValue::new(attributes::MESSAGING_DESTINATION_PARTITION_ID, partition.to_string()),
+            KeyValue::new(attributes::MESSAGING_CONSUMER_GROUP_NAME, group_id.to_owned()),
+            KeyValue::new(attributes::MESSAGING_KAFKA_OFFSET, offset),
+        ],
+    )
 }
 
 /// The trace id of `cx` as 32 hex digits, or `None` when it carries no valid span
@@ -176,12 +182,7 @@ pub fn trace_id(cx: &Context) -> Option<String> {
 pub fn inject_context(cx: &Context, headers: OwnedHeaders) -> OwnedHeaders {
     let mut fields = HeaderMap::default();
     global::get_text_map_propagator(|p| p.inject_context(cx, &mut fields));
-    fields.0.iter().fold(headers, |h, (k, v)| {
-        h.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        })
-    })
+    fields.0.iter().fold(headers, |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }))
 }
 
 /// Reads the trace context from a record's headers (an empty context when there is none
@@ -230,30 +231,14 @@ mod tests {
     #[test]
     fn traceparent_roundtrips_through_kafka_headers() {
         let _guard = init_tracing_context();
-        let cx = start_span(
-            spans::IMAGES_PUBLISH,
-            SpanKind::Producer,
-            &Context::new(),
-            vec![],
-        );
+        let cx = start_span(spans::IMAGES_PUBLISH, SpanKind::Producer, &Context::new(), vec![]);
         let id = trace_id(&cx).expect("sdk spans are valid");
-        let headers = inject_context(
-            &cx,
-            OwnedHeaders::new().insert(Header {
-                key: "other",
-                value: Some("x"),
-            }),
-        );
+        let headers = inject_context(&cx, OwnedHeaders::new().insert(Header { key: "other", value: Some("x") }));
         assert!(headers.iter().any(|h| h.key == TRACEPARENT_HEADER));
         let extracted = extract_context(Some(&headers));
         assert_eq!(trace_id(&extracted).as_deref(), Some(id.as_str()));
         // A child span in the next stage shares the trace id.
-        let child = start_span(
-            spans::IMAGES_PROCESS,
-            SpanKind::Consumer,
-            &extracted,
-            vec![],
-        );
+        let child = start_span(spans::IMAGES_PROCESS, SpanKind::Consumer, &extracted, vec![]);
         assert_eq!(trace_id(&child), Some(id));
     }
 
@@ -261,19 +246,13 @@ mod tests {
     fn missing_or_garbage_headers_give_an_empty_context() {
         let _guard = init_tracing_context();
         assert!(trace_id(&extract_context::<OwnedHeaders>(None)).is_none());
-        let junk = OwnedHeaders::new().insert(Header {
-            key: TRACEPARENT_HEADER,
-            value: Some("not-a-traceparent"),
-        });
+        let junk = OwnedHeaders::new().insert(Header { key: TRACEPARENT_HEADER, value: Some("not-a-traceparent") });
         assert!(trace_id(&extract_context(Some(&junk))).is_none());
     }
 
     #[test]
     fn otlp_endpoint_is_rejected_not_ignored() {
-        let cfg = TelemetryConfig {
-            otlp_endpoint: Some("http://x:4317".into()),
-            ..Default::default()
-        };
+        let cfg = TelemetryConfig { otlp_endpoint: Some("http://x:4317".into()), ..Default::default() };
         assert_eq!(cfg.validate().unwrap_err().0, "telemetry.otlp_endpoint");
         assert!(TelemetryConfig::default().validate().is_ok());
     }

@@ -11,7 +11,9 @@ pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&height.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (name, data) in [(&b"IHDR"[..], ihdr), (&b"IDAT"[..], vec![0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), (&b"IEND"[..], vec![])] {
+    for (name, data) in
+        [(&b"IHDR"[..], ihdr), (&b"IDAT"[..], vec![0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), (&b"IEND"[..], vec![])]
+    {
         let mut chunk = name.to_vec();
         chunk.extend_from_slice(&data);
         png.extend_from_slice(&(data.len() as u32).to_be_bytes());

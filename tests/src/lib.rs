@@ -77,7 +77,9 @@ pub fn vigil_bin() -> &'static Path {
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             // Not the unit-test harness of the same target (`profile.test`).
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "vigil" && m["profile"]["test"] == false)
+            .filter(|m| {
+                m["reason"] == "compiler-artifact" && m["target"]["name"] == "vigil" && m["profile"]["test"] == false
+            })
             .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
             .expect("cargo reported no executable for the vigil binary");
@@ -132,7 +134,7 @@ impl Proc {
 
     /// `kill -9`: no chance to commit, flush or leave the group.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
+        self.child.kill().ok(); // already gone is fine
         self.status = self.child.wait().ok();
     }
 
@@ -213,9 +215,9 @@ fn die_with_parent(_cmd: &mut Command) {}
 fn tail(path: &Path, n: usize) -> String {
     let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024))).ok();
     let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
+    file.read_to_string(&mut text).ok(); // a log tail for a failure message: best effort
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -271,10 +273,8 @@ impl Pipeline {
         let images = format!("it-{name}-{suffix}-images");
         let detections = format!("it-{name}-{suffix}-detections");
         let dlq = format!("it-{name}-{suffix}-images.dlq");
-        let database_url = options
-            .database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", dir.join("vigil.sqlite").display()));
+        let database_url =
+            options.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("vigil.sqlite").display()));
         let delivery = options.delivery.unwrap_or(if real.is_some() { "exactly-once" } else { "at-least-once" });
         let p = options.partitions.to_string();
         let mut env: Vec<(String, String)> = vec![
@@ -339,26 +339,22 @@ impl Pipeline {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let first = lines.next();
-            let _ = tx.send(first);
+            tx.send(first).ok();
             // Keep draining so the broker never blocks on a full pipe.
             for _ in lines {}
         });
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Some(Ok(line))) => line,
             other => {
-                let _ = child.kill();
+                child.kill().ok();
                 panic!("vigil broker did not print its bootstrap line ({other:?}); log:\n{}", tail(&stderr, 40));
             }
         };
-        let bootstrap = line.strip_prefix("bootstrap: ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        let bootstrap =
+            line.strip_prefix("bootstrap: ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
         self.logs.lock().unwrap().push(("broker".into(), stderr.clone()));
-        self.broker = Some(Proc {
-            label: "broker".into(),
-            child,
-            stdout: self.dir.join("broker.stdout"),
-            stderr,
-            status: None,
-        });
+        self.broker =
+            Some(Proc { label: "broker".into(), child, stdout: self.dir.join("broker.stdout"), stderr, status: None });
         bootstrap
     }
 
@@ -462,10 +458,7 @@ impl Pipeline {
 
     /// Runs `vigil verify` and returns its JSON report.
     pub fn verify(&self) -> Value {
-        let out = self
-            .command(&["verify", "--database", &self.database_url])
-            .output()
-            .expect("run vigil verify");
+        let out = self.command(&["verify", "--database", &self.database_url]).output().expect("run vigil verify");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_else(|| {
             panic!("vigil verify printed no report ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr))
@@ -529,7 +522,12 @@ impl Pipeline {
 
     /// Prints every process log tail (called when a test fails).
     pub fn dump_logs(&self) {
-        eprintln!("==== {} failed after {:.0} s; logs in {} ====", self.name, self.started.elapsed().as_secs_f64(), self.dir.display());
+        eprintln!(
+            "==== {} failed after {:.0} s; logs in {} ====",
+            self.name,
+            self.started.elapsed().as_secs_f64(),
+            self.dir.display()
+        );
         for (label, path) in self.logs.lock().unwrap().iter() {
             eprintln!("---- {label} ({}) ----\n{}", path.display(), tail(path, 25));
         }
@@ -541,7 +539,7 @@ impl Drop for Pipeline {
         if std::thread::panicking() {
             self.dump_logs();
         } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            std::fs::remove_dir_all(&self.dir).ok();
         }
     }
 }
@@ -556,18 +554,22 @@ pub struct Record {
     pub headers: HashMap<String, String>,
 }
 
-/// Reads `topic` from the beginning to the high watermarks seen now.
+/// Reads `topic` from the beginning to the high watermarks seen now (read_committed).
+///
+/// On a transactional topic the last offsets are commit markers, which are never
+/// delivered: a partition is read when the consumer's position has reached the high
+/// watermark (seen at end-of-partition), not when a record at `high - 1` arrived.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("it-reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .create()
         .expect("reader");
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions: Vec<i32> =
-        metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
@@ -582,15 +584,32 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
         return records;
     }
     consumer.assign(&tpl).expect("assign");
+    let position = |p: i32| {
+        consumer
+            .position()
+            .ok()
+            .and_then(|l| l.find_partition(topic, p).and_then(|e| e.offset().to_raw()))
+            .unwrap_or(-1)
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ends.is_empty() && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let message = message.expect("read");
+        let message = match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                if ends.get(&p).is_some_and(|end| position(p) >= *end) {
+                    ends.remove(&p);
+                }
+                continue;
+            }
+            Some(message) => message.expect("read"),
+        };
         let headers = message
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+                    .map(|h| {
+                        (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -632,7 +651,7 @@ pub fn count_rows(url: &str) -> u64 {
         let Ok(conn) = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
             return 0;
         };
-        let _ = conn.busy_timeout(Duration::from_secs(10));
+        conn.busy_timeout(Duration::from_secs(10)).expect("set the SQLite busy timeout");
         return conn.query_row("SELECT COUNT(*) FROM detections", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as u64;
     }
     let Ok(mut client) = postgres::Client::connect(url, postgres::NoTls) else { return 0 };
@@ -673,7 +692,7 @@ impl PgSchema {
 impl Drop for PgSchema {
     fn drop(&mut self) {
         if let Ok(mut client) = postgres::Client::connect(&self.admin_url, postgres::NoTls) {
-            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema)).ok();
         }
     }
 }

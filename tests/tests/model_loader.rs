@@ -11,8 +11,10 @@ use vigil::model::{Backend, ModelConfig, ModelError, ModelFetch, NanoDet};
 fn damaged(edit_json: impl FnOnce(&mut serde_json::Value), edit_bin: impl FnOnce(&mut Vec<u8>)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = model_dir();
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("nanodet.json")).expect("weights fetched (scripts/fetch-model.sh)")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(src.join("nanodet.json")).expect("weights fetched (scripts/fetch-model.sh)"),
+    )
+    .unwrap();
     let mut bin = std::fs::read(src.join("nanodet.bin")).unwrap();
     edit_json(&mut json);
     edit_bin(&mut bin);
@@ -23,7 +25,10 @@ fn damaged(edit_json: impl FnOnce(&mut serde_json::Value), edit_bin: impl FnOnce
 
 /// Loads from `dir`, never fetching: a missing file must stay an error here.
 fn load_from(dir: &Path) -> ModelError {
-    match NanoDet::load(&ModelConfig { dir: dir.to_path_buf(), fetch: ModelFetch::Never, ..ModelConfig::default() }, Backend::Cpu) {
+    match NanoDet::load(
+        &ModelConfig { dir: dir.to_path_buf(), fetch: ModelFetch::Never, ..ModelConfig::default() },
+        Backend::Cpu,
+    ) {
         Ok(_) => panic!("damaged model loaded"),
         Err(e) => e,
     }
@@ -38,7 +43,9 @@ fn missing_directory_names_the_fix() {
     let err = load_from(Path::new("/nonexistent/vigil-models"));
     assert!(matches!(err, ModelError::NotFetched { .. }), "{err:?}");
     let text = err.to_string();
-    for needle in ["/nonexistent/vigil-models", "VIGIL__MODEL__DIR", "VIGIL__MODEL__FETCH=if-missing", "scripts/fetch-model.sh"] {
+    for needle in
+        ["/nonexistent/vigil-models", "VIGIL__MODEL__DIR", "VIGIL__MODEL__FETCH=if-missing", "scripts/fetch-model.sh"]
+    {
         assert!(text.contains(needle), "`{needle}` not in: {text}");
     }
     // The message is complete on its own; no `source()` repeats part of it in an error chain.
@@ -49,7 +56,10 @@ fn missing_directory_names_the_fix() {
 fn shard_missing_from_a_present_directory_is_refused() {
     // The manifest names a second shard that is not there: both weight files exist, so
     // nothing is fetched and the loader names the missing file.
-    let dir = damaged(|json| json["weightsManifest"][0]["paths"].as_array_mut().unwrap().push("nanodet-2.bin".into()), |_| {});
+    let dir = damaged(
+        |json| json["weightsManifest"][0]["paths"].as_array_mut().unwrap().push("nanodet-2.bin".into()),
+        |_| {},
+    );
     let err = load_from(dir.path());
     assert!(matches!(err, ModelError::MissingFile { .. }), "{err:?}");
     assert_eq!(err.to_string().matches("is missing").count(), 1, "{err}");
@@ -89,8 +99,11 @@ fn wrong_shape_is_refused() {
     // The graph declares a different shape than the manifest holds.
     let dir = damaged(
         |json| {
-            let name = manifest(json).iter().find(|w| w["shape"].as_array().is_some_and(|s| s.len() == 4)).unwrap()["name"].clone();
-            let node = json["modelTopology"]["node"].as_array_mut().unwrap().iter_mut().find(|n| n["name"] == name).unwrap();
+            let name = manifest(json).iter().find(|w| w["shape"].as_array().is_some_and(|s| s.len() == 4)).unwrap()
+                ["name"]
+                .clone();
+            let node =
+                json["modelTopology"]["node"].as_array_mut().unwrap().iter_mut().find(|n| n["name"] == name).unwrap();
             node["attr"]["value"]["tensor"]["tensorShape"]["dim"][0]["size"] = "7".into();
         },
         |_| {},
@@ -103,7 +116,8 @@ fn wrong_shape_is_refused() {
 fn manifest_shape_that_does_not_fit_the_bin_is_refused() {
     let dir = damaged(
         |json| {
-            let entry = manifest(json).iter_mut().find(|w| w["shape"].as_array().is_some_and(|s| s.len() == 4)).unwrap();
+            let entry =
+                manifest(json).iter_mut().find(|w| w["shape"].as_array().is_some_and(|s| s.len() == 4)).unwrap();
             entry["shape"][0] = 5.into();
         },
         |_| {},
@@ -126,8 +140,10 @@ fn extra_tensor_is_refused() {
 fn filter_with_a_zero_dimension_is_refused() {
     // A convolution filter with no output channels, consistent in graph, manifest and
     // shard: the loader accepts the tensor, the network builder must refuse it.
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model_dir().join("nanodet.json")).expect("weights fetched (scripts/fetch-model.sh)")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(model_dir().join("nanodet.json")).expect("weights fetched (scripts/fetch-model.sh)"),
+    )
+    .unwrap();
     let bytes_of = |w: &serde_json::Value| -> usize {
         let count: u64 = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product();
         let width = if w["dtype"] == "float32" && w["quantization"]["dtype"] == "float16" { 2 } else { 4 };
@@ -142,7 +158,8 @@ fn filter_with_a_zero_dimension_is_refused() {
             let entry = &mut manifest(json)[index];
             entry["shape"][3] = 0.into();
             let name = entry["name"].clone();
-            let node = json["modelTopology"]["node"].as_array_mut().unwrap().iter_mut().find(|n| n["name"] == name).unwrap();
+            let node =
+                json["modelTopology"]["node"].as_array_mut().unwrap().iter_mut().find(|n| n["name"] == name).unwrap();
             node["attr"]["value"]["tensor"]["tensorShape"]["dim"][3]["size"] = "0".into();
         },
         |bin| {

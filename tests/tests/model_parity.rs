@@ -29,9 +29,8 @@ fn check_detections(backend: Backend) {
         };
         for r in refs.iter().filter(|r| r["score"].as_f64().unwrap() >= 0.35) {
             let (label, score, rb) = (r["label"].as_str().unwrap(), r["score"].as_f64().unwrap() as f32, ref_box(r));
-            let found = ours
-                .iter()
-                .any(|d| d.label == label && iou(&d.bbox, &rb) >= 0.9 && (d.score - score).abs() <= 0.03);
+            let found =
+                ours.iter().any(|d| d.label == label && iou(&d.bbox, &rb) >= 0.9 && (d.score - score).abs() <= 0.03);
             if !found {
                 failures.push(format!("{name}: missing {label} {score:.3} {rb:?}; ours: {ours:?}"));
             }
@@ -56,14 +55,19 @@ fn check_raw_outputs(backend: Backend) {
     let expected = raw["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), expected.len());
     for (tensor, want) in outputs.into_iter().zip(expected) {
-        let shape: Vec<usize> = want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> =
+            want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert_eq!(tensor.dims().to_vec(), shape, "{} output shape", want["kind"]);
         let values: Vec<f32> = tensor.into_data().convert::<f32>().try_into_vec().unwrap();
         let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
         let max = values.iter().copied().fold(f32::MIN, f32::max);
         let (want_mean, want_max) = (want["mean"].as_f64().unwrap(), want["max"].as_f64().unwrap());
         assert!((mean - want_mean).abs() <= 1e-3, "{backend} {} {shape:?}: mean {mean} vs {want_mean}", want["kind"]);
-        assert!((f64::from(max) - want_max).abs() <= 1e-3, "{backend} {} {shape:?}: max {max} vs {want_max}", want["kind"]);
+        assert!(
+            (f64::from(max) - want_max).abs() <= 1e-3,
+            "{backend} {} {shape:?}: max {max} vs {want_max}",
+            want["kind"]
+        );
     }
 }
 

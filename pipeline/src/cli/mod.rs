@@ -1,27 +1,37 @@
-//! The `vigil` command line: global flags, one enum variant per command, one match arm
-//! per command calling `vigil::<module>::run(...)`.
+//! The `vigil` command line: global flags, one enum variant per command, one module per
+//! command holding its flags, help text and how they map onto settings and the library.
 //!
 //! Conventions for a command's module:
-//! - `#[derive(clap::Args)] pub struct <Name>Args` with `about`, `long_about` and an
+//! - `#[derive(clap::Args)] pub(crate) struct <Name>Args` with `about`, `long_about` and an
 //!   `after_help` of examples;
-//! - `pub async fn run(settings: &Settings, args: <Name>Args, shutdown: CancellationToken)
-//!   -> Result<_, <ModuleError>>` (blocking work off the runtime; stop when `shutdown` fires);
-//! - flags that mirror config keys go through [`Command::overrides`], so settings stay
-//!   the single validated source.
+//! - flags that mirror config keys become overrides ([`Command::overrides`]), so settings
+//!   stay the single validated source;
+//! - `run(settings, args, shutdown) -> Result<u8, Failure>` calls the library's entry point
+//!   for the stage and prints what the command prints.
+
+mod bench;
+mod broker;
+mod detect_image;
+mod failure;
+mod model_flags;
+mod pipeline;
+mod signals;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use vigil::settings::{Settings, SettingsError};
 
+use self::failure::Failure;
+
 /// Exit code: success.
-pub const EXIT_OK: u8 = 0;
+const EXIT_OK: u8 = 0;
 /// Exit code: runtime failure (Kafka, I/O, a failed `verify` audit, …).
-pub const EXIT_RUNTIME: u8 = 1;
+const EXIT_RUNTIME: u8 = 1;
 /// Exit code: bad usage or configuration.
-pub const EXIT_USAGE: u8 = 2;
+const EXIT_USAGE: u8 = 2;
 
 const EXAMPLES: &str = "\
 Quick start (no Kafka needed): broker, producer, detector and sink in one process
@@ -30,7 +40,7 @@ Quick start (no Kafka needed): broker, producer, detector and sink in one proces
 By hand, one terminal each (the broker prints `bootstrap: 127.0.0.1:PORT,...`):
   vigil broker
   vigil --bootstrap 127.0.0.1:PORT produce --synthetic 20
-  vigil --bootstrap 127.0.0.1:PORT detect
+  vigil --bootstrap 127.0.0.1:PORT detect --delivery at-least-once
   vigil --bootstrap 127.0.0.1:PORT sink --database sqlite://vigil.sqlite
   vigil --bootstrap 127.0.0.1:PORT tail --from-beginning
   vigil --bootstrap 127.0.0.1:PORT verify --database sqlite://vigil.sqlite
@@ -44,56 +54,55 @@ Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.";
 /// Vigil: a highly available Kafka object-detection pipeline.
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, about, after_help = EXAMPLES, propagate_version = true)]
-pub struct Cli {
+struct Cli {
     /// Kafka bootstrap servers (host:port,...); overrides kafka.bootstrap_servers.
     #[arg(long, global = true, value_name = "HOST:PORT,...")]
-    pub bootstrap: Option<String>,
+    bootstrap: Option<String>,
     /// TOML configuration file layered over the defaults (see `vigil config`).
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
-    Broker(vigil::kafka::broker::BrokerArgs),
-    Produce(vigil::producer::ProduceArgs),
-    Tail(vigil::tail::TailArgs),
-    Verify(vigil::verify::VerifyArgs),
-    Detect(vigil::detector::DetectArgs),
-    Sink(vigil::sink::SinkArgs),
-    Up(vigil::up::UpArgs),
-    /// Run the detector on local image files (no Kafka): labels, scores, boxes.
-    DetectImage(vigil::detect_image::DetectImageArgs),
+enum Command {
+    Broker(broker::BrokerArgs),
+    Produce(pipeline::ProduceArgs),
+    Tail(tools::TailArgs),
+    Verify(tools::VerifyArgs),
+    Detect(pipeline::DetectArgs),
+    Sink(pipeline::SinkArgs),
+    Up(pipeline::UpArgs),
+    DetectImage(detect_image::DetectImageArgs),
     /// Measure throughput (`vigil bench model`).
     #[command(subcommand)]
-    Bench(vigil::bench::BenchCommand),
+    Bench(bench::BenchCommand),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
-    #[command(
-        after_help = "Examples:\n  vigil config > vigil.toml          # a starting point to edit\n  \
+    #[command(after_help = "Examples:\n  vigil config > vigil.toml          # a starting point to edit\n  \
         vigil --config vigil.toml config   # check a file (unknown keys and bad values are errors)\n  \
-        VIGIL__KAFKA__CLIENT__CLIENT__ID=me vigil config   # `__` in a client property name is a dot"
-    )]
+        VIGIL__KAFKA__CLIENT__CLIENT__ID=me vigil config   # `__` in a client property name is a dot")]
     Config,
 }
 
 impl Command {
     /// Config keys set by this command's flags (applied above file and environment).
-    pub fn overrides(&self) -> Vec<(&'static str, String)> {
+    fn overrides(&self) -> Vec<(&'static str, String)> {
         match self {
             Command::Produce(args) => args.overrides(),
             Command::Verify(args) => args.overrides(),
             Command::Detect(args) => args.overrides(),
             Command::Sink(args) => args.overrides(),
             Command::Up(args) => args.overrides(),
-            Command::Broker(_) | Command::Tail(_) | Command::DetectImage(_) | Command::Bench(_) | Command::Config => Vec::new(),
+            Command::DetectImage(args) => args.model.overrides(),
+            Command::Bench(bench::BenchCommand::Model(args)) => args.model.overrides(),
+            Command::Broker(_) | Command::Tail(_) | Command::Config => Vec::new(),
         }
     }
 }
 
 /// Parses arguments, loads settings, runs the command; maps errors to exit codes.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match load_settings(&cli) {
         Ok(settings) => settings,
@@ -121,10 +130,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vigil: cannot start the async runtime: {e}");
@@ -132,31 +138,15 @@ pub fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let shutdown = shutdown_on_signals();
+        let shutdown = signals::shutdown_on_signals();
         match run_command(&settings, cli.command, shutdown).await {
             Ok(code) => code,
-            Err(e) => {
-                eprintln!("vigil: {e:#}");
-                exit_code_of(&e)
-            }
+            Err(failure) => failure.report(),
         }
     });
     // Do not wait for stray blocking tasks (e.g. a consumer poll) beyond a moment.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(code)
-}
-
-/// Usage mistakes found only when a command starts (e.g. no inputs) exit 2, the rest 1.
-fn exit_code_of(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<vigil::producer::ProducerError>()
-        .is_some_and(|e| e.is_usage())
-    {
-        return EXIT_USAGE;
-    }
-    if e.downcast_ref::<SettingsError>().is_some() {
-        return EXIT_USAGE;
-    }
-    EXIT_RUNTIME
 }
 
 fn load_settings(cli: &Cli) -> Result<Settings, SettingsError> {
@@ -176,90 +166,20 @@ fn load_settings(cli: &Cli) -> Result<Settings, SettingsError> {
 async fn run_command(
     settings: &Settings,
     command: Command,
-    shutdown: CancellationToken,
-) -> anyhow::Result<u8> {
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<u8, Failure> {
     match command {
-        Command::Broker(args) => vigil::kafka::broker::run(settings, args, shutdown).await?,
-        Command::Produce(args) => {
-            vigil::producer::run(settings, args, shutdown).await?;
-        }
-        Command::Tail(args) => {
-            vigil::tail::run(settings, args, shutdown).await?;
-        }
-        Command::Verify(args) => {
-            if !vigil::verify::run(settings, args, shutdown).await?.exact {
-                return Ok(EXIT_RUNTIME);
-            }
-        }
-        Command::Detect(args) => {
-            vigil::detector::run(settings, args, shutdown).await?;
-        }
-        Command::Sink(args) => {
-            vigil::sink::run(settings, args, shutdown).await?;
-        }
-        Command::Up(args) => {
-            vigil::up::run(settings, args, shutdown).await?;
-        }
-        Command::DetectImage(args) => {
-            let (model, detector) = (settings.model.clone(), settings.detector.clone());
-            // Model work is blocking CPU/GPU work: keep it off the async runtime.
-            tokio::task::spawn_blocking(move || {
-                vigil::detect_image::run(&model, detector.backend, &detector.decode, args)
-            })
-            .await??;
-        }
-        Command::Bench(vigil::bench::BenchCommand::Model(args)) => {
-            let (model, detector) = (settings.model.clone(), settings.detector.clone());
-            tokio::task::spawn_blocking(move || {
-                vigil::bench::model::run(&model, detector.backend, &detector.decode, args)
-            })
-            .await??;
-        }
+        Command::Broker(args) => broker::run(settings, args, shutdown).await,
+        Command::Produce(args) => pipeline::produce(settings, args, shutdown).await,
+        Command::Tail(args) => tools::tail(settings, args, shutdown).await,
+        Command::Verify(args) => tools::verify(settings, args, shutdown).await,
+        Command::Detect(_) => pipeline::detect(settings, shutdown).await,
+        Command::Sink(_) => pipeline::sink(settings, shutdown).await,
+        Command::Up(args) => pipeline::up(settings, args, shutdown).await,
+        Command::DetectImage(args) => detect_image::run(settings, args).await,
+        Command::Bench(bench::BenchCommand::Model(args)) => bench::model::run(settings, args).await,
         Command::Config => unreachable!("handled before the runtime starts"),
     }
-    Ok(EXIT_OK)
-}
-
-/// A token cancelled by the first SIGINT or SIGTERM; a second one exits at once (130).
-fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let mut signals = 0;
-        loop {
-            wait_for_signal().await;
-            signals += 1;
-            if signals == 1 {
-                tracing::info!("shutting down (signal again to exit at once)");
-                cancel.cancel();
-            } else {
-                eprintln!("vigil: second signal, exiting now");
-                std::process::exit(130);
-            }
-        }
-    });
-    token
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]
@@ -279,5 +199,44 @@ mod tests {
         let b = Cli::try_parse_from(["vigil", "broker", "--bootstrap", "h:1"]).unwrap();
         assert_eq!(a.bootstrap.as_deref(), Some("h:1"));
         assert_eq!(b.bootstrap.as_deref(), Some("h:1"));
+    }
+
+    /// Every command's flags load through the real settings loader: the keys and values
+    /// are what the config layer accepts.
+    #[test]
+    fn flags_become_settings() {
+        type Case = (&'static [&'static str], fn(&Settings) -> bool);
+        let cases: &[Case] = &[
+            (&["vigil", "detect", "--backend", "cpu", "--instance-id", "det-1", "--delivery", "at-least-once"], |s| {
+                s.detector.backend == vigil::model::Backend::Cpu
+                    && s.detector.instance_id.as_deref() == Some("det-1")
+                    && s.detector.delivery == vigil::detector::Delivery::AtLeastOnce
+            }),
+            (&["vigil", "sink", "--database", "sqlite://x.db"], |s| s.sink.database_url == "sqlite://x.db"),
+            (&["vigil", "up", "--fps", "0", "--database", "sqlite://y.db", "--backend", "cpu"], |s| {
+                s.producer.frames_per_second == 0.0
+                    && s.sink.database_url == "sqlite://y.db"
+                    && s.detector.backend == vigil::model::Backend::Cpu
+            }),
+            (&["vigil", "produce", "--source", "cam-7", "--fps", "2", "x.jpg"], |s| {
+                s.producer.source_id == "cam-7" && s.producer.frames_per_second == 2.0
+            }),
+            (&["vigil", "verify", "--database", "sqlite://z.db"], |s| s.sink.database_url == "sqlite://z.db"),
+            (&["vigil", "detect-image", "--backend", "wgpu", "a.jpg"], |s| {
+                s.detector.backend == vigil::model::Backend::Wgpu
+            }),
+            (&["vigil", "bench", "model", "--backend", "cpu"], |s| s.detector.backend == vigil::model::Backend::Cpu),
+        ];
+        for (argv, check) in cases {
+            let cli = Cli::try_parse_from(*argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let mut loader = Settings::loader().env(Default::default());
+            for (k, v) in cli.command.overrides() {
+                loader = loader.set(k, v);
+            }
+            let settings = loader.load().unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert!(check(&settings), "{argv:?} did not set what it should");
+        }
+        assert!(Cli::try_parse_from(["vigil", "detect", "--delivery", "sometimes"]).is_err());
+        assert!(Cli::try_parse_from(["vigil", "detect", "--backend", "tpu"]).is_err());
     }
 }

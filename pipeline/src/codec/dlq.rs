@@ -1,33 +1,20 @@
 //! Dead letters: the original `images` record, unchanged, plus these headers.
 
 /// Stable error kind (e.g. `not_avro`, `unknown_schema`, `bad_record`, or a detector kind).
-pub const HEADER_ERROR_KIND: &str = "vigil.error.kind";
+pub(crate) const HEADER_ERROR_KIND: &str = "vigil.error.kind";
 /// Human-readable error message.
-pub const HEADER_ERROR_MESSAGE: &str = "vigil.error.message";
+pub(crate) const HEADER_ERROR_MESSAGE: &str = "vigil.error.message";
 /// Partition of the original record in `images` (decimal string).
-pub const HEADER_SOURCE_PARTITION: &str = "vigil.source.partition";
+pub(crate) const HEADER_SOURCE_PARTITION: &str = "vigil.source.partition";
 /// Offset of the original record in `images` (decimal string).
-pub const HEADER_SOURCE_OFFSET: &str = "vigil.source.offset";
-
-/// All four header names, in the order they are written.
-pub const HEADERS: [&str; 4] = [
-    HEADER_ERROR_KIND,
-    HEADER_ERROR_MESSAGE,
-    HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_OFFSET,
-];
+pub(crate) const HEADER_SOURCE_OFFSET: &str = "vigil.source.offset";
 
 /// Longest `vigil.error.message` written, in bytes (messages are truncated on a char boundary).
-pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
 /// The dead-letter headers of one record, as `(name, value)` pairs ready to add to Kafka
 /// headers (after the original record's own headers, which are kept).
-pub fn error_headers(
-    kind: &str,
-    message: &str,
-    partition: i32,
-    offset: i64,
-) -> [(&'static str, String); 4] {
+pub(crate) fn error_headers(kind: &str, message: &str, partition: i32, offset: i64) -> [(&'static str, String); 4] {
     let mut end = message.len().min(MAX_ERROR_MESSAGE_BYTES);
     while !message.is_char_boundary(end) {
         end -= 1;

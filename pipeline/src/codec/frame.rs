@@ -13,7 +13,7 @@ use super::CodecError;
 /// Variant order must match the symbol order in `schemas/Frame.avsc` (append only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum ImageEncoding {
+pub(crate) enum ImageEncoding {
     /// Not recognised; the detector decides (and dead-letters it if it cannot decode it).
     #[default]
     Unknown,
@@ -26,7 +26,7 @@ pub enum ImageEncoding {
 
 impl ImageEncoding {
     /// Recognises the container format from the first bytes of a file.
-    pub fn sniff(bytes: &[u8]) -> ImageEncoding {
+    pub(crate) fn sniff(bytes: &[u8]) -> ImageEncoding {
         match bytes {
             [0xFF, 0xD8, 0xFF, ..] => ImageEncoding::Jpeg,
             [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => ImageEncoding::Png,
@@ -38,7 +38,7 @@ impl ImageEncoding {
     }
 
     /// Lower-case name (`jpeg`, `png`, …, `unknown`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ImageEncoding::Unknown => "unknown",
             ImageEncoding::Jpeg => "jpeg",
@@ -58,7 +58,7 @@ impl fmt::Display for ImageEncoding {
 
 /// One frame as published to `images` (schema `schemas/Frame.avsc`; key = `source`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// Globally unique id (UUID v4): the idempotency key downstream.
     pub frame_id: String,
     /// Camera / source id; also the record key.
@@ -82,12 +82,12 @@ pub struct Frame {
 
 impl Frame {
     /// Encodes as Avro single-object bytes (the Kafka record value).
-    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
         FRAME.encode(self, self.data.len() + 128)
     }
 
     /// Decodes a Kafka record value; errors carry a stable [`CodecError::kind`].
-    pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
         FRAME.decode(bytes)
     }
 }
@@ -116,10 +116,7 @@ mod tests {
         let frame = sample();
         let bytes = frame.encode().unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
-        assert_eq!(
-            fingerprint_of(&bytes).unwrap(),
-            RecordType::Frame.current_fingerprint()
-        );
+        assert_eq!(fingerprint_of(&bytes).unwrap(), RecordType::Frame.current_fingerprint());
         assert_eq!(Frame::decode(&bytes).unwrap(), frame);
     }
 
@@ -133,13 +130,7 @@ mod tests {
             ImageEncoding::Bmp,
             ImageEncoding::Webp,
         ] {
-            let frame = Frame {
-                encoding,
-                width: None,
-                data: vec![],
-                attributes: HashMap::new(),
-                ..sample()
-            };
+            let frame = Frame { encoding, width: None, data: vec![], attributes: HashMap::new(), ..sample() };
             assert_eq!(Frame::decode(&frame.encode().unwrap()).unwrap(), frame);
         }
     }
@@ -148,10 +139,7 @@ mod tests {
     fn enum_symbols_match_schema() {
         // Variant index == symbol index: guard against reordering either side.
         let schema = RecordType::Frame.canonical_schema();
-        assert!(
-            schema.contains(r#""symbols":["UNKNOWN","JPEG","PNG","GIF","BMP","WEBP"]"#),
-            "{schema}"
-        );
+        assert!(schema.contains(r#""symbols":["UNKNOWN","JPEG","PNG","GIF","BMP","WEBP"]"#), "{schema}");
     }
 
     #[test]
@@ -170,12 +158,7 @@ mod tests {
 
     #[test]
     fn garbage_is_not_avro() {
-        for garbage in [
-            &b""[..],
-            b"\xFF\xD8\xFF\xE0 a jpeg",
-            b"hello world, not avro",
-            b"\xC3\x01\x00",
-        ] {
+        for garbage in [&b""[..], b"\xFF\xD8\xFF\xE0 a jpeg", b"hello world, not avro", b"\xC3\x01\x00"] {
             assert_eq!(Frame::decode(garbage).unwrap_err().kind(), "not_avro");
         }
     }
@@ -196,23 +179,11 @@ mod tests {
 
     #[test]
     fn sniffs_magic_bytes() {
-        assert_eq!(
-            ImageEncoding::sniff(b"\xFF\xD8\xFF\xDB...."),
-            ImageEncoding::Jpeg
-        );
-        assert_eq!(
-            ImageEncoding::sniff(b"\x89PNG\r\n\x1a\n...."),
-            ImageEncoding::Png
-        );
+        assert_eq!(ImageEncoding::sniff(b"\xFF\xD8\xFF\xDB...."), ImageEncoding::Jpeg);
+        assert_eq!(ImageEncoding::sniff(b"\x89PNG\r\n\x1a\n...."), ImageEncoding::Png);
         assert_eq!(ImageEncoding::sniff(b"GIF89a......"), ImageEncoding::Gif);
-        assert_eq!(
-            ImageEncoding::sniff(b"RIFF\0\0\0\0WEBPVP8 "),
-            ImageEncoding::Webp
-        );
-        assert_eq!(
-            ImageEncoding::sniff(b"BM\0\0\0\0\0\0\0\0\0\0\0\0\0\0"),
-            ImageEncoding::Bmp
-        );
+        assert_eq!(ImageEncoding::sniff(b"RIFF\0\0\0\0WEBPVP8 "), ImageEncoding::Webp);
+        assert_eq!(ImageEncoding::sniff(b"BM\0\0\0\0\0\0\0\0\0\0\0\0\0\0"), ImageEncoding::Bmp);
         assert_eq!(ImageEncoding::sniff(b"plain text"), ImageEncoding::Unknown);
         assert_eq!(ImageEncoding::sniff(b""), ImageEncoding::Unknown);
     }

@@ -8,14 +8,16 @@
 //!
 //! Schema evolution rules: `schemas/README.md`.
 
-pub mod dlq;
+pub(crate) mod dlq;
 mod frame;
 mod result;
 mod schema;
 
-pub use frame::{Frame, ImageEncoding};
-pub use result::{DetectedObject, DetectionResult};
-pub use schema::{fingerprint_of, RecordType, SINGLE_OBJECT_MAGIC};
+pub(crate) use frame::{Frame, ImageEncoding};
+pub(crate) use result::{DetectedObject, DetectionResult};
+#[cfg(test)]
+use schema::fingerprint_of;
+pub(crate) use schema::RecordType;
 
 /// Why a value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +28,7 @@ pub enum CodecError {
     /// A well-formed header whose fingerprint this build does not know: written with a
     /// schema that is newer than this reader (roll readers out first) or not ours.
     #[error("unknown {expected} schema fingerprint {fingerprint:#018x}: written with a schema this build does not know (deploy readers before writers, see schemas/README.md)")]
-    UnknownSchema {
-        expected: RecordType,
-        fingerprint: u64,
-    },
+    UnknownSchema { expected: RecordType, fingerprint: u64 },
     /// Header known, body does not decode (truncated, trailing bytes, values out of range).
     #[error("malformed {record} record: {reason}")]
     BadRecord { record: RecordType, reason: String },
@@ -52,7 +51,7 @@ impl CodecError {
 }
 
 /// Microseconds since the Unix epoch, now (the unit of every `*_at_us` field).
-pub fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

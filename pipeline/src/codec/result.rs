@@ -64,6 +64,32 @@ impl DetectionResult {
     pub fn latency_ms(&self) -> f64 {
         (self.processed_at_us - self.captured_at_us) as f64 / 1000.0
     }
+
+    /// One human-readable line (`vigil tail`, `vigil up`), e.g.
+    /// `cam-0 #12  dog 0.91, bicycle 0.42  768x576  latency 250 ms  [p3@1234]`.
+    pub fn line(&self) -> String {
+        const SHOWN: usize = 6;
+        let mut line = format!("{} #{}  ", self.source, self.seq);
+        if self.detections.is_empty() {
+            line.push_str("(nothing detected)");
+        } else {
+            let labels: Vec<String> =
+                self.detections.iter().take(SHOWN).map(|d| format!("{} {:.2}", d.label, d.score)).collect();
+            line.push_str(&labels.join(", "));
+            if self.detections.len() > SHOWN {
+                line.push_str(&format!(" (+{} more)", self.detections.len() - SHOWN));
+            }
+        }
+        line.push_str(&format!(
+            "  {}x{}  latency {:.0} ms  [p{}@{}]",
+            self.width,
+            self.height,
+            self.latency_ms(),
+            self.source_partition,
+            self.source_offset
+        ));
+        line
+    }
 }
 
 #[cfg(test)]
@@ -118,15 +144,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn human_line() {
+        let mut r = sample();
+        assert_eq!(r.line(), "cam-1 #7  dog 0.91, bicycle 0.42  768x576  latency 250 ms  [p3@99999]");
+        r.detections = vec![r.detections[0].clone(); 9];
+        assert!(r.line().contains("(+3 more)"), "{}", r.line());
+        r.detections.clear();
+        assert!(r.line().contains("(nothing detected)"));
+    }
+
+    #[test]
     fn roundtrip_empty_detections() {
-        let result = DetectionResult {
-            detections: vec![],
-            ..sample()
-        };
-        assert_eq!(
-            DetectionResult::decode(&result.encode().unwrap()).unwrap(),
-            result
-        );
+        let result = DetectionResult { detections: vec![], ..sample() };
+        assert_eq!(DetectionResult::decode(&result.encode().unwrap()).unwrap(), result);
     }
 
     #[test]
@@ -149,11 +179,6 @@ pub(crate) mod tests {
 
     #[test]
     fn garbage_is_not_avro() {
-        assert_eq!(
-            DetectionResult::decode(b"{\"json\": true}")
-                .unwrap_err()
-                .kind(),
-            "not_avro"
-        );
+        assert_eq!(DetectionResult::decode(b"{\"json\": true}").unwrap_err().kind(), "not_avro");
     }
 }

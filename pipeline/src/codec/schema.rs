@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::CodecError;
 
 /// The two marker bytes that open every single-object encoded value.
-pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+pub(super) const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
 /// Largest single allocation the Avro decoder may make for a claimed length
 /// (bounds what a corrupt length prefix can cost).
@@ -44,18 +44,10 @@ impl KnownSchema {
     fn parse(record: RecordType, text: &str) -> Self {
         // The schemas are embedded at build time and covered by tests: failing here is a
         // build defect, not a runtime condition.
-        let schema = Schema::parse_str(text)
-            .unwrap_or_else(|e| panic!("embedded {record} schema is invalid: {e}"));
+        let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("embedded {record} schema is invalid: {e}"));
         let fp = schema.fingerprint::<Rabin>();
-        let fingerprint = u64::from_le_bytes(
-            fp.bytes[..8]
-                .try_into()
-                .expect("Rabin fingerprints are 8 bytes"),
-        );
-        Self {
-            schema,
-            fingerprint,
-        }
+        let fingerprint = u64::from_le_bytes(fp.bytes[..8].try_into().expect("Rabin fingerprints are 8 bytes"));
+        Self { schema, fingerprint }
     }
 }
 
@@ -69,13 +61,7 @@ pub(crate) struct SchemaSet {
 impl SchemaSet {
     fn new(record: RecordType, texts: &[&str]) -> Self {
         apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
-        Self {
-            record,
-            writers: texts
-                .iter()
-                .map(|t| KnownSchema::parse(record, t))
-                .collect(),
-        }
+        Self { record, writers: texts.iter().map(|t| KnownSchema::parse(record, t)).collect() }
     }
 
     pub(crate) fn current(&self) -> &KnownSchema {
@@ -83,21 +69,13 @@ impl SchemaSet {
     }
 
     /// Encodes `value` with the current schema, header included.
-    pub(crate) fn encode<T: Serialize>(
-        &self,
-        value: &T,
-        size_hint: usize,
-    ) -> Result<Vec<u8>, CodecError> {
+    pub(crate) fn encode<T: Serialize>(&self, value: &T, size_hint: usize) -> Result<Vec<u8>, CodecError> {
         let current = self.current();
         let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
         out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
         out.extend_from_slice(&current.fingerprint.to_le_bytes());
-        apache_avro::write_avro_datum_ref(&current.schema, value, &mut out).map_err(|e| {
-            CodecError::Encode {
-                record: self.record,
-                reason: e.to_string(),
-            }
-        })?;
+        apache_avro::write_avro_datum_ref(&current.schema, value, &mut out)
+            .map_err(|e| CodecError::Encode { record: self.record, reason: e.to_string() })?;
         Ok(out)
     }
 
@@ -109,18 +87,11 @@ impl SchemaSet {
             .writers
             .iter()
             .find(|s| s.fingerprint == fingerprint)
-            .ok_or(CodecError::UnknownSchema {
-                expected: self.record,
-                fingerprint,
-            })?;
-        let bad = |reason: String| CodecError::BadRecord {
-            record: self.record,
-            reason,
-        };
+            .ok_or(CodecError::UnknownSchema { expected: self.record, fingerprint })?;
+        let bad = |reason: String| CodecError::BadRecord { record: self.record, reason };
         let mut body = Cursor::new(&bytes[HEADER_LEN..]);
-        let value =
-            apache_avro::from_avro_datum(&writer.schema, &mut body, Some(&self.current().schema))
-                .map_err(|e| bad(e.to_string()))?;
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut body, Some(&self.current().schema))
+            .map_err(|e| bad(e.to_string()))?;
         let trailing = bytes.len() - HEADER_LEN - body.position() as usize;
         if trailing != 0 {
             return Err(bad(format!("{trailing} trailing bytes after the record")));
@@ -130,42 +101,27 @@ impl SchemaSet {
 }
 
 /// Reads the schema fingerprint from a single-object header, without decoding the body.
-pub fn fingerprint_of(bytes: &[u8]) -> Result<u64, CodecError> {
+pub(super) fn fingerprint_of(bytes: &[u8]) -> Result<u64, CodecError> {
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::NotAvro {
-            reason: format!(
-                "{} bytes, shorter than the {HEADER_LEN}-byte header",
-                bytes.len()
-            ),
+            reason: format!("{} bytes, shorter than the {HEADER_LEN}-byte header", bytes.len()),
         });
     }
     if bytes[..2] != SINGLE_OBJECT_MAGIC {
         return Err(CodecError::NotAvro {
-            reason: format!(
-                "starts with {:#04x} {:#04x}, expected 0xc3 0x01",
-                bytes[0], bytes[1]
-            ),
+            reason: format!("starts with {:#04x} {:#04x}, expected 0xc3 0x01", bytes[0], bytes[1]),
         });
     }
-    Ok(u64::from_le_bytes(
-        bytes[2..HEADER_LEN].try_into().expect("8 bytes"),
-    ))
+    Ok(u64::from_le_bytes(bytes[2..HEADER_LEN].try_into().expect("8 bytes")))
 }
 
 /// `Frame` schemas: current first, then older versions still readable (`schemas/history/`).
-pub(crate) static FRAME: LazyLock<SchemaSet> = LazyLock::new(|| {
-    SchemaSet::new(
-        RecordType::Frame,
-        &[include_str!("../../../schemas/Frame.avsc")],
-    )
-});
+pub(crate) static FRAME: LazyLock<SchemaSet> =
+    LazyLock::new(|| SchemaSet::new(RecordType::Frame, &[include_str!("../../../schemas/Frame.avsc")]));
 
 /// `DetectionResult` schemas: current first, then older versions still readable.
 pub(crate) static DETECTION_RESULT: LazyLock<SchemaSet> = LazyLock::new(|| {
-    SchemaSet::new(
-        RecordType::DetectionResult,
-        &[include_str!("../../../schemas/DetectionResult.avsc")],
-    )
+    SchemaSet::new(RecordType::DetectionResult, &[include_str!("../../../schemas/DetectionResult.avsc")])
 });
 
 impl RecordType {

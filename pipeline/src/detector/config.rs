@@ -92,23 +92,14 @@ impl DetectorConfig {
         }
         if let Some(id) = &self.instance_id {
             if id.trim().is_empty() || id.chars().any(char::is_whitespace) {
-                return Err((
-                    "detector.instance_id",
-                    format!("{id:?} must be non-empty, without whitespace"),
-                ));
+                return Err(("detector.instance_id", format!("{id:?} must be non-empty, without whitespace")));
             }
         }
         if !(1..=4096).contains(&self.max_batch) {
-            return Err((
-                "detector.max_batch",
-                format!("{} is outside 1..=4096", self.max_batch),
-            ));
+            return Err(("detector.max_batch", format!("{} is outside 1..=4096", self.max_batch)));
         }
         if self.session_timeout_ms < 1_000 {
-            return Err((
-                "detector.session_timeout_ms",
-                format!("{} is below 1000", self.session_timeout_ms),
-            ));
+            return Err(("detector.session_timeout_ms", format!("{} is below 1000", self.session_timeout_ms)));
         }
         if self.max_poll_interval_ms < self.session_timeout_ms {
             return Err((
@@ -122,19 +113,13 @@ impl DetectorConfig {
         if self.transaction_timeout_ms <= self.max_wait_ms {
             return Err((
                 "detector.transaction_timeout_ms",
-                format!(
-                    "{} must exceed detector.max_wait_ms ({})",
-                    self.transaction_timeout_ms, self.max_wait_ms
-                ),
+                format!("{} must exceed detector.max_wait_ms ({})", self.transaction_timeout_ms, self.max_wait_ms),
             ));
         }
         if self.max_record_bytes == 0 {
             return Err(("detector.max_record_bytes", "must be > 0".into()));
         }
-        if self.decode.max_dimension_px == 0
-            || self.decode.max_pixels == 0
-            || self.decode.max_alloc_bytes == 0
-        {
+        if self.decode.max_dimension_px == 0 || self.decode.max_pixels == 0 || self.decode.max_alloc_bytes == 0 {
             return Err(("detector.decode", "limits must be > 0".into()));
         }
         Ok(())

@@ -36,13 +36,13 @@ struct Ownership {
 
 /// Consumer context of a detector worker.
 #[derive(Debug)]
-pub struct DetectorContext {
+pub(super) struct DetectorContext {
     topic: String,
     state: Mutex<Ownership>,
 }
 
 impl DetectorContext {
-    pub fn new(topic: &str) -> Self {
+    pub(super) fn new(topic: &str) -> Self {
         DetectorContext { topic: topic.to_owned(), state: Mutex::new(Ownership::default()) }
     }
 
@@ -51,23 +51,23 @@ impl DetectorContext {
     }
 
     /// The epoch to tag a record of `partition` with, read now.
-    pub fn epoch(&self, partition: i32) -> u64 {
+    pub(super) fn epoch(&self, partition: i32) -> u64 {
         self.state().epochs.get(&partition).copied().unwrap_or(0)
     }
 
     /// Whether a record tagged `epoch` still belongs to the current ownership of `partition`.
-    pub fn is_current(&self, partition: i32, epoch: u64) -> bool {
+    pub(super) fn is_current(&self, partition: i32, epoch: u64) -> bool {
         let state = self.state();
         state.assigned.contains(&partition) && state.epochs.get(&partition) == Some(&epoch)
     }
 
     /// Partitions currently assigned.
-    pub fn assigned(&self) -> Vec<i32> {
+    pub(super) fn assigned(&self) -> Vec<i32> {
         self.state().assigned.iter().copied().collect()
     }
 
     /// Number of assignment changes so far.
-    pub fn rebalances(&self) -> u64 {
+    pub(super) fn rebalances(&self) -> u64 {
         self.state().rebalances
     }
 

@@ -1,4 +1,7 @@
 //! Detector errors: what failed and what to do about it.
+//!
+//! Convention (the whole crate): a message carries its cause, and nothing is also
+//! exposed through `source()`, so `{:#}` prints each cause once.
 
 use rdkafka::error::KafkaError;
 
@@ -11,25 +14,28 @@ use crate::model::ModelError;
 #[derive(Debug, thiserror::Error)]
 pub enum DetectorError {
     #[error("cannot load the model: {0}")]
-    Model(#[from] ModelError),
+    Model(ModelError),
+    #[error("cannot start the model thread: {0}")]
+    SpawnModelThread(std::io::Error),
     #[error("the model thread stopped unexpectedly{}", .0.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     ModelThread(Option<String>),
+    #[error("a blocking Kafka call did not complete: {0}")]
+    Blocking(tokio::task::JoinError),
     #[error(transparent)]
     Plumbing(#[from] KafkaPlumbingError),
-    #[error("cannot create the Kafka {role}: {source} (check kafka.bootstrap_servers and kafka.client.*)")]
-    Client {
-        role: &'static str,
-        #[source]
-        source: KafkaError,
-    },
-    #[error("cannot initialise transactions for transactional.id {transactional_id}: {source}; does the broker support transactions (Kafka >= 0.11, transaction.state.log.* settings)?")]
-    InitTransactions {
-        transactional_id: String,
-        #[source]
-        source: KafkaError,
-    },
+    #[error("cannot create the Kafka {role}: {cause} (check kafka.bootstrap_servers and kafka.client.*)")]
+    Client { role: &'static str, cause: KafkaError },
+    #[error("cannot initialise transactions for transactional.id {transactional_id}: {cause}; does the broker support transactions (transaction.state.log.* settings, enough brokers for its replication factor)?")]
+    InitTransactions { transactional_id: String, cause: KafkaError },
     #[error("Kafka consumer failed: {0}")]
-    Consumer(#[source] KafkaError),
-    #[error("invalid detector configuration: {key}: {reason}")]
-    Config { key: String, reason: String },
+    Consumer(KafkaError),
+    #[error("invalid configuration: `{key}`: {reason}")]
+    Config { key: &'static str, reason: String },
+}
+
+impl DetectorError {
+    /// Whether the command was used wrongly (exit code 2) rather than failing at run time.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, DetectorError::Config { .. })
+    }
 }

@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use super::KafkaConfig;
 
 /// Bootstrap servers plus every `kafka.client.*` property: the base of every client.
-pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+pub(crate) fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (key, value) in &kafka.client {
@@ -18,7 +18,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// An idempotent producer (`enable.idempotence=true`, `acks=all`) that may send records up
 /// to `kafka.max_message_bytes`.
-pub fn idempotent_producer_config(kafka: &KafkaConfig) -> ClientConfig {
+pub(crate) fn idempotent_producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
@@ -30,11 +30,7 @@ pub fn idempotent_producer_config(kafka: &KafkaConfig) -> ClientConfig {
 /// A group consumer that commits nothing by itself (`enable.auto.commit=false`), starts
 /// at the earliest offset when the group has none, and reads only committed transactional
 /// records (`isolation.level=read_committed`).
-pub fn consumer_config(
-    kafka: &KafkaConfig,
-    group_id: &str,
-    session_timeout_ms: u64,
-) -> ClientConfig {
+pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeout_ms: u64) -> ClientConfig {
     let mut config = client_config(kafka);
     config
         .set("group.id", group_id)
@@ -48,13 +44,10 @@ pub fn consumer_config(
 
 /// A consumer outside any group's offset management (manual `assign`, reads watermarks
 /// and records for `tail`/`verify`): a throwaway group id, no commits, read_committed.
-pub fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
+pub(crate) fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
     let mut config = client_config(kafka);
     config
-        .set(
-            "group.id",
-            format!("vigil-{purpose}-{}", uuid::Uuid::new_v4()),
-        )
+        .set("group.id", format!("vigil-{purpose}-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -70,9 +63,7 @@ mod tests {
     fn role_settings_win_over_passthrough() {
         let mut kafka = KafkaConfig::default();
         kafka.client.insert("acks".into(), "1".into());
-        kafka
-            .client
-            .insert("isolation.level".into(), "read_uncommitted".into());
+        kafka.client.insert("isolation.level".into(), "read_uncommitted".into());
         kafka.client.insert("client.id".into(), "me".into());
         let p = idempotent_producer_config(&kafka);
         assert_eq!(p.get("acks"), Some("all"));

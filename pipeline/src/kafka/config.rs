@@ -87,11 +87,7 @@ pub struct TopicConfig {
 
 impl TopicConfig {
     fn new(name: &str, partitions: i32) -> Self {
-        Self {
-            name: name.into(),
-            partitions,
-            replication_factor: -1,
-        }
+        Self { name: name.into(), partitions, replication_factor: -1 }
     }
 }
 
@@ -107,46 +103,28 @@ impl KafkaConfig {
         if self.bootstrap_servers.trim().is_empty() {
             return Err(("kafka.bootstrap_servers".into(), "must not be empty".into()));
         }
-        for (field, topic) in [
-            ("images", &self.topics.images),
-            ("detections", &self.topics.detections),
-            ("dlq", &self.topics.dlq),
-        ] {
+        for (field, topic) in
+            [("images", &self.topics.images), ("detections", &self.topics.detections), ("dlq", &self.topics.dlq)]
+        {
             if !valid_topic_name(&topic.name) {
                 return Err((
                     format!("kafka.topics.{field}.name"),
-                    format!(
-                        "{:?} is not a valid topic name (1-249 of [a-zA-Z0-9._-])",
-                        topic.name
-                    ),
+                    format!("{:?} is not a valid topic name (1-249 of [a-zA-Z0-9._-])", topic.name),
                 ));
             }
             if topic.partitions < 1 {
-                return Err((
-                    format!("kafka.topics.{field}.partitions"),
-                    format!("{} must be >= 1", topic.partitions),
-                ));
+                return Err((format!("kafka.topics.{field}.partitions"), format!("{} must be >= 1", topic.partitions)));
             }
             if topic.replication_factor == 0 || topic.replication_factor < -1 {
                 return Err((
                     format!("kafka.topics.{field}.replication_factor"),
-                    format!(
-                        "{} must be >= 1, or -1 for the broker default",
-                        topic.replication_factor
-                    ),
+                    format!("{} must be >= 1, or -1 for the broker default", topic.replication_factor),
                 ));
             }
         }
-        let names = [
-            &self.topics.images.name,
-            &self.topics.detections.name,
-            &self.topics.dlq.name,
-        ];
+        let names = [&self.topics.images.name, &self.topics.detections.name, &self.topics.dlq.name];
         if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
-            return Err((
-                "kafka.topics".into(),
-                "images, detections and dlq must be three different topics".into(),
-            ));
+            return Err(("kafka.topics".into(), "images, detections and dlq must be three different topics".into()));
         }
         if !(1024..=1_000_000_000).contains(&self.max_message_bytes) {
             return Err((
@@ -185,9 +163,7 @@ fn valid_topic_name(name: &str) -> bool {
         && name.len() <= 249
         && name != "."
         && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// A `[kafka.client]` value: scalars, or nested tables from dotted TOML keys / `__` in env.
@@ -232,9 +208,7 @@ fn flatten(prefix: &str, value: ClientValue, out: &mut BTreeMap<String, String>)
 
 /// Accepts `sasl.mechanisms = "PLAIN"` (a nested table), `"sasl.mechanisms" = "PLAIN"`, and
 /// env `VIGIL__KAFKA__CLIENT__SASL__MECHANISMS`, all as the flat property `sasl.mechanisms`.
-fn deserialize_client_properties<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
+fn deserialize_client_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let tree = BTreeMap::<String, ClientValue>::deserialize(d)?;
     let mut out = BTreeMap::new();
     flatten("", ClientValue::Table(tree), &mut out);

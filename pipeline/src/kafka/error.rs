@@ -6,7 +6,7 @@ use rdkafka::error::{KafkaError, RDKafkaError, RDKafkaErrorCode};
 
 /// What a stage should do about a Kafka error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
     /// Transient (broker moving, timeout, coordinator loading): retry the same operation,
     /// with backoff; nothing needs undoing.
     Retriable,
@@ -31,7 +31,7 @@ impl fmt::Display for ErrorClass {
 /// Classifies an error from a transactional producer call (`init_transactions`,
 /// `begin_transaction`, `send_offsets_to_transaction`, `commit_transaction`, …) using
 /// librdkafka's own verdict, falling back to the error code.
-pub fn classify_transaction(err: &RDKafkaError) -> ErrorClass {
+pub(super) fn classify_transaction(err: &RDKafkaError) -> ErrorClass {
     if err.is_fatal() {
         ErrorClass::Fatal
     } else if err.txn_requires_abort() {
@@ -48,13 +48,11 @@ pub fn classify_transaction(err: &RDKafkaError) -> ErrorClass {
 }
 
 /// Classifies any rdkafka error.
-pub fn classify(err: &KafkaError) -> ErrorClass {
+pub(crate) fn classify(err: &KafkaError) -> ErrorClass {
     match err {
         KafkaError::Transaction(e) => classify_transaction(e),
         KafkaError::MessageConsumptionFatal(_) => ErrorClass::Fatal,
-        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Nul(_) => {
-            ErrorClass::Fatal
-        }
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Nul(_) => ErrorClass::Fatal,
         KafkaError::Canceled => ErrorClass::Fatal,
         KafkaError::NoMessageReceived | KafkaError::PartitionEOF(_) => ErrorClass::Retriable,
         other => match other.rdkafka_error_code() {
@@ -65,7 +63,7 @@ pub fn classify(err: &KafkaError) -> ErrorClass {
 }
 
 /// Classifies a bare error code (delivery reports, consumer errors, admin results).
-pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
+pub(super) fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
     use RDKafkaErrorCode::*;
     match code {
         // The client or the producer identity is gone for good.
@@ -133,26 +131,24 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaPlumbingError {
     #[error("cannot create the Kafka {role} client: {cause} (check kafka.bootstrap_servers and kafka.client.*)")]
-    Client {
-        role: &'static str,
-        cause: KafkaError,
-    },
+    Client { role: &'static str, cause: KafkaError },
     #[error("cannot create topics {topics:?}: {cause}")]
-    CreateTopics {
-        topics: Vec<String>,
-        cause: KafkaError,
-    },
+    CreateTopics { topics: Vec<String>, cause: KafkaError },
     #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },
     #[error("cannot read metadata from {bootstrap}: {cause} (is the broker running? `vigil broker` starts one)")]
-    Metadata {
-        bootstrap: String,
-        cause: KafkaError,
-    },
+    Metadata { bootstrap: String, cause: KafkaError },
     #[error("in-memory broker: {what}: {cause}")]
     Mock { what: String, cause: KafkaError },
     #[error("in-memory broker: {what}: {cause}")]
     MockIo { what: String, cause: std::io::Error },
+}
+
+impl KafkaPlumbingError {
+    /// Whether the configuration is wrong (exit code 2): librdkafka refused a property.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, KafkaPlumbingError::Client { cause: KafkaError::ClientConfig(..), .. })
+    }
 }
 
 #[cfg(test)]
@@ -168,30 +164,15 @@ mod tests {
         assert_eq!(classify_code(C::NotCoordinator), ErrorClass::Retriable);
         assert_eq!(classify_code(C::RequestTimedOut), ErrorClass::Retriable);
         assert_eq!(classify_code(C::MessageSizeTooLarge), ErrorClass::Abortable);
-        assert_eq!(
-            classify_code(C::InvalidTransactionalState),
-            ErrorClass::Abortable
-        );
+        assert_eq!(classify_code(C::InvalidTransactionalState), ErrorClass::Abortable);
     }
 
     #[test]
     fn kafka_errors_are_classified() {
-        assert_eq!(
-            classify(&KafkaError::MessageProduction(C::QueueFull)),
-            ErrorClass::Retriable
-        );
-        assert_eq!(
-            classify(&KafkaError::MessageProduction(C::MessageSizeTooLarge)),
-            ErrorClass::Abortable
-        );
+        assert_eq!(classify(&KafkaError::MessageProduction(C::QueueFull)), ErrorClass::Retriable);
+        assert_eq!(classify(&KafkaError::MessageProduction(C::MessageSizeTooLarge)), ErrorClass::Abortable);
         assert_eq!(classify(&KafkaError::Global(C::Fatal)), ErrorClass::Fatal);
-        assert_eq!(
-            classify(&KafkaError::ClientCreation("x".into())),
-            ErrorClass::Fatal
-        );
-        assert_eq!(
-            classify(&KafkaError::MessageConsumptionFatal(C::Fail)),
-            ErrorClass::Fatal
-        );
+        assert_eq!(classify(&KafkaError::ClientCreation("x".into())), ErrorClass::Fatal);
+        assert_eq!(classify(&KafkaError::MessageConsumptionFatal(C::Fail)), ErrorClass::Fatal);
     }
 }

@@ -1,7 +1,5 @@
 //! Topic creation and metadata helpers.
 
-use std::time::Duration;
-
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -13,7 +11,7 @@ use super::{client_config, reader_config, KafkaConfig, KafkaPlumbingError, Topic
 
 /// What [`ensure_topics`] found and did.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct TopicsReport {
+pub(crate) struct TopicsReport {
     /// Topics this call created.
     pub created: Vec<String>,
     /// Topics that already existed, with their partition counts.
@@ -25,9 +23,7 @@ pub struct TopicsReport {
 fn is_unsupported(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
-        RDKafkaErrorCode::UnsupportedVersion
-            | RDKafkaErrorCode::UnsupportedFeature
-            | RDKafkaErrorCode::InvalidRequest
+        RDKafkaErrorCode::UnsupportedVersion | RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::InvalidRequest
     )
 }
 
@@ -36,7 +32,7 @@ fn is_unsupported(code: RDKafkaErrorCode) -> bool {
 /// (warning when their partition count differs), and carries on with a warning when the
 /// broker lacks CreateTopics. Fails only when a topic is still missing afterwards, or on
 /// errors that creating it again would not fix (authorisation, invalid settings).
-pub async fn ensure_topics(
+pub(crate) async fn ensure_topics(
     kafka: &KafkaConfig,
     topics: &[&TopicConfig],
 ) -> Result<TopicsReport, KafkaPlumbingError> {
@@ -47,12 +43,7 @@ pub async fn ensure_topics(
     // Look first, create only what is missing: a broker without CreateTopics (the mock)
     // then costs nothing when the topics exist.
     let counts = partition_counts(kafka, topics).await?;
-    let missing: Vec<&TopicConfig> = topics
-        .iter()
-        .zip(&counts)
-        .filter(|(_, n)| **n == 0)
-        .map(|(t, _)| *t)
-        .collect();
+    let missing: Vec<&TopicConfig> = topics.iter().zip(&counts).filter(|(_, n)| **n == 0).map(|(t, _)| *t).collect();
     for (topic, n) in topics.iter().zip(&counts).filter(|(_, n)| **n > 0) {
         if *n != topic.partitions {
             warn!(topic = %topic.name, partitions = n, configured = topic.partitions, "existing topic has a different partition count; leaving it as it is");
@@ -71,22 +62,13 @@ pub async fn ensure_topics(
         });
     }
     let admin: AdminClient<DefaultClientContext> =
-        client_config(kafka)
-            .create()
-            .map_err(|cause| KafkaPlumbingError::Client {
-                role: "admin",
-                cause,
-            })?;
+        client_config(kafka).create().map_err(|cause| KafkaPlumbingError::Client { role: "admin", cause })?;
     let max_bytes = kafka.max_message_bytes.to_string();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {
-            NewTopic::new(
-                &t.name,
-                t.partitions,
-                TopicReplication::Fixed(t.replication_factor),
-            )
-            .set("max.message.bytes", &max_bytes)
+            NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor))
+                .set("max.message.bytes", &max_bytes)
         })
         .collect();
     let opts = AdminOptions::new()
@@ -101,15 +83,10 @@ pub async fn ensure_topics(
                         report.created.push(name);
                     }
                     // Created concurrently by another process: fine.
-                    Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                        report.existing.push((name, 0))
-                    }
+                    Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => report.existing.push((name, 0)),
                     Err((_, code)) if is_unsupported(code) => report.create_unsupported = true,
                     Err((name, code)) => {
-                        return Err(KafkaPlumbingError::Topic {
-                            topic: name,
-                            reason: format!("cannot create: {code}"),
-                        })
+                        return Err(KafkaPlumbingError::Topic { topic: name, reason: format!("cannot create: {code}") })
                     }
                 }
             }
@@ -122,12 +99,7 @@ pub async fn ensure_topics(
         {
             report.create_unsupported = true
         }
-        Err(cause) => {
-            return Err(KafkaPlumbingError::CreateTopics {
-                topics: names.clone(),
-                cause,
-            })
-        }
+        Err(cause) => return Err(KafkaPlumbingError::CreateTopics { topics: names.clone(), cause }),
     }
     if report.create_unsupported {
         warn!(topics = ?names, "the broker did not create the topics (no CreateTopics support, e.g. the librdkafka mock?)");
@@ -140,11 +112,7 @@ pub async fn ensure_topics(
         });
     }
     for (topic, n) in missing.iter().zip(counts) {
-        if let Some(entry) = report
-            .existing
-            .iter_mut()
-            .find(|(name, _)| *name == topic.name)
-        {
+        if let Some(entry) = report.existing.iter_mut().find(|(name, _)| *name == topic.name) {
             entry.1 = n;
         }
     }
@@ -152,52 +120,37 @@ pub async fn ensure_topics(
 }
 
 /// Partition counts (0 = missing) of `topics`, fetched off the async runtime.
-async fn partition_counts(
-    kafka: &KafkaConfig,
-    topics: &[&TopicConfig],
-) -> Result<Vec<i32>, KafkaPlumbingError> {
+async fn partition_counts(kafka: &KafkaConfig, topics: &[&TopicConfig]) -> Result<Vec<i32>, KafkaPlumbingError> {
     let kafka = kafka.clone();
     let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
     tokio::task::spawn_blocking(move || {
         let consumer = metadata_client(&kafka)?;
-        names
-            .iter()
-            .map(|name| partition_count(&consumer, &kafka, name))
-            .collect()
+        names.iter().map(|name| partition_count(&consumer, &kafka, name)).collect()
     })
     .await
-    .map_err(|e| KafkaPlumbingError::Topic {
-        topic: "*".into(),
-        reason: format!("metadata task failed: {e}"),
-    })?
+    .map_err(|e| KafkaPlumbingError::Topic { topic: "*".into(), reason: format!("metadata task failed: {e}") })?
 }
 
 /// A client for metadata and watermark queries (never joins a group).
-pub fn metadata_client(kafka: &KafkaConfig) -> Result<BaseConsumer, KafkaPlumbingError> {
+pub(crate) fn metadata_client(kafka: &KafkaConfig) -> Result<BaseConsumer, KafkaPlumbingError> {
     let mut config = reader_config(kafka, "metadata");
     config.set("allow.auto.create.topics", "false");
-    config.create().map_err(|cause| KafkaPlumbingError::Client {
-        role: "metadata",
-        cause,
-    })
+    config.create().map_err(|cause| KafkaPlumbingError::Client { role: "metadata", cause })
 }
 
 /// Fetches metadata for one topic (blocking).
-pub fn topic_metadata(
+pub(super) fn topic_metadata(
     consumer: &BaseConsumer,
     kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<Metadata, KafkaPlumbingError> {
     consumer
         .fetch_metadata(Some(topic), kafka.operation_timeout())
-        .map_err(|cause| KafkaPlumbingError::Metadata {
-            bootstrap: kafka.bootstrap_servers.clone(),
-            cause,
-        })
+        .map_err(|cause| KafkaPlumbingError::Metadata { bootstrap: kafka.bootstrap_servers.clone(), cause })
 }
 
 /// Partition count of `topic`, 0 when it does not exist (blocking).
-pub fn partition_count(
+pub(crate) fn partition_count(
     consumer: &BaseConsumer,
     kafka: &KafkaConfig,
     topic: &str,
@@ -213,7 +166,7 @@ pub fn partition_count(
 }
 
 /// `(partition, low, high)` watermarks of every partition of `topic` (blocking).
-pub fn watermarks(
+pub(crate) fn watermarks(
     consumer: &BaseConsumer,
     kafka: &KafkaConfig,
     topic: &str,
@@ -224,37 +177,7 @@ pub fn watermarks(
             consumer
                 .fetch_watermarks(topic, p, kafka.operation_timeout())
                 .map(|(low, high)| (p, low, high))
-                .map_err(|cause| KafkaPlumbingError::Metadata {
-                    bootstrap: kafka.bootstrap_servers.clone(),
-                    cause,
-                })
+                .map_err(|cause| KafkaPlumbingError::Metadata { bootstrap: kafka.bootstrap_servers.clone(), cause })
         })
         .collect()
-}
-
-/// Waits until `topic` has a leader for every partition (after creation the broker may
-/// need a moment), up to `timeout` (blocking).
-pub fn wait_for_leaders(
-    consumer: &BaseConsumer,
-    kafka: &KafkaConfig,
-    topic: &str,
-    timeout: Duration,
-) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Ok(md) = topic_metadata(consumer, kafka, topic) {
-            if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
-                if t.error().is_none()
-                    && !t.partitions().is_empty()
-                    && t.partitions().iter().all(|p| p.leader() >= 0)
-                {
-                    return true;
-                }
-            }
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -41,7 +41,8 @@ pub struct ResolvedBackend {
 /// present; `wgpu` falls back to a CPU (lavapipe) adapter when no GPU exists.
 pub fn resolve(backend: Backend) -> Result<ResolvedBackend, super::ModelError> {
     use burn::tensor::DeviceKind;
-    let cpu = || ResolvedBackend { backend: Backend::Cpu, description: "cpu (burn flex)".into(), device: Device::flex() };
+    let cpu =
+        || ResolvedBackend { backend: Backend::Cpu, description: "cpu (burn flex)".into(), device: Device::flex() };
     match backend {
         Backend::Cpu => Ok(cpu()),
         Backend::Auto => Ok(match best_adapter() {
@@ -62,7 +63,11 @@ pub fn resolve(backend: Backend) -> Result<ResolvedBackend, super::ModelError> {
 }
 
 fn wgpu_backend(kind: burn::tensor::DeviceKind, adapter: &Adapter) -> ResolvedBackend {
-    ResolvedBackend { backend: Backend::Wgpu, description: format!("wgpu ({})", adapter.name), device: Device::wgpu(kind) }
+    ResolvedBackend {
+        backend: Backend::Wgpu,
+        description: format!("wgpu ({})", adapter.name),
+        device: Device::wgpu(kind),
+    }
 }
 
 struct Adapter {
@@ -80,7 +85,10 @@ fn best_adapter() -> Option<Adapter> {
     let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     let infos: Vec<_> = adapters.iter().map(|a| a.get_info()).collect();
     let is_gpu = |t: wgpu::DeviceType| matches!(t, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu);
-    let best = infos.iter().find(|i| is_gpu(i.device_type)).or_else(|| infos.iter().find(|i| i.device_type == wgpu::DeviceType::Cpu))?;
+    let best = infos
+        .iter()
+        .find(|i| is_gpu(i.device_type))
+        .or_else(|| infos.iter().find(|i| i.device_type == wgpu::DeviceType::Cpu))?;
     Some(Adapter { name: format!("{} / {:?}", best.name, best.backend), is_gpu: is_gpu(best.device_type) })
 }
 

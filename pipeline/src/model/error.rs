@@ -31,7 +31,8 @@ impl DecodeError {
 
 /// What to do about weights that are present but unusable: `ensure_weights` only checks
 /// that the files exist, so removing them makes the next run fetch them again.
-const REFETCH: &str = "delete nanodet.json and nanodet.bin in that directory and run again: with model.fetch = \"if-missing\" \
+const REFETCH: &str =
+    "delete nanodet.json and nanodet.bin in that directory and run again: with model.fetch = \"if-missing\" \
 (the default) Vigil fetches and checks them again";
 
 /// Failures of the model itself: getting and loading weights, or running on the device.
@@ -49,8 +50,10 @@ pub enum ModelError {
              Or put nanodet.json and nanodet.bin there yourself, or set model.dir (VIGIL__MODEL__DIR) to a directory holding them",
              hint = install_hint(.tool))]
     FetchToolMissing { tool: &'static str, dir: PathBuf },
-    #[error("fetching the NanoDet-g weights into {dir} failed: {reason}. \
-             Alternatively set model.dir (VIGIL__MODEL__DIR) to a directory holding nanodet.json and nanodet.bin")]
+    #[error(
+        "fetching the NanoDet-g weights into {dir} failed: {reason}. \
+             Alternatively set model.dir (VIGIL__MODEL__DIR) to a directory holding nanodet.json and nanodet.bin"
+    )]
     FetchFailed { dir: PathBuf, reason: String },
     #[error("model file {path} is missing: the weights there are incomplete; {refetch}", refetch = REFETCH)]
     MissingFile { path: PathBuf },

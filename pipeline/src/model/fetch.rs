@@ -105,7 +105,7 @@ mod tests {
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vigil-fetch-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok(); // left over from an earlier run, if any
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -123,7 +123,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
 
         let err = ensure_weights(&config(Path::new("/nonexistent/vigil-models"), ModelFetch::Never)).unwrap_err();
-        assert!(matches!(&err, ModelError::NotFetched { missing, .. } if missing == "nanodet.json and nanodet.bin"), "{err:?}");
+        assert!(
+            matches!(&err, ModelError::NotFetched { missing, .. } if missing == "nanodet.json and nanodet.bin"),
+            "{err:?}"
+        );
     }
 
     #[test]

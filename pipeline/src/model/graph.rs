@@ -103,7 +103,8 @@ impl TfjsGraph {
     fn check_consts(&self) -> Result<(), ModelError> {
         let mut used = 0;
         for node in self.nodes.iter().filter(|n| n.op == "Const") {
-            let tensor = self.consts.get(&node.name).ok_or_else(|| ModelError::MissingTensor { name: node.name.clone() })?;
+            let tensor =
+                self.consts.get(&node.name).ok_or_else(|| ModelError::MissingTensor { name: node.name.clone() })?;
             used += 1;
             if let Some(declared) = declared_shape(node) {
                 if declared != tensor.shape {

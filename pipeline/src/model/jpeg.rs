@@ -14,7 +14,7 @@ use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
 use super::DecodeError;
 
 /// Decodes `bytes` to packed RGB8: `(width, height, pixels)`.
-pub fn decode_rgb(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), DecodeError> {
+pub(super) fn decode_rgb(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), DecodeError> {
     let result = catch_unwind(AssertUnwindSafe(|| -> std::io::Result<(u32, u32, Vec<u8>)> {
         // SAFETY: jpeg_std_error fills every field of a zeroed error manager.
         let mut err: jpeg_error_mgr = unsafe { std::mem::zeroed() };
@@ -50,7 +50,8 @@ fn message(cinfo: &mut jpeg_common_struct) -> String {
         let mut buffer = [0u8; 200];
         match cinfo.err.as_ref().and_then(|e| e.format_message) {
             Some(format) => {
-                let format: unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 200]) = std::mem::transmute(format);
+                let format: unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 200]) =
+                    std::mem::transmute(format);
                 format(cinfo, &mut buffer);
                 let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
                 String::from_utf8_lossy(&buffer[..end]).into_owned()

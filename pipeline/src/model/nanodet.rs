@@ -6,7 +6,9 @@ use super::backend::resolve;
 use super::graph::TfjsGraph;
 use super::network::{Network, OpProfile};
 use super::postprocess::{cell_centres, levels, reduce_on_device, CellResults, Level};
-use super::{Backend, DecodedFrame, Detection, Detector, ModelConfig, ModelError, PostProcess, ResolvedBackend, INPUT_SIZE};
+use super::{
+    Backend, DecodedFrame, Detection, Detector, ModelConfig, ModelError, PostProcess, ResolvedBackend, INPUT_SIZE,
+};
 
 /// COCO class names in model order.
 const LABELS: &str = include_str!("coco.names");
@@ -32,7 +34,11 @@ impl NanoDet {
         let backend = resolve(backend)?;
         let network = Network::compile(&graph, &backend.device)?;
         let labels: Vec<String> = LABELS.lines().map(str::to_string).collect();
-        let zeros = DecodedFrame { width: INPUT_SIZE, height: INPUT_SIZE, chw: vec![0.0; 3 * (INPUT_SIZE * INPUT_SIZE) as usize] };
+        let zeros = DecodedFrame {
+            width: INPUT_SIZE,
+            height: INPUT_SIZE,
+            chw: vec![0.0; 3 * (INPUT_SIZE * INPUT_SIZE) as usize],
+        };
         let outputs = network.forward(input_tensor(std::slice::from_ref(&zeros), network.device()))?;
         let shapes: Vec<[usize; 3]> = outputs.iter().map(|t| t.dims()).collect();
         let (levels, bins) = levels(&shapes, labels.len())?;
@@ -83,7 +89,11 @@ impl NanoDet {
     }
 
     /// Raw outputs → detections for `frames` (device reduction, then host NMS).
-    pub fn postprocess(&self, outputs: Vec<Tensor<3>>, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
+    pub fn postprocess(
+        &self,
+        outputs: Vec<Tensor<3>>,
+        frames: &[DecodedFrame],
+    ) -> Result<Vec<Vec<Detection>>, ModelError> {
         let cells = self.reduce(outputs)?;
         Ok(self.finish(&cells, frames))
     }

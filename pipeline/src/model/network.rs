@@ -137,7 +137,7 @@ struct Step {
 }
 
 /// The compiled network on one device.
-pub struct Network {
+pub(super) struct Network {
     steps: Vec<Step>,
     outputs: Vec<usize>,
     /// How many times each step's value is read (outputs count once), to free early.
@@ -149,23 +149,27 @@ pub struct Network {
 
 impl Network {
     /// Builds the execution plan for `graph` on `device`, uploading every weight once.
-    pub fn compile(graph: &TfjsGraph, device: &Device) -> Result<Network, ModelError> {
+    pub(super) fn compile(graph: &TfjsGraph, device: &Device) -> Result<Network, ModelError> {
         Compiler::new(graph, device).compile()
     }
 
-    pub fn device(&self) -> &Device {
+    pub(super) fn device(&self) -> &Device {
         &self.device
     }
 
     /// Runs the network on `input` `[N, 3, 416, 416]`; returns the graph outputs in
     /// signature order, each `[N, cells, channels]`.
-    pub fn forward(&self, input: Tensor<4>) -> Result<Vec<Tensor<3>>, ModelError> {
+    pub(super) fn forward(&self, input: Tensor<4>) -> Result<Vec<Tensor<3>>, ModelError> {
         self.execute(input, None)
     }
 
     /// [`forward`](Self::forward), adding each step's wall time to `profile` by kind of
     /// operation. The device is synchronised after every step, which slows a GPU down.
-    pub fn forward_profiled(&self, input: Tensor<4>, profile: &mut OpProfile) -> Result<Vec<Tensor<3>>, ModelError> {
+    pub(super) fn forward_profiled(
+        &self,
+        input: Tensor<4>,
+        profile: &mut OpProfile,
+    ) -> Result<Vec<Tensor<3>>, ModelError> {
         profile.passes += 1;
         self.execute(input, Some(profile))
     }
@@ -178,11 +182,7 @@ impl Network {
             let mut args = Vec::with_capacity(step.inputs.len());
             for &(source, output) in &step.inputs {
                 remaining[source] -= 1;
-                let value = if remaining[source] == 0 {
-                    values[source].take()
-                } else {
-                    values[source].clone()
-                };
+                let value = if remaining[source] == 0 { values[source].take() } else { values[source].clone() };
                 let value = value.ok_or_else(|| fail(step, "input value already consumed"))?;
                 args.push(match (value, output) {
                     (Value::Split(mut parts), i) if i < parts.len() => Value::Act(parts.swap_remove(i)),
@@ -289,7 +289,13 @@ fn run(step: &Step, op: &Op, args: Vec<Value>, cpu: bool) -> Result<Value, Model
         }
         Op::MaxPool { kernel, stride } => {
             let a = materialize(arrange(act(step, next()?)?, NHWC_ON_NCHW));
-            let options = MaxPoolOptions { kernel_size: *kernel, stride: *stride, padding: [(0, 0); 2], dilation: [1, 1], ceil_mode: false };
+            let options = MaxPoolOptions {
+                kernel_size: *kernel,
+                stride: *stride,
+                padding: [(0, 0); 2],
+                dilation: [1, 1],
+                ceil_mode: false,
+            };
             Value::Act(Act { tensor: max_pool2d(a.tensor, options), ..a })
         }
         Op::Concat { axis } => {
@@ -303,12 +309,14 @@ fn run(step: &Step, op: &Op, args: Vec<Value>, cpu: bool) -> Result<Value, Model
         }
         Op::Resize { size } if cpu => {
             let a = materialize(cpu_nhwc(step, act(step, next()?)?)?);
-            let tensor = cpu::apply(a.tensor, |x, shape| cpu::resize_bilinear(x, shape, *size)).map_err(|e| fail(step, &e.to_string()))?;
+            let tensor = cpu::apply(a.tensor, |x, shape| cpu::resize_bilinear(x, shape, *size))
+                .map_err(|e| fail(step, &e.to_string()))?;
             Value::Act(Act { tensor, ..a })
         }
         Op::Resize { size } => {
             let a = materialize(arrange(act(step, next()?)?, NHWC_ON_NCHW));
-            let options = InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false).with_output_size(*size);
+            let options =
+                InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false).with_output_size(*size);
             Value::Act(Act { tensor: interpolate(a.tensor, options), ..a })
         }
         Op::Split { sizes, axis } => {
@@ -563,7 +571,8 @@ impl<'a> Compiler<'a> {
                 };
                 let leaky_alpha = self.fused_leaky.get(&node.name).copied();
                 if self.cpu {
-                    let conv = CpuConv::new(values.to_vec(), [kh, kw, cin, cout], bias, stride, leaky_alpha.map(|a| a as f32));
+                    let conv =
+                        CpuConv::new(values.to_vec(), [kh, kw, cin, cout], bias, stride, leaky_alpha.map(|a| a as f32));
                     return Ok((Op::Conv(Conv::Cpu(conv)), first()));
                 }
                 // HWIO (TensorFlow) → OIHW (burn).
@@ -582,9 +591,12 @@ impl<'a> Compiler<'a> {
                 return Ok((Op::Identity, first()));
             }
             "Add" | "AddV2" | "BiasAdd" => {
-                let consts: Vec<Option<&WeightTensor>> = inputs.iter().map(|i| self.consts.get(split_input(i).0)).collect();
+                let consts: Vec<Option<&WeightTensor>> =
+                    inputs.iter().map(|i| self.consts.get(split_input(i).0)).collect();
                 match consts.as_slice() {
-                    [Some(_), Some(_)] => return Err(self.bad(&node.name, &node.op, "constant add used as an activation")),
+                    [Some(_), Some(_)] => {
+                        return Err(self.bad(&node.name, &node.op, "constant add used as an activation"))
+                    }
                     [None, Some(b)] => {
                         let bias = self.float_tensor1(node, &(*b).clone())?;
                         return Ok((Op::AddBias { bias }, first()));
@@ -605,7 +617,9 @@ impl<'a> Compiler<'a> {
                 let value = match inputs.get(2) {
                     Some(v) => {
                         let v = self.constant(node, Some(v))?;
-                        v.as_floats().and_then(|f| f.first().copied()).ok_or_else(|| self.bad(&node.name, &node.op, "pad value"))?
+                        v.as_floats()
+                            .and_then(|f| f.first().copied())
+                            .ok_or_else(|| self.bad(&node.name, &node.op, "pad value"))?
                     }
                     None => 0.0,
                 };
@@ -624,7 +638,9 @@ impl<'a> Compiler<'a> {
                     return Err(self.bad(&node.name, &node.op, "only half-pixel-centre resizing is supported"));
                 }
                 let size = self.ints(node, inputs.get(1))?;
-                let [h, w] = size.as_slice() else { return Err(self.bad(&node.name, &node.op, "size must have 2 values")) };
+                let [h, w] = size.as_slice() else {
+                    return Err(self.bad(&node.name, &node.op, "size must have 2 values"));
+                };
                 Op::Resize { size: [*h as usize, *w as usize] }
             }
             "SplitV" => {
@@ -647,7 +663,8 @@ impl<'a> Compiler<'a> {
 
     /// The constant behind `input`, folding integer `AddV2` / `SparseToDense` subgraphs.
     fn constant(&mut self, node: &GraphNode, input: Option<&String>) -> Result<WeightTensor, ModelError> {
-        let name = input.map(|i| split_input(i).0).ok_or_else(|| self.bad(&node.name, &node.op, "missing constant input"))?;
+        let name =
+            input.map(|i| split_input(i).0).ok_or_else(|| self.bad(&node.name, &node.op, "missing constant input"))?;
         if let Some(t) = self.consts.get(name) {
             return Ok(t.clone());
         }
@@ -666,7 +683,8 @@ impl<'a> Compiler<'a> {
                 let fill = default.first().copied().unwrap_or(0);
                 let mut dense = vec![fill; len];
                 for (k, &i) in indices.iter().enumerate() {
-                    let slot = dense.get_mut(i as usize).ok_or_else(|| self.bad(name, &source.op, "index out of range"))?;
+                    let slot =
+                        dense.get_mut(i as usize).ok_or_else(|| self.bad(name, &source.op, "index out of range"))?;
                     *slot = if values.len() == 1 { values[0] } else { values[k] };
                 }
                 int_tensor(dense, len)
@@ -729,7 +747,10 @@ fn tensor1(values: Vec<f32>, device: &Device) -> Tensor<1> {
 }
 
 fn int_tensor(values: Vec<i64>, len: usize) -> WeightTensor {
-    WeightTensor { shape: vec![len], values: super::weights::Values::I32(values.into_iter().map(|v| v as i32).collect()) }
+    WeightTensor {
+        shape: vec![len],
+        values: super::weights::Values::I32(values.into_iter().map(|v| v as i32).collect()),
+    }
 }
 
 /// `"node:1"` → `("node", 1)`, `"node"` → `("node", 0)`.

@@ -86,8 +86,9 @@ pub(crate) fn reduce_on_device(
     bins: usize,
     device: &Device,
 ) -> Result<CellResults, ModelError> {
-    let bin_values = Tensor::<1>::from_data(TensorData::new((0..bins).map(|b| b as f32).collect::<Vec<_>>(), [bins]), device)
-        .reshape([1, 1, 1, bins]);
+    let bin_values =
+        Tensor::<1>::from_data(TensorData::new((0..bins).map(|b| b as f32).collect::<Vec<_>>(), [bins]), device)
+            .reshape([1, 1, 1, bins]);
     let mut scores = Vec::new();
     let mut classes = Vec::new();
     let mut distances = Vec::new();
@@ -102,7 +103,9 @@ pub(crate) fn reduce_on_device(
     }
     let scores = Tensor::cat(scores, 1);
     let cells = scores.dims()[1];
-    let host = |data: TensorData| data.convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Inference(format!("{e:?}")));
+    let host = |data: TensorData| {
+        data.convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Inference(format!("{e:?}")))
+    };
     Ok(CellResults {
         scores: host(scores.into_data())?,
         classes: Tensor::cat(classes, 1)
@@ -192,7 +195,10 @@ mod tests {
         let shapes = [[1, 2704, 80], [1, 676, 80], [1, 169, 80], [1, 2704, 44], [1, 676, 44], [1, 169, 44]];
         let (levels, bins) = levels(&shapes, 80).unwrap();
         assert_eq!(bins, 11);
-        assert_eq!(levels.iter().map(|l| (l.grid, l.stride as usize)).collect::<Vec<_>>(), vec![(52, 8), (26, 16), (13, 32)]);
+        assert_eq!(
+            levels.iter().map(|l| (l.grid, l.stride as usize)).collect::<Vec<_>>(),
+            vec![(52, 8), (26, 16), (13, 32)]
+        );
         assert_eq!((levels[0].scores_output, levels[0].bins_output), (0, 3));
         assert!(super::levels(&shapes[..5], 80).is_err());
     }

@@ -53,25 +53,29 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImag
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     let Some(format) = reader.format() else {
         return Err(DecodeError::UnknownFormat);
     };
     let (width, height) = reader.into_dimensions().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     let pixels = u64::from(width) * u64::from(height);
     if width > limits.max_dimension_px || height > limits.max_dimension_px || pixels > limits.max_pixels {
-        return Err(DecodeError::TooLarge { width, height, pixels, max_pixels: limits.max_pixels, max_dimension_px: limits.max_dimension_px });
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            pixels,
+            max_pixels: limits.max_pixels,
+            max_dimension_px: limits.max_dimension_px,
+        });
     }
     if format == ImageFormat::Jpeg {
         let (w, h, pixels) = super::jpeg::decode_rgb(bytes)?;
         return image::RgbImage::from_raw(w, h, pixels)
             .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short image".into()));
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     let mut image_limits = Limits::default();
     image_limits.max_image_width = Some(limits.max_dimension_px);
     image_limits.max_image_height = Some(limits.max_dimension_px);
@@ -107,7 +111,7 @@ const PRECISION_BITS: u32 = 22;
 /// widens by the scale when shrinking, weights are rounded to fixed point, and the
 /// horizontal pass is rounded to 8 bits before the vertical one. The `image` crate's
 /// triangle filter differs by up to 2 levels, enough to move raw outputs by 4e-3.
-pub fn resize_bilinear(src: &[u8], width: usize, height: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+pub(super) fn resize_bilinear(src: &[u8], width: usize, height: usize, out_w: usize, out_h: usize) -> Vec<u8> {
     let horizontal = weights(width, out_w);
     let mut rows = vec![0u8; height * out_w * 3];
     for y in 0..height {
@@ -151,7 +155,11 @@ fn weights(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             let raw: Vec<f64> = (min..max)
                 .map(|x| {
                     let d = ((x as f64 - center + 0.5) / filter_scale).abs();
-                    if d < 1.0 { 1.0 - d } else { 0.0 }
+                    if d < 1.0 {
+                        1.0 - d
+                    } else {
+                        0.0
+                    }
                 })
                 .collect();
             let total: f64 = raw.iter().sum();

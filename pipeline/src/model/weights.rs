@@ -12,28 +12,28 @@ use super::ModelError;
 
 /// Tensor values as stored: floats (dequantised to f32) or integers (shape constants).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Values {
+pub(super) enum Values {
     F32(Vec<f32>),
     I32(Vec<i32>),
 }
 
 /// One named constant of the graph.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WeightTensor {
+pub(super) struct WeightTensor {
     pub shape: Vec<usize>,
     pub values: Values,
 }
 
 impl WeightTensor {
     /// Integer view, for shape/axis/paddings constants.
-    pub fn as_ints(&self) -> Option<Vec<i64>> {
+    pub(super) fn as_ints(&self) -> Option<Vec<i64>> {
         match &self.values {
             Values::I32(v) => Some(v.iter().map(|&x| i64::from(x)).collect()),
             Values::F32(_) => None,
         }
     }
 
-    pub fn as_floats(&self) -> Option<&[f32]> {
+    pub(super) fn as_floats(&self) -> Option<&[f32]> {
         match &self.values {
             Values::F32(v) => Some(v),
             Values::I32(_) => None,
@@ -131,10 +131,14 @@ pub(crate) fn load_weights(
 
 fn decode(raw: &[u8], storage: Storage) -> Values {
     match storage {
-        Storage::F16 => Values::F32(
-            raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        ),
-        Storage::F32 => Values::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-        Storage::I32 => Values::I32(raw.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        Storage::F16 => {
+            Values::F32(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+        }
+        Storage::F32 => {
+            Values::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
+        Storage::I32 => {
+            Values::I32(raw.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
     }
 }

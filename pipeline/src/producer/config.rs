@@ -36,8 +36,7 @@ impl Default for ProducerConfig {
 impl ProducerConfig {
     /// Time between frames, or `None` when unthrottled.
     pub fn frame_interval(&self) -> Option<Duration> {
-        (self.frames_per_second > 0.0)
-            .then(|| Duration::from_secs_f64(1.0 / self.frames_per_second))
+        (self.frames_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / self.frames_per_second))
     }
 
     /// Checks values; errors name the key.
@@ -45,20 +44,11 @@ impl ProducerConfig {
         if self.source_id.trim().is_empty() {
             return Err(("producer.source_id", "must not be empty".into()));
         }
-        if !self.frames_per_second.is_finite()
-            || self.frames_per_second < 0.0
-            || self.frames_per_second > 1_000_000.0
-        {
-            return Err((
-                "producer.frames_per_second",
-                format!("{} is outside 0..=1000000", self.frames_per_second),
-            ));
+        if !self.frames_per_second.is_finite() || self.frames_per_second < 0.0 || self.frames_per_second > 1_000_000.0 {
+            return Err(("producer.frames_per_second", format!("{} is outside 0..=1000000", self.frames_per_second)));
         }
         if self.delivery_timeout_ms < 1_000 {
-            return Err((
-                "producer.delivery_timeout_ms",
-                format!("{} is below 1000", self.delivery_timeout_ms),
-            ));
+            return Err(("producer.delivery_timeout_ms", format!("{} is below 1000", self.delivery_timeout_ms)));
         }
         if self.max_in_flight == 0 {
             return Err(("producer.max_in_flight", "must be >= 1".into()));

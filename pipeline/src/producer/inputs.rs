@@ -11,7 +11,7 @@ use super::ProducerError;
 
 /// One frame to publish: who sent it and the encoded bytes (never decoded here).
 #[derive(Debug, Clone, PartialEq)]
-pub struct FrameInput {
+pub(super) struct FrameInput {
     /// Source (camera) id: record key and per-source sequence.
     pub source: String,
     /// The encoded image, sent unchanged.
@@ -26,14 +26,8 @@ pub struct FrameInput {
 
 impl FrameInput {
     /// A frame from `source` with `data` and no metadata.
-    pub fn new(source: impl Into<String>, data: Vec<u8>) -> Self {
-        Self {
-            source: source.into(),
-            data,
-            width: None,
-            height: None,
-            attributes: HashMap::new(),
-        }
+    pub(super) fn new(source: impl Into<String>, data: Vec<u8>) -> Self {
+        Self { source: source.into(), data, width: None, height: None, attributes: HashMap::new() }
     }
 }
 
@@ -49,7 +43,7 @@ fn is_glob(arg: &str) -> bool {
 
 /// Expands PATH arguments into a sorted file list: a file as is, a directory's files
 /// (recursively, sorted), a glob's matching files. A path that matches nothing is an error.
-pub fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerError> {
+pub(crate) fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerError> {
     let mut files = Vec::new();
     for arg in args {
         if arg.is_file() {
@@ -61,24 +55,13 @@ pub fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerError> {
         } else {
             let text = arg.to_string_lossy();
             if !is_glob(&text) {
-                return Err(ProducerError::Input {
-                    path: arg.clone(),
-                    reason: "no such file or directory".into(),
-                });
+                return Err(ProducerError::Input { path: arg.clone(), reason: "no such file or directory".into() });
             }
-            let pattern = glob::glob(&text).map_err(|e| ProducerError::Input {
-                path: arg.clone(),
-                reason: format!("bad glob pattern: {e}"),
-            })?;
-            let mut matched: Vec<PathBuf> = pattern
-                .filter_map(Result::ok)
-                .filter(|p| p.is_file())
-                .collect();
+            let pattern = glob::glob(&text)
+                .map_err(|e| ProducerError::Input { path: arg.clone(), reason: format!("bad glob pattern: {e}") })?;
+            let mut matched: Vec<PathBuf> = pattern.filter_map(Result::ok).filter(|p| p.is_file()).collect();
             if matched.is_empty() {
-                return Err(ProducerError::Input {
-                    path: arg.clone(),
-                    reason: "the pattern matches no files".into(),
-                });
+                return Err(ProducerError::Input { path: arg.clone(), reason: "the pattern matches no files".into() });
             }
             matched.sort();
             files.extend(matched);
@@ -88,17 +71,12 @@ pub fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerError> {
 }
 
 fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ProducerError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| ProducerError::Input {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| ProducerError::Input { path: dir.to_path_buf(), reason: e.to_string() })?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
@@ -112,39 +90,26 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ProducerError> {
 }
 
 /// Reads one file as a frame of `source` (attribute `file` = the path).
-pub fn read_file(source: &str, path: &Path) -> Result<FrameInput, ProducerError> {
-    let data = std::fs::read(path).map_err(|e| ProducerError::Input {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+pub(super) fn read_file(source: &str, path: &Path) -> Result<FrameInput, ProducerError> {
+    let data =
+        std::fs::read(path).map_err(|e| ProducerError::Input { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut input = FrameInput::new(source, data);
-    input
-        .attributes
-        .insert("file".into(), path.display().to_string());
+    input.attributes.insert("file".into(), path.display().to_string());
     Ok(input)
 }
 
 /// Width and height of generated test images.
-pub const SYNTHETIC_SIZE: (u32, u32) = (320, 240);
+pub(super) const SYNTHETIC_SIZE: (u32, u32) = (320, 240);
 
 /// Generates test image number `index` (a JPEG with a gradient and a few coloured boxes,
 /// different for every index; deterministic).
-pub fn synthetic_jpeg(index: u64) -> Vec<u8> {
+pub(super) fn synthetic_jpeg(index: u64) -> Vec<u8> {
     let (w, h) = SYNTHETIC_SIZE;
-    let mut img = RgbImage::from_fn(w, h, |x, y| {
-        Rgb([
-            (x * 255 / w) as u8,
-            (y * 255 / h) as u8,
-            ((index * 37) % 256) as u8,
-        ])
-    });
-    let mut state = index
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut img =
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((index * 37) % 256) as u8]));
+    let mut state = index.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 33) as u32
     };
     for _ in 0..3 {
@@ -165,13 +130,11 @@ pub fn synthetic_jpeg(index: u64) -> Vec<u8> {
 }
 
 /// Generated test image `index` as a frame of `source`.
-pub fn synthetic_frame(source: &str, index: u64) -> FrameInput {
+pub(super) fn synthetic_frame(source: &str, index: u64) -> FrameInput {
     let mut input = FrameInput::new(source, synthetic_jpeg(index));
     input.width = Some(SYNTHETIC_SIZE.0 as i32);
     input.height = Some(SYNTHETIC_SIZE.1 as i32);
-    input
-        .attributes
-        .insert("synthetic".into(), index.to_string());
+    input.attributes.insert("synthetic".into(), index.to_string());
     input
 }
 
@@ -198,11 +161,8 @@ mod tests {
         for name in ["b.jpg", "a.jpg", "sub/c.png", ".hidden"] {
             std::fs::write(dir.join(name), b"x").unwrap();
         }
-        let files = expand_paths(&[dir.clone()]).unwrap();
-        let names: Vec<String> = files
-            .iter()
-            .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
-            .collect();
+        let files = expand_paths(std::slice::from_ref(&dir)).unwrap();
+        let names: Vec<String> = files.iter().map(|p| p.strip_prefix(&dir).unwrap().display().to_string()).collect();
         assert_eq!(names, ["a.jpg", "b.jpg", "sub/c.png"]);
         let globbed = expand_paths(&[dir.join("*.jpg")]).unwrap();
         assert_eq!(globbed.len(), 2);

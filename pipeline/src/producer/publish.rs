@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
@@ -15,13 +14,13 @@ use tracing::{debug, warn};
 
 use super::{FrameInput, ProducerError};
 use crate::codec::{now_us, Frame, ImageEncoding};
-use crate::kafka::{ensure_topics, idempotent_producer_config};
+use crate::kafka::{ensure_topics, idempotent_producer_config, try_enqueue, Enqueued};
 use crate::settings::Settings;
 use crate::telemetry::{attributes as attr, inject_context, spans, start_span};
 
-/// Knobs of one [`produce_frames`] call that are not configuration.
+/// Knobs of one `produce_frames` call that are not configuration.
 #[derive(Debug, Clone, Default)]
-pub struct ProduceOptions {
+pub(super) struct ProduceOptions {
     /// Draw an indicatif progress bar on stderr (only when stderr is a terminal).
     pub show_progress: bool,
     /// Expected number of frames, for the progress bar (`None`: unknown / looping).
@@ -30,7 +29,7 @@ pub struct ProduceOptions {
     pub record_frame_ids: bool,
 }
 
-/// What a [`produce_frames`] call did.
+/// What a `produce_frames` call did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProduceSummary {
     /// Frames acknowledged by the broker (acks=all).
@@ -47,19 +46,27 @@ pub struct ProduceSummary {
     pub elapsed: Duration,
     /// The first delivery error, if any.
     pub first_error: Option<String>,
-    /// Ids of delivered frames, when [`ProduceOptions::record_frame_ids`] is set.
+    /// Ids of delivered frames, when `ProduceOptions::record_frame_ids` is set.
     pub frame_ids: Vec<String>,
 }
 
 impl ProduceSummary {
+    /// `Err` when a frame was not delivered, naming the first error.
+    pub fn check(&self) -> Result<(), ProducerError> {
+        if self.failed == 0 {
+            return Ok(());
+        }
+        Err(ProducerError::Delivery {
+            failed: self.failed,
+            total: self.failed + self.delivered,
+            first_error: self.first_error.clone().unwrap_or_default(),
+        })
+    }
+
     /// One human line, e.g. `delivered 20 frames (1.2 MiB) to images in 0.8 s, 0 failed`.
     pub fn line(&self, topic: &str) -> String {
         let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.delivered as f64 / secs
-        } else {
-            0.0
-        };
+        let rate = if secs > 0.0 { self.delivered as f64 / secs } else { 0.0 };
         format!(
             "delivered {} frames ({:.1} MiB) to {topic} in {secs:.1} s ({rate:.1} frames/s), {} failed, {} unidentified, {} unreadable",
             self.delivered,
@@ -86,7 +93,7 @@ struct InFlight {
 /// `producer.max_in_flight` records await acknowledgement. Stops early, after flushing,
 /// when `shutdown` fires. Delivery failures are counted in the summary, not returned
 /// as errors; errors are setup failures (client, topics) and encoding bugs.
-pub async fn produce_frames<I>(
+pub(super) async fn produce_frames<I>(
     settings: &Settings,
     inputs: I,
     options: ProduceOptions,
@@ -100,9 +107,7 @@ where
     let topic = settings.kafka.topics.images.name.clone();
     let pcfg = &settings.producer;
     let mut client = idempotent_producer_config(&settings.kafka);
-    client
-        .set("linger.ms", pcfg.linger_ms.to_string())
-        .set("message.timeout.ms", pcfg.delivery_timeout_ms.to_string());
+    client.set("linger.ms", pcfg.linger_ms.to_string()).set("message.timeout.ms", pcfg.delivery_timeout_ms.to_string());
     if !settings.kafka.client.contains_key("partitioner") {
         // Same key → partition mapping as the Java clients.
         client.set("partitioner", "murmur2_random");
@@ -160,13 +165,11 @@ where
             }
         }
         let encoding = ImageEncoding::sniff(&input.data);
-        let name = input.attributes.get("file").cloned().unwrap_or_else(|| {
-            format!(
-                "{} #{}",
-                input.source,
-                seqs.get(&input.source).copied().unwrap_or(0)
-            )
-        });
+        let name = input
+            .attributes
+            .get("file")
+            .cloned()
+            .unwrap_or_else(|| format!("{} #{}", input.source, seqs.get(&input.source).copied().unwrap_or(0)));
         if encoding == ImageEncoding::Unknown {
             warn!(input = %name, bytes = input.data.len(), "not recognised as an image (sending it anyway; the detector will judge)");
         }
@@ -196,23 +199,18 @@ where
             ],
         );
         let headers = inject_context(&trace, OwnedHeaders::new());
+        let mut record = FutureRecord::to(&topic).key(&frame.source).payload(&payload).headers(headers);
         let delivery = loop {
-            let record = FutureRecord::to(&topic)
-                .key(&frame.source)
-                .payload(&payload)
-                .headers(headers.clone());
-            match producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // librdkafka's queue is full: wait for the oldest delivery, then retry.
+            match try_enqueue(&producer, record).map_err(ProducerError::Send)? {
+                Enqueued::Sent(delivery) => break delivery,
+                Enqueued::Full(back) => {
+                    // librdkafka's queue is full: settle the oldest delivery (or wait), then retry.
+                    record = back;
                     match in_flight.pop_front() {
-                        Some(done) => {
-                            settle(done, &mut summary, &progress, options.record_frame_ids).await
-                        }
+                        Some(done) => settle(done, &mut summary, &progress, options.record_frame_ids).await,
                         None => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
                 }
-                Err((e, _)) => return Err(ProducerError::Client(e)),
             }
         };
         in_flight.push_back(InFlight {
@@ -231,26 +229,23 @@ where
     while let Some(done) = in_flight.pop_front() {
         settle(done, &mut summary, &progress, options.record_frame_ids).await;
     }
-    let _ = producer.flush(Duration::from_secs(10));
-    let _ = reader.join();
+    // Every delivery is settled above; a flush error only concerns librdkafka's own requests.
+    if let Err(e) = producer.flush(Duration::from_secs(10)) {
+        debug!(error = %e, "producer flush on exit");
+    }
+    if reader.join().is_err() {
+        warn!("the input reader thread panicked; the frames it had not read yet were not sent");
+    }
     progress.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-async fn settle(
-    done: InFlight,
-    summary: &mut ProduceSummary,
-    progress: &ProgressBar,
-    record_ids: bool,
-) {
+async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &ProgressBar, record_ids: bool) {
     let span = done.trace.span();
     match done.delivery.await {
         Ok(Ok(delivery)) => {
-            span.set_attribute(KeyValue::new(
-                attr::MESSAGING_DESTINATION_PARTITION_ID,
-                delivery.partition.to_string(),
-            ));
+            span.set_attribute(KeyValue::new(attr::MESSAGING_DESTINATION_PARTITION_ID, delivery.partition.to_string()));
             span.set_attribute(KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, delivery.offset));
             debug!(frame_id = %done.frame_id, partition = delivery.partition, offset = delivery.offset, "delivered");
             summary.delivered += 1;
@@ -269,9 +264,7 @@ async fn settle(
         }
         Err(_) => {
             summary.failed += 1;
-            summary
-                .first_error
-                .get_or_insert_with(|| "producer dropped before delivery".into());
+            summary.first_error.get_or_insert_with(|| "producer dropped before delivery".into());
         }
     }
     span.end();

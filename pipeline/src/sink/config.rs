@@ -46,26 +46,17 @@ impl SinkConfig {
         {
             return Err((
                 "sink.database_url",
-                format!(
-                    "{:?}: expected sqlite://PATH or postgres://…",
-                    self.database_url
-                ),
+                format!("{:?}: expected sqlite://PATH or postgres://…", self.database_url),
             ));
         }
         if self.group_id.trim().is_empty() {
             return Err(("sink.group_id", "must not be empty".into()));
         }
         if !(1..=100_000).contains(&self.max_batch) {
-            return Err((
-                "sink.max_batch",
-                format!("{} is outside 1..=100000", self.max_batch),
-            ));
+            return Err(("sink.max_batch", format!("{} is outside 1..=100000", self.max_batch)));
         }
         if self.session_timeout_ms < 1_000 {
-            return Err((
-                "sink.session_timeout_ms",
-                format!("{} is below 1000", self.session_timeout_ms),
-            ));
+            return Err(("sink.session_timeout_ms", format!("{} is below 1000", self.session_timeout_ms)));
         }
         Ok(())
     }

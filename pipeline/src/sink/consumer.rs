@@ -22,9 +22,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use super::db::DbWorker;
+use crate::backoff::Backoff;
 
 /// Consumer context that seeks newly assigned partitions to the database's offsets.
-pub struct SinkContext {
+pub(super) struct SinkContext {
     db: Arc<DbWorker>,
     group_id: String,
     topic: String,
@@ -34,12 +35,12 @@ pub struct SinkContext {
 }
 
 impl SinkContext {
-    pub fn new(db: Arc<DbWorker>, group_id: &str, topic: &str) -> Self {
+    pub(super) fn new(db: Arc<DbWorker>, group_id: &str, topic: &str) -> Self {
         SinkContext { db, group_id: group_id.to_owned(), topic: topic.to_owned(), failure: Mutex::new(None) }
     }
 
     /// The reason the consumer cannot go on, if any.
-    pub fn failure(&self) -> Option<String> {
+    pub(super) fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -48,7 +49,7 @@ impl SinkContext {
     /// the sink at the first rebalance.
     fn apply_stored_offsets(&self, tpl: &mut TopicPartitionList) -> Result<Vec<(i32, Offset)>, String> {
         let mut last_error = String::new();
-        for attempt in 0..5 {
+        for attempt in 1..=5 {
             match self.db.load_offsets_blocking(&self.group_id, &self.topic) {
                 Ok(stored) => {
                     let partitions: Vec<i32> =
@@ -64,7 +65,9 @@ impl SinkContext {
                 Err(e) => {
                     last_error = e.to_string();
                     warn!(attempt, error = %e, "cannot read stored offsets; retrying");
-                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                    std::thread::sleep(
+                        Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(5) }.delay(attempt),
+                    );
                 }
             }
         }
@@ -87,7 +90,9 @@ impl ConsumerContext for SinkContext {
                         error!(%reason, "cannot read stored offsets; the sink stops");
                         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                         // Take nothing rather than read from the wrong place.
-                        let _ = base_consumer.unassign();
+                        if let Err(e) = base_consumer.unassign() {
+                            error!(error = %e, "cannot drop the assignment either");
+                        }
                         return;
                     }
                 }
@@ -100,14 +105,17 @@ impl ConsumerContext for SinkContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 debug!(partitions = tpl.count(), lost = base_consumer.assignment_lost(), "partitions revoked");
-                let result = if cooperative { base_consumer.incremental_unassign(tpl) } else { base_consumer.unassign() };
+                let result =
+                    if cooperative { base_consumer.incremental_unassign(tpl) } else { base_consumer.unassign() };
                 if let Err(e) = result {
                     warn!(error = %e, "unassign failed");
                 }
             }
             other => {
                 error!(error = ?other, "rebalance error; dropping the assignment");
-                let _ = base_consumer.unassign();
+                if let Err(e) = base_consumer.unassign() {
+                    error!(error = %e, "cannot drop the assignment");
+                }
             }
         }
     }

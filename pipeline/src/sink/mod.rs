@@ -5,7 +5,7 @@
 //! - every batch is ONE database transaction: rows (`ON CONFLICT (frame_id) DO
 //!   NOTHING`), undecodable records (`sink_rejects`) and
 //!   `consumer_offsets(group, topic, partition) → next_offset`;
-//! - on assignment the consumer starts at the stored offsets ([`consumer::SinkContext`]),
+//! - on assignment the consumer starts at the stored offsets (`consumer::SinkContext`),
 //!   so a sink killed at any point re-reads at most its uncommitted batch;
 //! - a result delivered twice (an at-least-once detector, or an aborted transaction
 //!   that a broker without read_committed filtering — the mock — still delivers) is
@@ -14,72 +14,37 @@
 //! Kafka offset commits happen only after the database commit, asynchronously, for lag
 //! monitoring; the sink never reads them.
 //!
-//! Database I/O runs on a dedicated thread ([`db::DbWorker`]); the async loop is a
+//! Database I/O runs on a dedicated thread (`db::DbWorker`); the async loop is a
 //! `select!` over the consumer, the batch deadline and the shutdown token.
 
-pub mod config;
-pub mod consumer;
-pub mod db;
-pub mod error;
-pub mod store;
+mod config;
+mod consumer;
+mod db;
+mod error;
+pub(crate) mod store;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanKind, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-pub use config::*;
+pub use config::SinkConfig;
 pub use error::{SinkError, StoreError};
 
 use self::consumer::SinkContext;
 use self::db::DbWorker;
 use self::store::{Batch, DetectionRow, PartitionOffset, RejectRow};
+use crate::backoff::Backoff;
 use crate::codec::{DetectedObject, DetectionResult};
-use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass};
+use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass, NextOffsets};
 use crate::settings::Settings;
-use crate::telemetry::{attributes as attr, extract_context, spans, start_span};
-
-/// `vigil sink` arguments.
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(
-    about = "Store detections in a database (SQLite or PostgreSQL), exactly once",
-    long_about = "Store every result of the detections topic (kafka.topics.detections) as one row of the \
-        `detections` table, exactly once.\n\n\
-        The consumer reads with isolation.level=read_committed. Each batch is ONE database transaction that \
-        inserts the rows (idempotent on frame_id) and upserts the consumer offsets \
-        (table consumer_offsets: group, topic, partition -> next offset). On partition assignment the sink \
-        seeks to the offsets stored in the database, so a sink killed at any moment resumes where its last \
-        committed batch ended, and a redelivered result is skipped. Offsets are also committed to Kafka, \
-        after the database, for lag monitoring only.\n\n\
-        The schema is created or migrated at start-up. Several sinks may share the consumer group \
-        (sink.group_id) and the database.",
-    after_help = "Examples:\n  \
-        vigil sink                                             # sqlite://vigil.sqlite (sink.database_url)\n  \
-        vigil sink --database sqlite://vigil-data/run1.sqlite\n  \
-        vigil sink --database postgres://vigil@127.0.0.1:5432/vigil\n  \
-        VIGIL__SINK__MAX_BATCH=1000 vigil sink\n  \
-        sqlite3 vigil.sqlite 'SELECT source, seq, detection_count FROM detections ORDER BY stored_at_us DESC LIMIT 5'"
-)]
-pub struct SinkArgs {
-    /// Database URL: sqlite://PATH or postgres://USER[:PASS]@HOST:PORT/DB [config: sink.database_url].
-    #[arg(long, value_name = "URL")]
-    pub database: Option<String>,
-}
-
-impl SinkArgs {
-    /// Config keys these flags set.
-    pub fn overrides(&self) -> Vec<(&'static str, String)> {
-        self.database.iter().map(|url| ("sink.database_url", url.clone())).collect()
-    }
-}
+use crate::telemetry::{extract_context, spans, start_process_span};
 
 /// What a sink run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,28 +59,20 @@ pub struct SinkSummary {
     pub rejected: u64,
 }
 
-/// `vigil sink`: runs until `shutdown`, then stores what it has read and leaves the group.
-pub async fn run(settings: &Settings, _args: SinkArgs, shutdown: CancellationToken) -> Result<SinkSummary, SinkError> {
-    // The --database flag already went through the settings overrides.
-    run_sink(settings, shutdown, None).await
-}
-
-/// The sink loop. `observer`, when given, receives every newly stored result (for
-/// `vigil up`'s live view); it is fed with `try_send`, so a slow observer never slows
-/// the sink.
-pub async fn run_sink(
+/// Runs the sink until `shutdown`, then stores what it has read and leaves the group.
+/// `observer`, when given, receives every newly stored result (for `vigil up`'s live
+/// view); it is fed with `try_send`, so a slow observer never slows the sink.
+pub async fn run(
     settings: &Settings,
-    shutdown: CancellationToken,
     observer: Option<mpsc::Sender<DetectionResult>>,
+    shutdown: CancellationToken,
 ) -> Result<SinkSummary, SinkError> {
     let cfg = &settings.sink;
     let topic = settings.kafka.topics.detections.name.clone();
     let db = Arc::new(DbWorker::start(&cfg.database_url).await?);
     info!(database = %redact_url(&cfg.database_url), kind = db.kind(), "database ready (schema migrated)");
 
-    ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections])
-        .await
-        .map_err(|e| SinkError::Config(e.to_string()))?;
+    ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections]).await?;
 
     let context = SinkContext::new(db.clone(), &cfg.group_id, &topic);
     let consumer: StreamConsumer<SinkContext> =
@@ -170,7 +127,12 @@ struct SinkLoop<'a> {
 }
 
 impl SinkLoop<'_> {
-    async fn run(&mut self, max_batch: usize, max_wait: Duration, shutdown: &CancellationToken) -> Result<(), SinkError> {
+    async fn run(
+        &mut self,
+        max_batch: usize,
+        max_wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SinkError> {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             if let Some(reason) = self.consumer.context().failure() {
@@ -192,7 +154,7 @@ impl SinkLoop<'_> {
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
                     }
                     Err(e) => match classify(&e) {
-                        ErrorClass::Fatal => return Err(SinkError::Kafka(e)),
+                        ErrorClass::Fatal => return Err(SinkError::Consumer(e)),
                         _ => warn!(error = %e, "consumer error (librdkafka retries)"),
                     },
                 },
@@ -233,13 +195,12 @@ impl SinkLoop<'_> {
     /// Kafka for lag monitoring.
     async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
         let pending = std::mem::take(&mut self.pending);
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut next = NextOffsets::default();
         let mut batch = Batch { group_id: self.group_id.clone(), topic: self.topic.clone(), ..Batch::default() };
         let mut results = Vec::new();
         let mut traces = Vec::with_capacity(pending.len());
         for p in pending {
-            let entry = next.entry(p.partition).or_insert(p.offset + 1);
-            *entry = (*entry).max(p.offset + 1);
+            next.record(p.partition, p.offset);
             traces.push((p.trace, p.partition, p.offset));
             match p.item {
                 Item::Row(row, result) => {
@@ -249,7 +210,8 @@ impl SinkLoop<'_> {
                 Item::Reject(reject) => batch.rejects.push(reject),
             }
         }
-        batch.offsets = next.iter().map(|(&partition, &next_offset)| PartitionOffset { partition, next_offset }).collect();
+        batch.offsets =
+            next.iter().map(|(partition, next_offset)| PartitionOffset { partition, next_offset }).collect();
 
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -258,7 +220,7 @@ impl SinkLoop<'_> {
                 Ok(outcome) => break outcome,
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                     attempt += 1;
-                    let backoff = Duration::from_millis(100u64 << attempt.min(6));
+                    let backoff = Backoff::DEFAULT.delay(attempt);
                     warn!(attempt, error = %e, ?backoff, "database write failed; retrying the batch");
                     tokio::time::sleep(backoff).await;
                 }
@@ -285,33 +247,22 @@ impl SinkLoop<'_> {
             info!(duplicates = outcome.duplicates, "skipped results whose frames were already stored (redelivery)");
         }
         for (parent, partition, offset) in traces {
-            let cx = start_span(
-                spans::DETECTIONS_PROCESS,
-                SpanKind::Consumer,
-                &parent,
-                vec![
-                    KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "process"),
-                    KeyValue::new(attr::MESSAGING_DESTINATION_NAME, self.topic.clone()),
-                    KeyValue::new(attr::MESSAGING_DESTINATION_PARTITION_ID, partition.to_string()),
-                    KeyValue::new(attr::MESSAGING_CONSUMER_GROUP_NAME, self.group_id.clone()),
-                    KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, offset),
-                ],
-            );
+            let cx =
+                start_process_span(spans::DETECTIONS_PROCESS, &parent, &self.topic, partition, &self.group_id, offset);
             cx.span().end();
         }
 
         // Lag monitoring only: never read back, so failures are harmless.
-        let mut tpl = TopicPartitionList::new();
-        for (&partition, &next_offset) in &next {
-            let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next_offset));
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = self.consumer.commit(&next.to_list(&self.topic), CommitMode::Async) {
             debug!(error = %e, "Kafka offset commit (lag monitoring) failed");
         }
 
         if let Some(observer) = &self.observer {
             for result in results {
-                let _ = observer.try_send(*result);
+                // Full or gone: the observer misses a line, the sink never waits for it.
+                if observer.try_send(*result).is_err() {
+                    debug!("observer not keeping up; result not shown");
+                }
             }
         }
         Ok(())
@@ -411,12 +362,5 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&row.detections_json).unwrap();
         assert_eq!(json[0]["label"], "dog");
         assert_eq!(json[0]["box"][3], 4.0);
-    }
-
-    #[test]
-    fn args_override_the_database_url() {
-        let args = SinkArgs { database: Some("sqlite://x.db".into()) };
-        assert_eq!(args.overrides(), vec![("sink.database_url", "sqlite://x.db".to_string())]);
-        assert!(SinkArgs::default().overrides().is_empty());
     }
 }

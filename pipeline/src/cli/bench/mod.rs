@@ -1,16 +1,16 @@
 //! `vigil bench …`: measurements run as commands, so they can be repeated anywhere
 //! the binary runs (including GPU machines without a Rust toolchain).
 
-pub mod model;
+pub(crate) mod model;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
+pub(crate) enum BenchCommand {
     /// Frames/s of NanoDet-g and time per stage (decode, resize, forward, post-process).
     Model(model::BenchModelArgs),
 }
 
 /// Median of `values` (0 for none).
-pub fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return 0.0;
     }

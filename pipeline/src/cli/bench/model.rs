@@ -8,71 +8,87 @@ use anyhow::{bail, Context};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use vigil::settings::Settings;
+
 use super::median;
-use crate::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet, OpProfile};
+use crate::cli::failure::Failure;
+use crate::cli::model_flags::BackendFlag;
+use crate::cli::EXIT_OK;
+use vigil::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet, OpProfile};
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  vigil bench model --backend cpu --batch 1\n  vigil bench model --backend cpu --profile\n  vigil bench model --backend wgpu --batch 8 --seconds 20 --json\n\n\
+#[command(
+    after_help = "Examples:\n  vigil bench model --backend cpu --batch 1\n  vigil bench model --backend cpu --profile\n  vigil bench model --backend wgpu --batch 8 --seconds 20 --json\n\n\
 Stage times are medians per batch after warm-up; frames/s counts all four stages.\n\
 A batch's frames are decoded and resized in parallel, as the detector does.\n\
 --profile adds the forward pass's time per kind of operation (mean ms per batch); it\n\
 synchronises the device after every operation, so on a GPU its frames/s are lower.\n\
-Build with --release: debug builds are not representative.")]
-pub struct BenchModelArgs {
-    /// Model backend (default: detector.backend from the config, normally auto).
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+Build with --release: debug builds are not representative."
+)]
+pub(crate) struct BenchModelArgs {
+    #[command(flatten)]
+    pub(crate) model: BackendFlag,
     /// Frames per forward pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub batch: u32,
+    batch: u32,
     /// How long to measure, after warm-up.
     #[arg(long, default_value_t = 10.0)]
-    pub seconds: f64,
+    seconds: f64,
     /// Warm-up batches, not measured (shader compilation, caches).
     #[arg(long, default_value_t = 2)]
-    pub warmup: u32,
+    warmup: u32,
     /// Directory of JPEG/PNG images to cycle through.
     #[arg(long, default_value = "samples")]
-    pub images: PathBuf,
+    images: PathBuf,
     /// Print one JSON object instead of a table.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Also time the forward pass per kind of operation (convolution, concat, resize…).
     #[arg(long)]
-    pub profile: bool,
+    profile: bool,
 }
 
 #[derive(Debug, Serialize)]
-pub struct StageTimes {
-    pub decode: f64,
-    pub resize: f64,
-    pub forward: f64,
-    pub postprocess: f64,
+struct StageTimes {
+    decode: f64,
+    resize: f64,
+    forward: f64,
+    postprocess: f64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct BenchReport {
-    pub backend: String,
-    pub device: String,
-    pub batch: u32,
-    pub batches: usize,
+struct BenchReport {
+    backend: String,
+    device: String,
+    batch: u32,
+    batches: usize,
     /// Frames/s over all stages.
-    pub frames_per_s: f64,
+    frames_per_s: f64,
     /// Frames/s of the forward pass alone (batch / median forward time).
-    pub forward_frames_per_s: f64,
+    forward_frames_per_s: f64,
     /// Median milliseconds per batch.
-    pub stages_ms: StageTimes,
+    stages_ms: StageTimes,
     /// With --profile: mean forward milliseconds per batch, by kind of operation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub forward_ops_ms: Option<BTreeMap<&'static str, f64>>,
+    forward_ops_ms: Option<BTreeMap<&'static str, f64>>,
 }
 
-pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits, args: BenchModelArgs) -> anyhow::Result<()> {
-    if !(args.seconds > 0.0) {
+/// `vigil bench model`: the measurement runs on a blocking thread, off the async runtime.
+pub(crate) async fn run(settings: &Settings, args: BenchModelArgs) -> Result<u8, Failure> {
+    let (model, detector) = (settings.model.clone(), settings.detector.clone());
+    tokio::task::spawn_blocking(move || measure(&model, detector.backend, &detector.decode, &args))
+        .await
+        .map_err(Failure::runtime)?
+        .map_err(Failure::runtime)?;
+    Ok(EXIT_OK)
+}
+
+fn measure(model: &ModelConfig, backend: Backend, limits: &DecodeLimits, args: &BenchModelArgs) -> anyhow::Result<()> {
+    if args.seconds.is_nan() || args.seconds <= 0.0 {
         bail!("--seconds must be positive, got {}", args.seconds);
     }
     let images = read_images(&args.images)?;
-    let detector = NanoDet::load(model, args.backend.unwrap_or(default_backend))?;
+    let detector = NanoDet::load(model, backend)?;
     let batch = args.batch as usize;
     let mut times: [Vec<f64>; 4] = Default::default();
     let progress = indicatif::ProgressBar::new_spinner();
@@ -117,7 +133,12 @@ pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits,
             for (all, t) in times.iter_mut().zip(stage) {
                 all.push(t);
             }
-            progress.set_message(format!("{} batches, {:.0}s of {:.0}s", times[0].len(), measured.as_secs_f64(), args.seconds));
+            progress.set_message(format!(
+                "{} batches, {:.0}s of {:.0}s",
+                times[0].len(),
+                measured.as_secs_f64(),
+                args.seconds
+            ));
         }
     }
     progress.finish_and_clear();
@@ -170,9 +191,13 @@ fn print_table(r: &BenchReport) {
 
 fn read_images(dir: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read --images {} (the repo's samples/ holds the darknet sample JPEGs)", dir.display()))?
+        .with_context(|| {
+            format!("cannot read --images {} (the repo's samples/ holds the darknet sample JPEGs)", dir.display())
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_string_lossy().to_lowercase().as_str())))
+        .filter(|p| {
+            p.extension().is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_string_lossy().to_lowercase().as_str()))
+        })
         .collect();
     files.sort();
     if files.is_empty() {

@@ -3,18 +3,26 @@
 use image::{Rgb, RgbImage};
 
 use super::font::{render, GLYPH_H, GLYPH_W};
-use crate::model::Detection;
+use vigil::model::Detection;
 
 const SCALE: u32 = 2;
 
 /// A distinct, stable colour per class.
 fn colour(class_id: u32) -> Rgb<u8> {
-    const PALETTE: [[u8; 3]; 8] =
-        [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]];
+    const PALETTE: [[u8; 3]; 8] = [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+    ];
     Rgb(PALETTE[class_id as usize % PALETTE.len()])
 }
 
-pub fn draw(image: &mut RgbImage, detections: &[Detection]) {
+pub(super) fn draw(image: &mut RgbImage, detections: &[Detection]) {
     for d in detections {
         let c = colour(d.class_id);
         let (w, h) = (image.width() as i64, image.height() as i64);

@@ -45,11 +45,11 @@ fn glyph(c: char) -> [u8; 7] {
     }
 }
 
-pub const GLYPH_W: u32 = 6;
-pub const GLYPH_H: u32 = 8;
+pub(super) const GLYPH_W: u32 = 6;
+pub(super) const GLYPH_H: u32 = 8;
 
 /// Calls `set(x, y)` for every lit pixel of `text` drawn at scale 1 from the origin.
-pub fn render(text: &str, mut set: impl FnMut(u32, u32)) {
+pub(super) fn render(text: &str, mut set: impl FnMut(u32, u32)) {
     for (i, c) in text.chars().enumerate() {
         for (row, bits) in glyph(c).iter().enumerate() {
             for col in 0..5 {

@@ -8,29 +8,36 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use vigil::settings::Settings;
 
-use crate::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, Detection, Detector, ModelConfig, NanoDet};
+use super::failure::Failure;
+use super::model_flags::BackendFlag;
+use super::EXIT_OK;
 
+use vigil::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, Detection, Detector, ModelConfig, NanoDet};
+
+/// Run the detector on local image files (no Kafka): labels, scores, boxes.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  vigil detect-image samples/*.jpg\n  vigil detect-image --json samples/dog.jpg | jq .\n  \
+#[command(
+    after_help = "Examples:\n  vigil detect-image samples/*.jpg\n  vigil detect-image --json samples/dog.jpg | jq .\n  \
 vigil detect-image --annotate out/ --backend wgpu samples/horses.jpg\n\n\
-Weights come from model.dir (default models/, fetched by scripts/fetch-model.sh).")]
-pub struct DetectImageArgs {
+Weights come from model.dir and are fetched there on first use unless model.fetch = never."
+)]
+pub(crate) struct DetectImageArgs {
     /// Print one JSON object per image: {"file","width","height","detections":[{"label","class_id","score","box"}]}.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Write each image with labelled boxes drawn on it as DIR/<name>.png.
     #[arg(long, value_name = "DIR")]
-    pub annotate: Option<PathBuf>,
-    /// Model backend (default: detector.backend from the config, normally auto).
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    annotate: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) model: BackendFlag,
     /// Images per forward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub batch: u32,
+    batch: u32,
     /// Image files (JPEG, PNG, GIF, BMP, WebP).
     #[arg(required = true, value_name = "FILE")]
-    pub files: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -41,10 +48,24 @@ struct ImageResult<'a> {
     detections: &'a [Detection],
 }
 
+/// `vigil detect-image`: the model work runs on a blocking thread, off the async runtime.
+pub(crate) async fn run(settings: &Settings, args: DetectImageArgs) -> Result<u8, Failure> {
+    let (model, detector) = (settings.model.clone(), settings.detector.clone());
+    tokio::task::spawn_blocking(move || detect_files(&model, detector.backend, &detector.decode, &args))
+        .await
+        .map_err(Failure::runtime)?
+        .map_err(Failure::runtime)?;
+    Ok(EXIT_OK)
+}
+
 /// Runs the model over `args.files`; a file that cannot be read or decoded is reported
 /// and skipped, and makes the command fail at the end.
-pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits, args: DetectImageArgs) -> anyhow::Result<()> {
-    let backend = args.backend.unwrap_or(default_backend);
+fn detect_files(
+    model: &ModelConfig,
+    backend: Backend,
+    limits: &DecodeLimits,
+    args: &DetectImageArgs,
+) -> anyhow::Result<()> {
     let mut detector = NanoDet::load(model, backend)?;
     tracing::info!(backend = %detector.backend().description, "model loaded");
     if let Some(dir) = &args.annotate {
@@ -71,14 +92,23 @@ pub fn run(model: &ModelConfig, default_backend: Backend, limits: &DecodeLimits,
         for ((file, rgb), detections) in images.into_iter().zip(results) {
             let mut out = stdout.lock();
             if args.json {
-                let result = ImageResult { file: file.display().to_string(), width: rgb.width(), height: rgb.height(), detections: &detections };
+                let result = ImageResult {
+                    file: file.display().to_string(),
+                    width: rgb.width(),
+                    height: rgb.height(),
+                    detections: &detections,
+                };
                 serde_json::to_writer(&mut out, &result)?;
                 writeln!(out)?;
             } else {
                 writeln!(out, "{} ({}x{}): {} object(s)", file.display(), rgb.width(), rgb.height(), detections.len())?;
                 for d in &detections {
                     let b = d.bbox;
-                    writeln!(out, "  {:<14} {:.3}  [{:.1}, {:.1}, {:.1}, {:.1}]", d.label, d.score, b[0], b[1], b[2], b[3])?;
+                    writeln!(
+                        out,
+                        "  {:<14} {:.3}  [{:.1}, {:.1}, {:.1}, {:.1}]",
+                        d.label, d.score, b[0], b[1], b[2], b[3]
+                    )?;
                 }
             }
             if let Some(dir) = &args.annotate {

@@ -31,7 +31,7 @@ thread_local! {
 
 /// One convolution, its filter packed for the GEMM, with bias and optional LeakyReLU.
 #[derive(Debug, Clone)]
-pub struct CpuConv {
+pub(crate) struct CpuConv {
     /// `[kh·kw·cin, cout]`, row-major.
     filter: Vec<f32>,
     /// `[cout]`; zeros when the graph has no bias.
@@ -50,7 +50,7 @@ impl CpuConv {
     /// When a dimension is zero, or `filter` or `bias` does not have the length `shape`
     /// implies (bugs: the network builder refuses such filters, the weights loader checks
     /// the file's shapes).
-    pub fn new(
+    pub(crate) fn new(
         filter: Vec<f32>,
         shape: [usize; 4],
         bias: Option<Vec<f32>>,
@@ -66,7 +66,7 @@ impl CpuConv {
     }
 
     /// The output geometry for `input` zero-padded by `pad` (`[(top, bottom), (left, right)]`).
-    pub fn output_shape(&self, input: NhwcShape, pad: [(usize, usize); 2]) -> Result<NhwcShape, CpuOpError> {
+    pub(crate) fn output_shape(&self, input: NhwcShape, pad: [(usize, usize); 2]) -> Result<NhwcShape, CpuOpError> {
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
         let (span_h, span_w) = (input.h + pad[0].0 + pad[0].1, input.w + pad[1].0 + pad[1].1);
@@ -78,12 +78,17 @@ impl CpuConv {
 
     /// Runs on a physically NHWC flex tensor `[n, h, w, cin]` zero-padded by `pad`;
     /// returns `[n, oh, ow, cout]`.
-    pub fn forward(&self, input: Tensor<4>, pad: [(usize, usize); 2]) -> Result<Tensor<4>, CpuOpError> {
+    pub(crate) fn forward(&self, input: Tensor<4>, pad: [(usize, usize); 2]) -> Result<Tensor<4>, CpuOpError> {
         apply(input, |values, shape| self.run(values, shape, pad))
     }
 
     /// The convolution on a contiguous NHWC slice; returns the NHWC output and its shape.
-    pub fn run(&self, input: &[f32], shape: NhwcShape, pad: [(usize, usize); 2]) -> Result<(Vec<f32>, NhwcShape), CpuOpError> {
+    pub(crate) fn run(
+        &self,
+        input: &[f32],
+        shape: NhwcShape,
+        pad: [(usize, usize); 2],
+    ) -> Result<(Vec<f32>, NhwcShape), CpuOpError> {
         check_len(input, shape)?;
         let out_shape = self.output_shape(shape, pad)?;
         let rows = out_shape.n * out_shape.h * out_shape.w;
@@ -147,7 +152,15 @@ impl CpuConv {
 
     /// Fills `columns` (`[rows, kh·kw·cin]`) with the receptive fields of output rows
     /// `first..`, zeros where they reach into the padding.
-    fn im2col(&self, input: &[f32], shape: NhwcShape, out: NhwcShape, pad: [(usize, usize); 2], first: usize, columns: &mut [f32]) {
+    fn im2col(
+        &self,
+        input: &[f32],
+        shape: NhwcShape,
+        out: NhwcShape,
+        pad: [(usize, usize); 2],
+        first: usize,
+        columns: &mut [f32],
+    ) {
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
         let cin = self.cin;
@@ -256,7 +269,14 @@ mod tests {
         (out, NhwcShape { n: s.n, h: oh, w: ow, c: cout })
     }
 
-    fn check(s: NhwcShape, kernel: [usize; 2], cout: usize, stride: [usize; 2], pad: [(usize, usize); 2], alpha: Option<f32>) {
+    fn check(
+        s: NhwcShape,
+        kernel: [usize; 2],
+        cout: usize,
+        stride: [usize; 2],
+        pad: [(usize, usize); 2],
+        alpha: Option<f32>,
+    ) {
         let shape = [kernel[0], kernel[1], s.c, cout];
         let input = values(s.elements(), 1);
         let filter = values(shape.iter().product(), 2);

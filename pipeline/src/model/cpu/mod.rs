@@ -24,13 +24,13 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-pub use conv::CpuConv;
-pub use pool::max_pool;
-pub use resize::resize_bilinear;
+pub(super) use conv::CpuConv;
+pub(super) use pool::max_pool;
+pub(super) use resize::resize_bilinear;
 
 /// Geometry of a contiguous NHWC activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NhwcShape {
+pub(super) struct NhwcShape {
     pub n: usize,
     pub h: usize,
     pub w: usize,
@@ -38,13 +38,13 @@ pub struct NhwcShape {
 }
 
 impl NhwcShape {
-    pub fn elements(&self) -> usize {
+    pub(super) fn elements(&self) -> usize {
         self.n * self.h * self.w * self.c
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum CpuOpError {
+pub(super) enum CpuOpError {
     #[error("the input is not a flex (CPU) tensor")]
     NotFlex,
     #[error("the input is {0:?}; the CPU kernels run on f32")]
@@ -57,7 +57,7 @@ pub enum CpuOpError {
 
 /// Runs `kernel` on the data of a physically NHWC flex tensor and wraps its output
 /// (values and NHWC shape) as a flex tensor again.
-pub fn apply(
+pub(super) fn apply(
     input: Tensor<4>,
     kernel: impl FnOnce(&[f32], NhwcShape) -> Result<(Vec<f32>, NhwcShape), CpuOpError>,
 ) -> Result<Tensor<4>, CpuOpError> {
@@ -69,7 +69,7 @@ pub fn apply(
 }
 
 /// Physically transposes an NCHW flex tensor `[n, c, h, w]` to NHWC `[n, h, w, c]`.
-pub fn nchw_to_nhwc(input: Tensor<4>) -> Result<Tensor<4>, CpuOpError> {
+pub(super) fn nchw_to_nhwc(input: Tensor<4>) -> Result<Tensor<4>, CpuOpError> {
     let [n, c, h, w] = input.dims();
     on_values(input, |values| {
         let shape = NhwcShape { n, h, w, c };
@@ -124,7 +124,7 @@ fn lines_per_task(lines: usize) -> usize {
 #[cfg(test)]
 mod test_values {
     /// Deterministic values in [-1, 1).
-    pub fn values(len: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {

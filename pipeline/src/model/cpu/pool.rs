@@ -7,7 +7,7 @@ use super::{check_len, lines_per_task, CpuOpError, NhwcShape};
 
 /// `kernel`-sized max over windows `stride` apart, of the input padded by `pad`
 /// (`[(top, bottom), (left, right)]`) with `value`.
-pub fn max_pool(
+pub(crate) fn max_pool(
     input: &[f32],
     shape: NhwcShape,
     kernel: [usize; 2],
@@ -93,7 +93,10 @@ mod tests {
         let shape = NhwcShape { n: 1, h: 2, w: 8, c: 1 };
         assert!(max_pool(&[0.0; 16], shape, [3, 3], [1, 1], [(0, 0); 2], 0.0).is_err());
         assert!(max_pool(&[0.0; 16], shape, [3, 3], [1, 1], [(1, 0), (0, 0)], 0.0).is_ok());
-        assert!(max_pool(&[0.0; 15], shape, [1, 1], [1, 1], [(0, 0); 2], 0.0).is_err(), "a slice shorter than its shape is refused");
+        assert!(
+            max_pool(&[0.0; 15], shape, [1, 1], [1, 1], [(0, 0); 2], 0.0).is_err(),
+            "a slice shorter than its shape is refused"
+        );
     }
 
     #[test]
@@ -108,7 +111,8 @@ mod tests {
         // One row [1, -2, 3] padded by one on each side: with -inf the border windows see
         // only the image; with 5 the padding wins wherever a window reaches it.
         let shape = NhwcShape { n: 1, h: 1, w: 3, c: 1 };
-        let (got, out) = max_pool(&[1.0, -2.0, 3.0], shape, [1, 2], [1, 1], [(0, 0), (1, 1)], f32::NEG_INFINITY).unwrap();
+        let (got, out) =
+            max_pool(&[1.0, -2.0, 3.0], shape, [1, 2], [1, 1], [(0, 0), (1, 1)], f32::NEG_INFINITY).unwrap();
         assert_eq!(out.w, 4);
         assert_eq!(got, vec![1.0, 1.0, 3.0, 3.0]);
         let (got, _) = max_pool(&[1.0, -2.0, 3.0], shape, [1, 2], [1, 1], [(0, 0), (1, 1)], 5.0).unwrap();

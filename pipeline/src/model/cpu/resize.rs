@@ -29,7 +29,11 @@ fn taps(out_size: usize, in_size: usize) -> Vec<Taps> {
 }
 
 /// Resizes every image of `input` to `size` = `[height, width]`.
-pub fn resize_bilinear(input: &[f32], shape: NhwcShape, size: [usize; 2]) -> Result<(Vec<f32>, NhwcShape), CpuOpError> {
+pub(crate) fn resize_bilinear(
+    input: &[f32],
+    shape: NhwcShape,
+    size: [usize; 2],
+) -> Result<(Vec<f32>, NhwcShape), CpuOpError> {
     check_len(input, shape)?;
     let [oh, ow] = size;
     if shape.h == 0 || shape.w == 0 || oh == 0 || ow == 0 {

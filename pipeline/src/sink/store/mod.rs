@@ -18,8 +18,8 @@ mod sqlite;
 
 use std::collections::HashMap;
 
-pub use self::postgres::PostgresStore;
-pub use self::sqlite::SqliteStore;
+pub(crate) use self::postgres::PostgresStore;
+pub(crate) use self::sqlite::SqliteStore;
 
 use super::error::StoreError;
 
@@ -67,7 +67,7 @@ pub struct DetectionRow {
 /// A record of the input topic the sink could not decode. Stored (with its bytes) in
 /// `sink_rejects` in the same transaction as the offsets, so nothing is lost silently.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RejectRow {
+pub(crate) struct RejectRow {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -81,14 +81,14 @@ pub struct RejectRow {
 
 /// The next offset to read for one partition, written with the rows it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionOffset {
+pub(crate) struct PartitionOffset {
     pub partition: i32,
     pub next_offset: i64,
 }
 
 /// Everything one consumer batch writes, in one database transaction.
 #[derive(Debug, Clone, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// Consumer group the offsets belong to.
     pub group_id: String,
     /// Topic the offsets belong to.
@@ -100,7 +100,7 @@ pub struct Batch {
 
 /// What a committed batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchOutcome {
+pub(crate) struct BatchOutcome {
     /// Rows newly inserted.
     pub inserted: u64,
     /// Rows skipped because their `frame_id` was already stored (a redelivery).
@@ -111,7 +111,7 @@ pub struct BatchOutcome {
 
 /// Totals for audits (`vigil verify`) and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
+pub(crate) struct StoreStats {
     /// Rows in `detections`.
     pub rows: u64,
     /// Distinct `frame_id`s in `detections` (equal to `rows`: it is the primary key).
@@ -124,7 +124,7 @@ pub struct StoreStats {
 }
 
 /// A database holding detections and the sink's consumer offsets.
-pub trait Store: Send {
+pub(crate) trait Store: Send {
     /// `sqlite` or `postgres`, for logs.
     fn kind(&self) -> &'static str;
 
@@ -145,7 +145,7 @@ pub trait Store: Send {
 
 /// Opens (and migrates) the database named by `url`: `sqlite://path`,
 /// `sqlite::memory:`, or `postgres://…` / `postgresql://…`.
-pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+pub(crate) fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match parse_url(url)? {
         StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path)?)),
         StoreUrl::Postgres(conn) => Ok(Box::new(PostgresStore::connect(&conn)?)),
@@ -154,7 +154,7 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
 
 /// A database URL, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
+pub(crate) enum StoreUrl {
     /// A file path (or `:memory:`).
     Sqlite(String),
     /// A libpq-style connection URL, passed to the `postgres` crate unchanged.
@@ -162,7 +162,7 @@ pub enum StoreUrl {
 }
 
 /// Parses a database URL, naming what is accepted when it is not.
-pub fn parse_url(url: &str) -> Result<StoreUrl, StoreError> {
+pub(crate) fn parse_url(url: &str) -> Result<StoreUrl, StoreError> {
     if let Some(rest) = url.strip_prefix("sqlite://") {
         if rest.is_empty() {
             return Err(StoreError::BadUrl { url: url.to_owned(), reason: "the SQLite path is empty".into() });
@@ -186,21 +186,16 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, StoreError> {
     })
 }
 
-/// Now, microseconds since the epoch.
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
     #[test]
     fn parses_urls() {
-        assert_eq!(parse_url("sqlite://vigil-data/vigil.sqlite").unwrap(), StoreUrl::Sqlite("vigil-data/vigil.sqlite".into()));
+        assert_eq!(
+            parse_url("sqlite://vigil-data/vigil.sqlite").unwrap(),
+            StoreUrl::Sqlite("vigil-data/vigil.sqlite".into())
+        );
         assert_eq!(parse_url("sqlite:///tmp/a.db").unwrap(), StoreUrl::Sqlite("/tmp/a.db".into()));
         assert_eq!(parse_url("sqlite::memory:").unwrap(), StoreUrl::Sqlite(":memory:".into()));
         assert!(matches!(parse_url("postgres://u@h/db").unwrap(), StoreUrl::Postgres(_)));

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use postgres::{Client, NoTls};
 
-use super::{now_us, Batch, BatchOutcome, Store, StoreStats};
+use super::{Batch, BatchOutcome, Store, StoreStats};
+use crate::codec::now_us;
 use crate::sink::error::StoreError;
 
 /// Schema migrations, applied in order under an advisory lock (several sinks may start
@@ -61,18 +62,18 @@ const MIGRATIONS: &[&str] = &[
 const MIGRATION_LOCK_KEY: i64 = 0x5649_4749_4c00_0001; // "VIGIL\0\0\x01"
 
 /// A PostgreSQL database.
-pub struct PostgresStore {
+pub(crate) struct PostgresStore {
     client: Client,
 }
 
 fn err(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
-    move |source| StoreError::Postgres { context, source }
+    move |cause| StoreError::Postgres { context, cause }
 }
 
 impl PostgresStore {
     /// Connects (no TLS) and migrates.
-    pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = Client::connect(url, NoTls).map_err(|source| StoreError::PostgresConnect { source })?;
+    pub(crate) fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = Client::connect(url, NoTls).map_err(|cause| StoreError::PostgresConnect { cause })?;
         let mut store = PostgresStore { client };
         store.migrate()?;
         Ok(store)
@@ -80,7 +81,8 @@ impl PostgresStore {
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         let mut tx = self.client.transaction().map_err(err("starting the migration"))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).map_err(err("taking the migration lock"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .map_err(err("taking the migration lock"))?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_us BIGINT NOT NULL)",
         )
@@ -95,8 +97,11 @@ impl PostgresStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tx.batch_execute(sql).map_err(err("applying a schema migration"))?;
-            tx.execute("INSERT INTO schema_migrations (version, applied_at_us) VALUES ($1, $2)", &[&(i as i64 + 1), &now_us()])
-                .map_err(err("recording a schema migration"))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_us) VALUES ($1, $2)",
+                &[&(i as i64 + 1), &now_us()],
+            )
+            .map_err(err("recording a schema migration"))?;
         }
         tx.commit().map_err(err("committing the migration"))
     }
@@ -184,7 +189,10 @@ impl Store for PostgresStore {
     fn load_offsets(&mut self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
         let rows = self
             .client
-            .query("SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2", &[&group_id, &topic])
+            .query(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+                &[&group_id, &topic],
+            )
             .map_err(err("reading offsets"))?;
         Ok(rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1))).collect())
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{now_us, Batch, BatchOutcome, Store, StoreStats};
+use super::{Batch, BatchOutcome, Store, StoreStats};
+use crate::codec::now_us;
 use crate::sink::error::StoreError;
 
 /// Schema migrations, applied in order; `schema_migrations` records the last one.
@@ -61,25 +62,25 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// A SQLite database file.
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     conn: Connection,
 }
 
 fn err(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Sqlite { context, source }
+    move |cause| StoreError::Sqlite { context, cause }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path` (`:memory:` for
     /// an in-memory one). Creates the parent directory.
-    pub fn open(path: &str) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &str) -> Result<Self, StoreError> {
         if path != ":memory:" {
             if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                let _ = std::fs::create_dir_all(parent);
+                // If this fails, opening the database below says why.
+                std::fs::create_dir_all(parent).ok();
             }
         }
-        let conn =
-            Connection::open(path).map_err(|source| StoreError::SqliteOpen { path: path.to_owned(), source })?;
+        let conn = Connection::open(path).map_err(|cause| StoreError::SqliteOpen { path: path.to_owned(), cause })?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err("setting the busy timeout"))?;
         if path != ":memory:" {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(err("enabling WAL"))?;
@@ -108,8 +109,11 @@ impl SqliteStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tx.execute_batch(sql).map_err(err("applying a schema migration"))?;
-            tx.execute("INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, ?2)", params![i as i64 + 1, now_us()])
-                .map_err(err("recording a schema migration"))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, ?2)",
+                params![i as i64 + 1, now_us()],
+            )
+            .map_err(err("recording a schema migration"))?;
         }
         tx.commit().map_err(err("committing the migration"))
     }

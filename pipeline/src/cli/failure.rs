@@ -1,0 +1,60 @@
+//! How a failed command ends the process: the error's own say on whether it was a usage
+//! mistake (exit 2) or a run-time failure (exit 1).
+
+use super::{EXIT_RUNTIME, EXIT_USAGE};
+
+/// A command that failed.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    error: anyhow::Error,
+    usage: bool,
+}
+
+impl Failure {
+    /// A run-time failure (exit code 1).
+    pub(crate) fn runtime(error: impl Into<anyhow::Error>) -> Self {
+        Failure { error: error.into(), usage: false }
+    }
+
+    /// Prints the error on stderr and returns the exit code.
+    pub(crate) fn report(self) -> u8 {
+        eprintln!("vigil: {:#}", self.error);
+        if self.usage {
+            EXIT_USAGE
+        } else {
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// The library's errors say whether they are usage mistakes (a method on each error).
+pub(crate) trait Classified: std::error::Error + Send + Sync + 'static {
+    fn is_usage(&self) -> bool;
+}
+
+impl<E: Classified> From<E> for Failure {
+    fn from(error: E) -> Self {
+        let usage = error.is_usage();
+        Failure { error: error.into(), usage }
+    }
+}
+
+macro_rules! classified {
+    ($($ty:ty),* $(,)?) => {
+        $(impl Classified for $ty {
+            fn is_usage(&self) -> bool {
+                <$ty>::is_usage(self)
+            }
+        })*
+    };
+}
+
+classified!(
+    vigil::producer::ProducerError,
+    vigil::detector::DetectorError,
+    vigil::sink::SinkError,
+    vigil::up::UpError,
+    vigil::tail::TailError,
+    vigil::verify::VerifyError,
+    vigil::kafka::KafkaPlumbingError,
+);

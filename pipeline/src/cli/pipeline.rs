@@ -1,0 +1,245 @@
+//! The pipeline's stages as commands: `produce`, `detect`, `sink`, and `up` (all of them
+//! in one process).
+
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+use vigil::detector::ModelThread;
+use vigil::producer::ProduceRequest;
+use vigil::settings::Settings;
+use vigil::up::UpOptions;
+
+use super::failure::Failure;
+use super::model_flags::BackendFlag;
+use super::EXIT_OK;
+
+/// `vigil produce` arguments.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    about = "Publish images (files, directories, globs, or generated test images) to the images topic",
+    long_about = "Publish images to the images topic (kafka.topics.images), one record per image: key = source id, \
+        value = an Avro Frame (schemas/Frame.avsc) with a fresh frame_id and a per-source sequence number.\n\n\
+        Files are sent byte for byte and never decoded; a file whose format is not recognised from its magic \
+        bytes is still sent, with a warning (the detector dead-letters what it cannot decode). The producer is \
+        idempotent (enable.idempotence=true, acks=all). Missing topics are created with the configured \
+        partition counts (images: 12 by default). Prints one summary line at the end; exits 1 if any frame \
+        was not delivered.",
+    after_help = "Examples:\n  \
+        vigil produce samples/                           # every file under samples/\n  \
+        vigil produce 'photos/*.jpg' --source cam-7      # a glob (quote it), as camera cam-7\n  \
+        vigil produce --synthetic 500                    # 500 generated 320x240 JPEGs\n  \
+        vigil produce --synthetic 10 --fps 2 --loop      # a 2 frames/s test stream until Ctrl-C\n  \
+        vigil --bootstrap 127.0.0.1:9092 produce img.jpg"
+)]
+pub(crate) struct ProduceArgs {
+    /// Image files, directories (recursive) or glob patterns.
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Source (camera) id: the record key [config: producer.source_id].
+    #[arg(long, value_name = "ID")]
+    source: Option<String>,
+    /// Frames per second, 0 = as fast as possible [config: producer.frames_per_second].
+    #[arg(long, value_name = "F")]
+    fps: Option<f64>,
+    /// Start over when the inputs are exhausted; runs until Ctrl-C (or --count).
+    #[arg(long = "loop")]
+    repeat: bool,
+    /// Stop after N frames.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Also send N generated JPEG test images.
+    #[arg(long, value_name = "N")]
+    synthetic: Option<u64>,
+}
+
+impl ProduceArgs {
+    /// Config keys these flags set.
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut o = Vec::new();
+        if let Some(source) = &self.source {
+            o.push(("producer.source_id", source.clone()));
+        }
+        if let Some(fps) = self.fps {
+            o.push(("producer.frames_per_second", fps.to_string()));
+        }
+        o
+    }
+}
+
+/// `vigil produce`: prints the summary line; exit 1 if a frame was not delivered.
+pub(crate) async fn produce(
+    settings: &Settings,
+    args: ProduceArgs,
+    shutdown: CancellationToken,
+) -> Result<u8, Failure> {
+    let request = ProduceRequest {
+        paths: args.paths,
+        synthetic: args.synthetic.unwrap_or(0),
+        repeat: args.repeat,
+        count: args.count,
+        images_only: false,
+        show_progress: true,
+    };
+    let summary = vigil::producer::run(settings, &request, shutdown).await?;
+    println!("{}", summary.line(&settings.kafka.topics.images.name));
+    summary.check()?;
+    Ok(EXIT_OK)
+}
+
+/// `vigil detect` arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(
+    about = "Run a detector worker: images -> NanoDet-g -> detections, one Kafka transaction per batch",
+    long_about = "Run a detector worker in the consumer group detector.group_id (default vigil-detector).\n\n\
+        Frames from the images topic are batched (detector.max_batch frames or detector.max_wait_ms), decoded \
+        and run through NanoDet-g on a dedicated thread; every frame yields one DetectionResult on the \
+        detections topic, or, if it cannot be processed (not Avro, unknown schema, oversized, empty, corrupt \
+        or too large an image), a dead letter on images.dlq with its original bytes and vigil.error.* headers.\n\n\
+        In exactly-once mode (default) each batch is one Kafka transaction holding the results, the dead \
+        letters and the input offsets (send_offsets_to_transaction with the consumer's group metadata). \
+        Abortable errors abort, rewind to the last committed offsets and redo the batch; a fenced producer \
+        is recreated. In at-least-once mode results are produced, then offsets committed (the sink removes \
+        duplicates); use it only where transactions do not work, such as the in-memory broker.\n\n\
+        The model weights come from model.dir and are fetched there on first use unless model.fetch = never.\n\n\
+        Start as many workers as there are cores/GPUs; partitions are shared through the consumer group. \
+        SIGTERM or Ctrl-C finishes and commits the current batch, then leaves the group. On exit it prints \
+        one `summary: {json}` line on stdout.",
+    after_help = "Examples:\n  \
+        vigil detect                                    # model on the GPU if there is one, else CPU\n  \
+        vigil detect --backend cpu --instance-id det-1\n  \
+        vigil detect --instance-id \"$POD_NAME\"          # stable id: a restart fences its predecessor at once\n  \
+        vigil detect --delivery at-least-once           # for the in-memory broker (vigil broker)\n  \
+        VIGIL__DETECTOR__MAX_BATCH=16 VIGIL__DETECTOR__MAX_WAIT_MS=100 vigil detect"
+)]
+pub(crate) struct DetectArgs {
+    #[command(flatten)]
+    model: BackendFlag,
+    /// Worker name; derives transactional.id = <group_id>-<instance_id>. Default: a fresh unique id
+    /// per start [config: detector.instance_id].
+    #[arg(long, value_name = "ID")]
+    instance_id: Option<String>,
+    /// exactly-once (Kafka transactions) or at-least-once [config: detector.delivery].
+    #[arg(long, value_name = "MODE", value_parser = ["exactly-once", "at-least-once"])]
+    delivery: Option<String>,
+}
+
+impl DetectArgs {
+    /// Config keys these flags set.
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut o = self.model.overrides();
+        if let Some(id) = &self.instance_id {
+            o.push(("detector.instance_id", id.clone()));
+        }
+        if let Some(delivery) = &self.delivery {
+            o.push(("detector.delivery", delivery.clone()));
+        }
+        o
+    }
+}
+
+/// `vigil detect`: loads the model, runs until a signal, prints a `summary:` line.
+pub(crate) async fn detect(settings: &Settings, shutdown: CancellationToken) -> Result<u8, Failure> {
+    let model = ModelThread::nanodet(settings).await?;
+    let summary = vigil::detector::run(settings, model, shutdown).await?;
+    println!("summary: {}", serde_json::to_string(&summary).map_err(Failure::runtime)?);
+    Ok(EXIT_OK)
+}
+
+/// `vigil sink` arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(
+    about = "Store detections in a database (SQLite or PostgreSQL), exactly once",
+    long_about = "Store every result of the detections topic (kafka.topics.detections) as one row of the \
+        `detections` table, exactly once.\n\n\
+        The consumer reads with isolation.level=read_committed. Each batch is ONE database transaction that \
+        inserts the rows (idempotent on frame_id) and upserts the consumer offsets \
+        (table consumer_offsets: group, topic, partition -> next offset). On partition assignment the sink \
+        seeks to the offsets stored in the database, so a sink killed at any moment resumes where its last \
+        committed batch ended, and a redelivered result is skipped. Offsets are also committed to Kafka, \
+        after the database, for lag monitoring only.\n\n\
+        The schema is created or migrated at start-up. Several sinks may share the consumer group \
+        (sink.group_id) and the database.",
+    after_help = "Examples:\n  \
+        vigil sink                                             # sqlite://vigil.sqlite (sink.database_url)\n  \
+        vigil sink --database sqlite://vigil-data/run1.sqlite\n  \
+        vigil sink --database postgres://vigil@127.0.0.1:5432/vigil\n  \
+        VIGIL__SINK__MAX_BATCH=1000 vigil sink\n  \
+        sqlite3 vigil.sqlite 'SELECT source, seq, detection_count FROM detections ORDER BY stored_at_us DESC LIMIT 5'"
+)]
+pub(crate) struct SinkArgs {
+    /// Database URL: sqlite://PATH or postgres://USER[:PASS]@HOST:PORT/DB [config: sink.database_url].
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+}
+
+impl SinkArgs {
+    /// Config keys these flags set.
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, String)> {
+        self.database.iter().map(|url| ("sink.database_url", url.clone())).collect()
+    }
+}
+
+/// `vigil sink`: runs until a signal, then stores what it has read.
+pub(crate) async fn sink(settings: &Settings, shutdown: CancellationToken) -> Result<u8, Failure> {
+    vigil::sink::run(settings, None, shutdown).await?;
+    Ok(EXIT_OK)
+}
+
+/// `vigil up` arguments.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    about = "Run everything in one process: in-memory broker, producer, detector, SQLite sink",
+    long_about = "Run the whole pipeline in one process, without Kafka or Docker: an in-memory broker \
+        (librdkafka's mock cluster), a producer sending the sample images (samples/) in a loop, one \
+        detector worker running NanoDet-g, and a sink storing every result in SQLite \
+        (sink.database_url, default sqlite://vigil.sqlite). Each stored detection is printed as it lands. \
+        Ctrl-C stops cleanly: the producer stops, the detector commits its batch, the sink stores what it \
+        read. The model weights are fetched into model.dir on first use (npm, ~140 MB).\n\n\
+        On the in-memory broker the detector runs at-least-once and the sink provides exactly-once \
+        (idempotent rows, offsets in the database): the in-memory broker does not store transactional \
+        offsets (docs/architecture.md). Real deployments run `vigil detect` exactly-once.",
+    after_help = "Examples:\n  \
+        vigil up                                        # samples/ at 2 frames/s until Ctrl-C\n  \
+        vigil up --fps 0 --count 70                     # 70 frames as fast as possible, keep running\n  \
+        vigil up --count 14 --exit-when-done            # stop once 14 results are stored\n  \
+        vigil up --database sqlite://vigil-data/demo.sqlite --backend cpu\n  \
+        sqlite3 vigil.sqlite 'SELECT source, seq, detections FROM detections LIMIT 3'"
+)]
+pub(crate) struct UpArgs {
+    /// Images to send (files, directories, globs); files that are not images are left out.
+    #[arg(long = "samples", value_name = "PATH", default_value = "samples")]
+    samples: Vec<PathBuf>,
+    /// Frames per second sent by the producer (0 = as fast as possible) [config: producer.frames_per_second].
+    #[arg(long, default_value_t = 2.0, value_name = "F")]
+    fps: f64,
+    /// Stop producing after N frames (default: loop until Ctrl-C).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// With --count: exit once N results are stored (smoke tests, demos in scripts).
+    #[arg(long, requires = "count")]
+    exit_when_done: bool,
+    /// Database URL [config: sink.database_url].
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    #[command(flatten)]
+    model: BackendFlag,
+}
+
+impl UpArgs {
+    /// Config keys these flags set.
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut o = vec![("producer.frames_per_second", self.fps.to_string())];
+        if let Some(url) = &self.database {
+            o.push(("sink.database_url", url.clone()));
+        }
+        o.extend(self.model.overrides());
+        o
+    }
+}
+
+/// `vigil up`: the whole pipeline until a signal (or `--exit-when-done`).
+pub(crate) async fn up(settings: &Settings, args: UpArgs, shutdown: CancellationToken) -> Result<u8, Failure> {
+    let options = UpOptions { samples: args.samples, count: args.count, exit_when_done: args.exit_when_done };
+    vigil::up::run(settings, &options, shutdown).await?;
+    Ok(EXIT_OK)
+}

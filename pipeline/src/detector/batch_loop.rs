@@ -1,0 +1,281 @@
+//! The detector's async loop: a `select!` over the consumer, the batch deadline, the
+//! model's answer and the shutdown token.
+//!
+//! One batch is in the model at a time while the next one fills ([`Batcher`]). A
+//! finished batch is committed for the partitions still owned (epochs, see
+//! [`super::context`]); a failed commit rewinds those partitions and redoes the records.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::batcher::Batcher;
+use super::context::DetectorContext;
+use super::judge::Verdict;
+use super::model_thread::{InputRecord, ModelThread, Processed};
+use super::output::Destinations;
+use super::transaction::{blocking, Committer, Failure};
+use super::{Delivery, DetectorConfig, DetectorError, DetectorSummary};
+use crate::backoff::Backoff;
+use crate::kafka::{classify, ErrorClass};
+
+/// Where the loop is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading, batching, committing.
+    Consuming,
+    /// Shutdown asked: no more reading; the batch in the model finishes and commits.
+    Draining,
+    /// Nothing left in flight: leave.
+    Done,
+}
+
+/// The loop's state: its dependencies and what it has done so far.
+pub(crate) struct BatchLoop<'a> {
+    pub(crate) cfg: &'a DetectorConfig,
+    pub(crate) consumer: &'a StreamConsumer<DetectorContext>,
+    pub(crate) committer: Committer,
+    pub(crate) model: &'a ModelThread,
+    pub(crate) dest: Destinations,
+    pub(crate) summary: DetectorSummary,
+    consecutive_failures: u32,
+    last_report: Instant,
+}
+
+impl<'a> BatchLoop<'a> {
+    pub(crate) fn new(
+        cfg: &'a DetectorConfig,
+        consumer: &'a StreamConsumer<DetectorContext>,
+        committer: Committer,
+        model: &'a ModelThread,
+        dest: Destinations,
+        summary: DetectorSummary,
+    ) -> Self {
+        BatchLoop {
+            cfg,
+            consumer,
+            committer,
+            model,
+            dest,
+            summary,
+            consecutive_failures: 0,
+            last_report: Instant::now(),
+        }
+    }
+
+    /// Runs until `shutdown` fires and the batch in the model is committed (or undone).
+    pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), DetectorError> {
+        let mut batcher = Batcher::new(self.cfg.max_batch, self.cfg.max_wait());
+        let mut in_flight: Option<oneshot::Receiver<Processed>> = None;
+        let mut phase = Phase::Consuming;
+        while phase != Phase::Done {
+            if in_flight.is_none() {
+                self.drop_stale(&mut batcher);
+                if phase == Phase::Draining {
+                    phase = Phase::Done;
+                    continue;
+                }
+                if batcher.due() {
+                    in_flight = Some(self.model.submit(batcher.take())?);
+                }
+            }
+            if in_flight.is_some() && batcher.full() && !batcher.paused() {
+                batcher.set_paused(self.pause());
+            }
+            let deadline = batcher.deadline();
+            let reading = phase == Phase::Consuming && (!batcher.full() || batcher.paused());
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if phase == Phase::Consuming => {
+                    phase = Phase::Draining;
+                    info!(in_flight = in_flight.is_some(), "stopping: finishing the batch in the model, then leaving the group");
+                }
+                processed = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    let processed = processed.map_err(|_| DetectorError::ModelThread(None))?;
+                    self.complete(processed, &mut batcher, shutdown).await?;
+                    if batcher.paused() {
+                        self.resume();
+                        batcher.set_paused(false);
+                    }
+                    self.report();
+                }
+                received = self.consumer.recv(), if reading => match received {
+                    Ok(message) => {
+                        let epoch = self.consumer.context().epoch(rdkafka::Message::partition(&message));
+                        batcher.push(InputRecord::from_message(&message, epoch));
+                    }
+                    Err(e) => match classify(&e) {
+                        ErrorClass::Fatal => return Err(DetectorError::Consumer(e)),
+                        _ => warn!(error = %e, "consumer error (librdkafka retries)"),
+                    },
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if in_flight.is_none() && deadline.is_some() => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops pending records whose partition has been revoked since they were read.
+    fn drop_stale(&mut self, batcher: &mut Batcher) {
+        let ctx = self.consumer.context();
+        let dropped = batcher.retain(|r| ctx.is_current(r.partition, r.epoch));
+        if dropped > 0 {
+            self.summary.dropped_on_rebalance += dropped as u64;
+            debug!(dropped, "dropped pending records of revoked partitions");
+        }
+    }
+
+    fn assignment(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.consumer.context().assigned() {
+            tpl.add_partition(&self.dest.images, p);
+        }
+        tpl
+    }
+
+    /// Pauses every assigned partition; whether that worked.
+    fn pause(&self) -> bool {
+        let tpl = self.assignment();
+        match self.consumer.pause(&tpl) {
+            Ok(()) => {
+                debug!(partitions = tpl.count(), "paused while the model is busy");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot pause partitions");
+                false
+            }
+        }
+    }
+
+    /// Resumes every assigned partition (those assigned while paused were resumed by
+    /// the rebalance callback already; resuming twice is harmless).
+    fn resume(&self) {
+        if let Err(e) = self.consumer.resume(&self.assignment()) {
+            warn!(error = %e, "cannot resume partitions");
+        }
+    }
+
+    /// Commits a processed batch (the part whose partitions are still ours), or undoes
+    /// it and rewinds so that it is read and processed again.
+    async fn complete(
+        &mut self,
+        processed: Processed,
+        batcher: &mut Batcher,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DetectorError> {
+        let ctx = self.consumer.context();
+        let (mut records, mut verdicts) = (Vec::new(), Vec::new());
+        for (record, verdict) in processed.records.into_iter().zip(processed.verdicts) {
+            if ctx.is_current(record.partition, record.epoch) {
+                records.push(record);
+                verdicts.push(verdict);
+            } else {
+                self.summary.dropped_on_rebalance += 1;
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match self.committer.commit(self.consumer, &self.dest, &records, &verdicts).await {
+            Ok(()) => {
+                self.consecutive_failures = 0;
+                let dead = verdicts.iter().filter(|v| matches!(v, Verdict::DeadLetter { .. })).count() as u64;
+                self.summary.batches += 1;
+                self.summary.dead_letters += dead;
+                self.summary.results += verdicts.len() as u64 - dead;
+                debug!(
+                    frames = records.len(),
+                    inferred = processed.inferred,
+                    dead_letters = dead,
+                    inference_ms = processed.inference_ms as u64,
+                    commit_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
+                );
+                log_dead_letters(&records, &verdicts);
+                Ok(())
+            }
+            Err(failure) => {
+                self.summary.aborts += 1;
+                self.consecutive_failures += 1;
+                match failure {
+                    Failure::Abort(reason) => {
+                        warn!(%reason, frames = records.len(), "batch aborted; rewinding to the last committed offsets to redo it");
+                    }
+                    Failure::Fatal(reason) => {
+                        warn!(%reason, "producer unusable; recreating it, then redoing the batch");
+                        self.recreate_producer(shutdown).await?;
+                    }
+                }
+                if self.consecutive_failures % 5 == 0 && self.cfg.delivery == Delivery::ExactlyOnce {
+                    // Aborts keep failing: start over with a fresh producer (same id, new epoch).
+                    warn!(failures = self.consecutive_failures, "repeated failures; recreating the producer");
+                    self.recreate_producer(shutdown).await?;
+                }
+                self.rewind(&records, batcher);
+                // Back off when failures repeat (broker down).
+                tokio::select! {
+                    _ = tokio::time::sleep(Backoff::DEFAULT.delay(self.consecutive_failures)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn recreate_producer(&mut self, shutdown: &CancellationToken) -> Result<(), DetectorError> {
+        self.committer.recreate(shutdown).await?;
+        self.summary.producer_restarts += 1;
+        Ok(())
+    }
+
+    /// Seeks every partition of the failed batch back to its first offset (the last
+    /// committed position) and forgets the records read after it.
+    fn rewind(&mut self, failed: &[InputRecord], batcher: &mut Batcher) {
+        let ctx = self.consumer.context();
+        for (partition, offset) in batcher.rewind_from(failed) {
+            if !ctx.assigned().contains(&partition) {
+                continue; // revoked meanwhile: its next owner starts at the committed offset
+            }
+            let images = &self.dest.images;
+            match blocking(|| self.consumer.seek(images, partition, Offset::Offset(offset), Duration::from_secs(10))) {
+                Ok(()) => debug!(partition, offset, "rewound"),
+                Err(e) => {
+                    // Without the seek the records would be skipped: give the partition up
+                    // instead, by leaving the decision to a fresh assignment.
+                    error!(partition, offset, error = %e, "seek failed; re-reading from the committed offset after the next rebalance");
+                }
+            }
+        }
+    }
+
+    /// A progress line every 10 s.
+    fn report(&mut self) {
+        if self.last_report.elapsed() >= Duration::from_secs(10) {
+            self.last_report = Instant::now();
+            let s = &self.summary;
+            info!(
+                batches = s.batches,
+                results = s.results,
+                dead_letters = s.dead_letters,
+                aborts = s.aborts,
+                assigned = ?self.consumer.context().assigned(),
+                "progress"
+            );
+        }
+    }
+}
+
+fn log_dead_letters(records: &[InputRecord], verdicts: &[Verdict]) {
+    for (record, verdict) in records.iter().zip(verdicts) {
+        if let Verdict::DeadLetter { kind, message } = verdict {
+            info!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
+        }
+    }
+}

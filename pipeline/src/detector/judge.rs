@@ -1,0 +1,302 @@
+//! Judging a batch: every input record gets exactly one [`Verdict`], a result or a dead
+//! letter naming what was wrong with the input. Size, Avro and image checks run per
+//! record (in parallel: on a GPU, decoding a batch frame after frame takes longer than its
+//! inference), then one model call covers every frame that decoded.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tracing::warn;
+
+use super::model_thread::{InputRecord, Processed};
+use super::DetectorConfig;
+use crate::codec::{now_us, DetectedObject, DetectionResult, Frame};
+use crate::model::{decode_image, DecodeLimits, DecodedFrame, Detection, Detector};
+
+/// What becomes of one input record.
+#[derive(Debug, Clone)]
+pub(crate) enum Verdict {
+    /// An encoded `DetectionResult` for `detections`, keyed by source.
+    Result { key: String, value: Vec<u8> },
+    /// The input goes to the dead-letter topic unchanged, with these error headers.
+    DeadLetter { kind: &'static str, message: String },
+}
+
+/// Limits the worker applies to inputs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InputLimits {
+    /// Larger records are dead-lettered as `oversized` without being decoded.
+    pub(crate) max_record_bytes: usize,
+    /// Image decoding limits (decompression bombs).
+    pub(crate) decode: DecodeLimits,
+}
+
+impl InputLimits {
+    pub(crate) fn of(cfg: &DetectorConfig) -> Self {
+        InputLimits { max_record_bytes: cfg.max_record_bytes, decode: cfg.decode }
+    }
+}
+
+/// Dead-letter kinds the detector itself assigns (codec and image kinds come from
+/// [`crate::codec::CodecError::kind`] and [`crate::model::DecodeError::kind`]).
+pub(crate) mod kinds {
+    /// The record is larger than `detector.max_record_bytes`.
+    pub(crate) const OVERSIZED: &str = "oversized";
+    /// The model failed on this frame alone (after the batch failed and was split).
+    pub(crate) const INFERENCE_FAILED: &str = "inference_failed";
+    /// The result could not be encoded (a bug, kept rather than lost).
+    pub(crate) const ENCODE: &str = "encode";
+    /// Same kind as [`crate::model::DecodeError::Corrupt`]: used for truncated JPEGs, which
+    /// the decoder would otherwise fill with grey.
+    pub(crate) const CORRUPT_IMAGE: &str = "corrupt_image";
+}
+
+/// A JPEG whose last scan (SOS, `FF DA`) is not followed by an end-of-image marker
+/// (`FF D9`) was cut short: the decoder would pad the missing rows with grey and the
+/// model would run on an image that never existed. (Inside entropy-coded data `FF` is
+/// always stuffed, so `FF D9` there is the real marker; an EXIF thumbnail's markers come
+/// before the main image's scan.)
+pub(crate) fn truncated_jpeg(bytes: &[u8]) -> Option<String> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return None;
+    }
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => None,
+        (Some(_), _) => {
+            Some(format!("truncated JPEG ({} bytes): no end-of-image marker after the last scan", bytes.len()))
+        }
+        // No scan at all: let the decoder say what is wrong.
+        (None, _) => None,
+    }
+}
+
+/// A frame that decoded, waiting for the model.
+struct Ready {
+    index: usize,
+    frame: Frame,
+    image: DecodedFrame,
+}
+
+/// Judges every record of a batch: size, Avro, image, then one model call for all the
+/// frames that decoded. Records are decoded in parallel (rayon): on a GPU, decoding and
+/// resizing a batch one frame after the other takes longer than its inference.
+pub(crate) fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limits: &InputLimits) -> Processed {
+    let judged: Vec<Result<(Frame, DecodedFrame), Verdict>> =
+        records.par_iter().map(|record| judge(record, limits)).collect();
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; records.len()];
+    let mut ready = Vec::with_capacity(records.len());
+    for (index, outcome) in judged.into_iter().enumerate() {
+        match outcome {
+            Ok((frame, image)) => ready.push(Ready { index, frame, image }),
+            Err(verdict) => verdicts[index] = Some(verdict),
+        }
+    }
+
+    let inferred = ready.len();
+    let mut inference_ms = 0.0;
+    if !ready.is_empty() {
+        let images: Vec<DecodedFrame> = ready.iter().map(|r| r.image.clone()).collect();
+        let started = Instant::now();
+        let outcome = model.detect(&images);
+        inference_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let per_frame: Vec<Result<Vec<Detection>, String>> = match outcome {
+            Ok(detections) if detections.len() == images.len() => detections.into_iter().map(Ok).collect(),
+            Ok(detections) => {
+                warn!(
+                    expected = images.len(),
+                    got = detections.len(),
+                    "model returned the wrong number of results; retrying frame by frame"
+                );
+                one_by_one(model, &images)
+            }
+            Err(e) => {
+                warn!(error = %e, frames = images.len(), "batch inference failed; retrying frame by frame");
+                one_by_one(model, &images)
+            }
+        };
+        let batch_size = images.len() as i32;
+        let processed_at_us = now_us();
+        for (r, detections) in ready.into_iter().zip(per_frame) {
+            let record = &records[r.index];
+            verdicts[r.index] = Some(match detections {
+                Ok(detections) => {
+                    let result = DetectionResult {
+                        frame_id: r.frame.frame_id.clone(),
+                        source: r.frame.source.clone(),
+                        seq: r.frame.seq,
+                        captured_at_us: r.frame.captured_at_us,
+                        width: r.image.width as i32,
+                        height: r.image.height as i32,
+                        model_name: model.model_name().to_owned(),
+                        model_version: model.model_version().to_owned(),
+                        detections: detections.iter().map(to_object).collect(),
+                        processed_at_us,
+                        batch_size,
+                        inference_ms,
+                        source_partition: record.partition,
+                        source_offset: record.offset,
+                    };
+                    match result.encode() {
+                        Ok(value) => Verdict::Result { key: r.frame.source, value },
+                        Err(e) => Verdict::DeadLetter { kind: kinds::ENCODE, message: e.to_string() },
+                    }
+                }
+                Err(message) => Verdict::DeadLetter { kind: kinds::INFERENCE_FAILED, message },
+            });
+        }
+    }
+    let verdicts = verdicts.into_iter().map(|v| v.expect("every record has a verdict")).collect();
+    Processed { records, verdicts, inferred, inference_ms }
+}
+
+/// One record's frame and decoded image, or the dead letter it earns.
+fn judge(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFrame), Verdict> {
+    let bytes = record.bytes();
+    if bytes.len() > limits.max_record_bytes {
+        return Err(Verdict::DeadLetter {
+            kind: kinds::OVERSIZED,
+            message: format!(
+                "record is {} bytes, above detector.max_record_bytes = {}",
+                bytes.len(),
+                limits.max_record_bytes
+            ),
+        });
+    }
+    let frame = Frame::decode(bytes).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
+    if let Some(message) = truncated_jpeg(&frame.data) {
+        return Err(Verdict::DeadLetter { kind: kinds::CORRUPT_IMAGE, message });
+    }
+    let image = decode_image(&frame.data, &limits.decode)
+        .map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
+    Ok((frame, image))
+}
+
+/// After a failed batch: each frame alone, so one bad frame cannot sink the others.
+fn one_by_one(model: &mut dyn Detector, images: &[DecodedFrame]) -> Vec<Result<Vec<Detection>, String>> {
+    images
+        .iter()
+        .map(|image| match model.detect(std::slice::from_ref(image)) {
+            Ok(mut d) if d.len() == 1 => Ok(d.remove(0)),
+            Ok(d) => Err(format!("model returned {} results for 1 frame", d.len())),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect()
+}
+
+fn to_object(d: &Detection) -> DetectedObject {
+    DetectedObject {
+        label: d.label.clone(),
+        class_id: d.class_id as i32,
+        score: d.score,
+        x_min: d.bbox[0],
+        y_min: d.bbox[1],
+        x_max: d.bbox[2],
+        y_max: d.bbox[3],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::detector::test_support::{frame_bytes, limits, png, record, FakeModel};
+
+    fn kind(v: &Verdict) -> &str {
+        match v {
+            Verdict::Result { .. } => "result",
+            Verdict::DeadLetter { kind, .. } => kind,
+        }
+    }
+
+    #[test]
+    fn every_record_gets_one_verdict_of_the_right_kind() {
+        let mut model = FakeModel { calls: 0 };
+        let mut truncated = Vec::new();
+        image::RgbImage::from_pixel(64, 48, image::Rgb([10, 200, 30]))
+            .write_to(&mut Cursor::new(&mut truncated), image::ImageFormat::Jpeg)
+            .unwrap();
+        truncated.truncate(truncated.len() / 3);
+        let mut unknown = frame_bytes("u", vec![1]);
+        unknown[2] ^= 0xFF; // fingerprint no longer matches a known schema
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(40, 30, [0, 0, 255])))),
+            record(1, Some(frame_bytes("b", vec![]))),
+            record(2, Some(frame_bytes("c", truncated))),
+            record(3, Some(frame_bytes("d", b"hello, not an image".to_vec()))),
+            record(4, Some(b"plain text".to_vec())),
+            record(5, None),
+            record(6, Some(unknown)),
+            record(7, Some(vec![0; 200_000])),
+            record(8, Some(frame_bytes("e", png(20, 10, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "result",
+                "empty",
+                "corrupt_image",
+                "unknown_format",
+                "not_avro",
+                "not_avro",
+                "unknown_schema",
+                "oversized",
+                "result"
+            ]
+        );
+        assert_eq!(out.inferred, 2);
+        assert_eq!(model.calls, 1, "one model call per batch");
+        // Results carry the input position and decode as DetectionResult.
+        let Verdict::Result { value, key } = &out.verdicts[8] else { panic!() };
+        let result = DetectionResult::decode(value).unwrap();
+        assert_eq!((key.as_str(), result.frame_id.as_str()), ("cam-1", "e"));
+        assert_eq!((result.source_partition, result.source_offset), (2, 8));
+        assert_eq!((result.width, result.height, result.batch_size), (20, 10, 2));
+        assert_eq!(result.detections[0].x_max, 20.0);
+        assert_eq!(out.records.len(), 9);
+    }
+
+    #[test]
+    fn truncated_jpegs_are_corrupt() {
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]))
+            .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        assert_eq!(truncated_jpeg(&jpeg), None);
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0, 0, 0]); // trailing padding after EOI is fine
+        assert_eq!(truncated_jpeg(&padded), None);
+        assert!(truncated_jpeg(&jpeg[..jpeg.len() - 40]).is_some());
+        assert_eq!(truncated_jpeg(b"not a jpeg"), None);
+        let mut model = FakeModel { calls: 0 };
+        let out =
+            process(&mut model, vec![record(0, Some(frame_bytes("t", jpeg[..jpeg.len() - 40].to_vec())))], &limits());
+        assert_eq!(kind(&out.verdicts[0]), "corrupt_image");
+    }
+
+    #[test]
+    fn a_failing_frame_is_isolated() {
+        let mut model = FakeModel { calls: 0 };
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
+            record(1, Some(frame_bytes("red", png(8, 8, [255, 0, 0])))),
+            record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(kinds, ["result", "inference_failed", "result"]);
+        assert_eq!(model.calls, 4, "the batch, then each frame");
+    }
+
+    #[test]
+    fn decompression_bomb_is_dead_lettered() {
+        let mut model = FakeModel { calls: 0 };
+        let bomb = crate::testing::png_bomb(60_000, 60_000);
+        let out = process(&mut model, vec![record(0, Some(frame_bytes("bomb", bomb)))], &limits());
+        assert_eq!(kind(&out.verdicts[0]), "too_large", "{:?}", out.verdicts[0]);
+        assert_eq!(model.calls, 0);
+    }
+}

@@ -1,0 +1,146 @@
+//! The model thread: Avro decode, image decode and batched inference off the async
+//! runtime. One job (one batch) at a time through a bounded channel, so the loop can read
+//! the next batch while the model works on this one.
+
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tracing::info;
+
+use rdkafka::message::{Headers, Message};
+
+use super::judge::{process, InputLimits, Verdict};
+use super::DetectorError;
+use crate::model::{Detector, ModelError, NanoDet};
+use crate::settings::Settings;
+use crate::thread_actor::{StartError, ThreadActor};
+
+/// A consumed `images` record, owned.
+#[derive(Debug, Clone)]
+pub(crate) struct InputRecord {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    /// `None` for a record without a value (a tombstone): dead-lettered as `not_avro`.
+    pub(crate) payload: Option<Vec<u8>>,
+    /// The record's headers, kept for the dead letter.
+    pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The partition's assignment epoch when the record was read (see `DetectorContext`).
+    pub(crate) epoch: u64,
+}
+
+impl InputRecord {
+    /// Copies a consumed message, tagged with its partition's current ownership epoch.
+    pub(crate) fn from_message(message: &impl Message, epoch: u64) -> Self {
+        InputRecord {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+                .unwrap_or_default(),
+            epoch,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or_default()
+    }
+}
+
+/// A processed batch: the records back (for the dead letters' original bytes) and one
+/// verdict per record, in order.
+pub(crate) struct Processed {
+    pub(crate) records: Vec<InputRecord>,
+    pub(crate) verdicts: Vec<Verdict>,
+    /// Frames that reached the model.
+    pub(crate) inferred: usize,
+    /// Wall time of the model call(s), milliseconds.
+    pub(crate) inference_ms: f64,
+}
+
+/// Handle to the model thread, a dependency of [`super::run`]. Dropping it stops the
+/// thread after its current job.
+pub struct ModelThread {
+    actor: ThreadActor<Box<dyn Detector>>,
+    limits: InputLimits,
+    model_name: String,
+}
+
+impl ModelThread {
+    /// Starts the thread with NanoDet-g on the configured backend (fetching the weights
+    /// first when `model.fetch` allows it) and waits until the model is loaded.
+    pub async fn nanodet(settings: &Settings) -> Result<ModelThread, DetectorError> {
+        let model = settings.model.clone();
+        let backend = settings.detector.backend;
+        info!(backend = %backend, dir = %model.dir.display(), "loading NanoDet-g");
+        Self::start(
+            move || NanoDet::load(&model, backend).map(|m| Box::new(m) as Box<dyn Detector>),
+            InputLimits::of(&settings.detector),
+        )
+        .await
+    }
+
+    /// Starts the thread, builds the model there with `load` (weights stay on the thread
+    /// that uses them) and waits until it is ready.
+    pub(crate) async fn start<F>(load: F, limits: InputLimits) -> Result<ModelThread, DetectorError>
+    where
+        F: FnOnce() -> Result<Box<dyn Detector>, ModelError> + Send + 'static,
+    {
+        let init = move || {
+            let started = Instant::now();
+            let model = load()?;
+            let name = model.model_name().to_owned();
+            info!(model = %name, version = model.model_version(), load_ms = started.elapsed().as_millis() as u64, "model loaded");
+            Ok((model, name))
+        };
+        // One batch in the model at a time, one waiting.
+        match ThreadActor::start("model", 1, init).await {
+            Ok((actor, model_name)) => Ok(ModelThread { actor, limits, model_name }),
+            Err(StartError::Spawn(e)) => Err(DetectorError::SpawnModelThread(e)),
+            Err(StartError::Init(e)) => Err(DetectorError::Model(e)),
+            Err(StartError::Panicked(message)) => Err(DetectorError::ModelThread(Some(message))),
+        }
+    }
+
+    /// The loaded model's name, for logs.
+    pub(crate) fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    /// Hands a batch to the model thread; the receiver yields it processed.
+    pub(crate) fn submit(&self, records: Vec<InputRecord>) -> Result<oneshot::Receiver<Processed>, DetectorError> {
+        let limits = self.limits;
+        self.actor
+            .call(move |model: &mut Box<dyn Detector>| process(model.as_mut(), records, &limits))
+            .map_err(|_| DetectorError::ModelThread(None))
+    }
+}
+
+/// Used by [`ModelThread::start`] callers that already have a model (tests): wraps it in
+/// a loader.
+#[cfg(test)]
+pub(crate) fn preloaded(model: Box<dyn Detector>) -> impl FnOnce() -> Result<Box<dyn Detector>, ModelError> + Send {
+    move || Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::test_support::{frame_bytes, limits, png, record, FakeModel};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trip_and_load_errors() {
+        let thread = ModelThread::start(preloaded(Box::new(FakeModel { calls: 0 })), limits()).await.unwrap();
+        assert_eq!(thread.model_name(), "fake");
+        let rx = thread.submit(vec![record(0, Some(frame_bytes("a", png(4, 4, [1, 2, 3]))))]).unwrap();
+        let processed = rx.await.unwrap();
+        assert!(matches!(processed.verdicts[0], Verdict::Result { .. }));
+        drop(thread);
+
+        let err = ModelThread::start(|| Err(ModelError::Inference("no weights".into())), limits()).await.err().unwrap();
+        assert!(err.to_string().contains("no weights"), "{err}");
+    }
+}

@@ -1,0 +1,311 @@
+//! Committing a batch: its results, dead letters and input offsets.
+//!
+//! - `exactly-once`: `begin_transaction` → produce every output → `send_offsets_to_transaction`
+//!   with the consumer's group metadata → `commit_transaction`. Retriable errors retry the
+//!   call; abortable ones abort the transaction (the caller rewinds and redoes the batch);
+//!   fatal ones (fenced) make the producer unusable: the caller recreates it.
+//! - `at-least-once`: produce, wait for every delivery, then commit the offsets. A crash
+//!   in between re-processes the batch; the sink drops the duplicates by `frame_id`.
+//!
+//! librdkafka's transactional calls block: they run on blocking threads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::context::DetectorContext;
+use super::judge::Verdict;
+use super::model_thread::InputRecord;
+use super::output::Destinations;
+use super::{Delivery, DetectorError};
+use crate::backoff::Backoff;
+use crate::kafka::{classify, idempotent_producer_config, try_enqueue, Enqueued, ErrorClass, NextOffsets};
+use crate::settings::Settings;
+
+/// Room for key and headers on top of the largest record, when a dead letter carries
+/// the original bytes.
+const DLQ_HEADROOM_BYTES: u32 = 1024 * 1024;
+
+/// Why a batch could not be committed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Undone (aborted): redo from the last committed offsets.
+    Abort(String),
+    /// The producer is unusable: recreate it, then redo.
+    Fatal(String),
+}
+
+fn failure(what: &str, e: &KafkaError) -> Failure {
+    match classify(e) {
+        ErrorClass::Fatal => Failure::Fatal(format!("{what}: {e}")),
+        _ => Failure::Abort(format!("{what}: {e}")),
+    }
+}
+
+/// The detector's producer and how it commits.
+pub(crate) struct Committer {
+    producer: FutureProducer,
+    config: ClientConfig,
+    delivery: Delivery,
+    transactional_id: String,
+    /// Timeout of each blocking transactional call.
+    timeout: Duration,
+}
+
+impl Committer {
+    /// Creates the producer; in exactly-once mode also initialises transactions, which
+    /// fences any predecessor with the same `transactional.id`.
+    pub(crate) async fn create(settings: &Settings, transactional_id: &str) -> Result<Self, DetectorError> {
+        let config = producer_config(settings, transactional_id);
+        let delivery = settings.detector.delivery;
+        let timeout = settings.kafka.operation_timeout().max(Duration::from_secs(10));
+        let producer = new_producer(&config, delivery, transactional_id, timeout).await?;
+        Ok(Committer { producer, config, delivery, transactional_id: transactional_id.to_owned(), timeout })
+    }
+
+    /// Commits `records` with their `verdicts` in the configured delivery mode.
+    pub(crate) async fn commit(
+        &self,
+        consumer: &StreamConsumer<DetectorContext>,
+        dest: &Destinations,
+        records: &[InputRecord],
+        verdicts: &[Verdict],
+    ) -> Result<(), Failure> {
+        match self.delivery {
+            Delivery::ExactlyOnce => self.commit_transactional(consumer, dest, records, verdicts).await,
+            Delivery::AtLeastOnce => self.commit_at_least_once(consumer, dest, records, verdicts).await,
+        }
+    }
+
+    /// Replaces the producer with a fresh one (same id: a new epoch), retrying while the
+    /// broker cannot be reached yet.
+    pub(crate) async fn recreate(&mut self, shutdown: &CancellationToken) -> Result<(), DetectorError> {
+        let mut attempt = 0u32;
+        loop {
+            match new_producer(&self.config, self.delivery, &self.transactional_id, self.timeout).await {
+                Ok(p) => {
+                    self.producer = p;
+                    return Ok(());
+                }
+                Err(e) if !shutdown.is_cancelled() && attempt < 10 => {
+                    attempt += 1;
+                    warn!(attempt, error = %e, "cannot recreate the producer yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits (bounded) for what is still queued; for the way out.
+    pub(crate) async fn flush(&self) {
+        let p = self.producer.clone();
+        match tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await {
+            Ok(Ok(())) => {}
+            // Nothing committed depends on it: an open transaction is aborted by the broker.
+            Ok(Err(e)) => warn!(error = %e, "producer flush on exit failed"),
+            Err(e) => warn!(error = %e, "producer flush on exit did not complete"),
+        }
+    }
+
+    async fn commit_transactional(
+        &self,
+        consumer: &StreamConsumer<DetectorContext>,
+        dest: &Destinations,
+        records: &[InputRecord],
+        verdicts: &[Verdict],
+    ) -> Result<(), Failure> {
+        if let Err(e) = self.producer.begin_transaction() {
+            return Err(failure("begin_transaction", &e));
+        }
+        let result = self.transaction_body(consumer, dest, records, verdicts).await;
+        if let Err(Failure::Abort(_)) = &result {
+            self.abort().await?;
+        }
+        result
+    }
+
+    async fn transaction_body(
+        &self,
+        consumer: &StreamConsumer<DetectorContext>,
+        dest: &Destinations,
+        records: &[InputRecord],
+        verdicts: &[Verdict],
+    ) -> Result<(), Failure> {
+        // Deliveries are settled by the commit (it flushes; a failed record fails the commit).
+        let _deliveries = self.produce_all(dest, records, verdicts).await?;
+        let offsets = NextOffsets::after(records.iter().map(|r| (r.partition, r.offset))).to_list(&dest.images);
+        let Some(metadata) = consumer.group_metadata() else {
+            return Err(Failure::Abort("no consumer group metadata (not in a group yet)".into()));
+        };
+        let timeout = self.timeout;
+        let p = self.producer.clone();
+        retry_call("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, timeout))
+            .await?;
+        let p = self.producer.clone();
+        retry_call("commit_transaction", move || p.commit_transaction(timeout)).await
+    }
+
+    /// Aborts the open transaction; a failure to abort makes the producer unusable.
+    async fn abort(&self) -> Result<(), Failure> {
+        let p = self.producer.clone();
+        let timeout = self.timeout;
+        match retry_call("abort_transaction", move || p.abort_transaction(timeout)).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Abort(reason) | Failure::Fatal(reason)) => Err(Failure::Fatal(reason)),
+        }
+    }
+
+    /// Produce, wait for every delivery, then commit the offsets.
+    async fn commit_at_least_once(
+        &self,
+        consumer: &StreamConsumer<DetectorContext>,
+        dest: &Destinations,
+        records: &[InputRecord],
+        verdicts: &[Verdict],
+    ) -> Result<(), Failure> {
+        let deliveries = self.produce_all(dest, records, verdicts).await?;
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(Failure::Abort(format!("delivery failed: {e}"))),
+                Err(_) => return Err(Failure::Fatal("producer dropped a delivery".into())),
+            }
+        }
+        let offsets = NextOffsets::after(records.iter().map(|r| (r.partition, r.offset))).to_list(&dest.images);
+        if let Err(e) = blocking(|| consumer.commit(&offsets, CommitMode::Sync)) {
+            // The results are delivered; a lost commit only means these records may be
+            // processed again (duplicates the sink drops).
+            warn!(error = %e, "offset commit failed; the batch may be processed again");
+        }
+        Ok(())
+    }
+
+    /// Enqueues every output record (waiting while librdkafka's queue is full); returns
+    /// their delivery futures.
+    async fn produce_all(
+        &self,
+        dest: &Destinations,
+        records: &[InputRecord],
+        verdicts: &[Verdict],
+    ) -> Result<Vec<DeliveryFuture>, Failure> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (record, verdict) in records.iter().zip(verdicts) {
+            let mut out = dest.output(record, verdict);
+            let mut waits = 0u32;
+            let delivery = loop {
+                match try_enqueue(&self.producer, out).map_err(|e| failure("produce", &e))? {
+                    Enqueued::Sent(delivery) => break delivery,
+                    Enqueued::Full(back) if waits < 1000 => {
+                        waits += 1;
+                        out = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Enqueued::Full(_) => return Err(Failure::Abort("produce: librdkafka's queue stayed full".into())),
+                }
+            };
+            deliveries.push(delivery);
+        }
+        Ok(deliveries)
+    }
+}
+
+/// Producer settings: idempotent, room for dead letters as large as any record, and in
+/// exactly-once mode the transactional id and timeout.
+fn producer_config(settings: &Settings, transactional_id: &str) -> ClientConfig {
+    let cfg = &settings.detector;
+    let mut config = idempotent_producer_config(&settings.kafka);
+    config
+        .set("message.max.bytes", (settings.kafka.max_message_bytes + DLQ_HEADROOM_BYTES).to_string())
+        .set("linger.ms", "5")
+        .set("client.id", format!("vigil-detect-{transactional_id}"));
+    if cfg.delivery == Delivery::ExactlyOnce {
+        config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", cfg.transaction_timeout_ms.to_string());
+    }
+    config
+}
+
+async fn new_producer(
+    config: &ClientConfig,
+    delivery: Delivery,
+    transactional_id: &str,
+    timeout: Duration,
+) -> Result<FutureProducer, DetectorError> {
+    let producer: FutureProducer =
+        config.create().map_err(|cause| DetectorError::Client { role: "producer", cause })?;
+    if delivery == Delivery::ExactlyOnce {
+        let p = producer.clone();
+        let timeout = timeout.max(Duration::from_secs(30));
+        tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+            .await
+            .map_err(DetectorError::Blocking)?
+            .map_err(|cause| DetectorError::InitTransactions {
+                transactional_id: transactional_id.to_owned(),
+                cause,
+            })?;
+        info!(%transactional_id, "transactions initialised (any predecessor with this id is fenced)");
+    }
+    Ok(producer)
+}
+
+/// Runs a blocking librdkafka call without stalling the runtime's other tasks.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Runs a blocking transactional call, retrying it while librdkafka says it is
+/// retriable (at most 5 times).
+async fn retry_call<F>(what: &'static str, call: F) -> Result<(), Failure>
+where
+    F: Fn() -> KafkaResult<()> + Send + Sync + 'static,
+{
+    let call = Arc::new(call);
+    let mut attempt = 0u32;
+    loop {
+        let c = call.clone();
+        let result = tokio::task::spawn_blocking(move || c())
+            .await
+            .map_err(|e| Failure::Fatal(format!("{what}: blocking task failed: {e}")))?;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if classify(&e) == ErrorClass::Retriable && attempt < 5 => {
+                attempt += 1;
+                warn!(attempt, error = %e, "{what} failed; retrying");
+                tokio::time::sleep(RETRY_CALL.delay(attempt)).await;
+            }
+            Err(e) => return Err(failure(what, &e)),
+        }
+    }
+}
+
+/// Retries of one transactional call: 100, 200, 400, 800, 1600 ms.
+const RETRY_CALL: Backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2) };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactional_settings_follow_the_mode() {
+        let mut settings = Settings::default();
+        let eos = producer_config(&settings, "vigil-detector-a");
+        assert_eq!(eos.get("transactional.id"), Some("vigil-detector-a"));
+        assert_eq!(eos.get("enable.idempotence"), Some("true"));
+        assert_eq!(eos.get("acks"), Some("all"));
+        settings.detector.delivery = Delivery::AtLeastOnce;
+        let alo = producer_config(&settings, "x");
+        assert_eq!(alo.get("transactional.id"), None);
+        assert_eq!(alo.get("enable.idempotence"), Some("true"));
+    }
+}
