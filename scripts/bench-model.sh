@@ -6,15 +6,16 @@
 #   scripts/bench-model.sh [SECONDS]        (default 10 s per measurement)
 #
 # Needs a release build (cargo build --release -p vigil), the weights (scripts/fetch-model.sh),
-# PyPI onnxruntime + numpy, and the ONNX conversion in ../shared/reference (or VIGIL_ONNX).
+# PyPI onnxruntime + numpy, and an ONNX conversion of the same TF.js graph in VIGIL_ONNX
+# (e.g. `pip install tf2onnx tensorflowjs` and tf2onnx's --tfjs option on nanodet.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 target=${CARGO_TARGET_DIR:-$HOME/.cache/vigil/target}
 vigil=${VIGIL_BIN:-$target/release/vigil}
-onnx=${VIGIL_ONNX:-../shared/reference/nanodet-reference.onnx}
+onnx=${VIGIL_ONNX:-}
 [[ -x $vigil ]] || { echo "no binary at $vigil: run cargo build --release -p vigil (or set VIGIL_BIN)" >&2; exit 1; }
-[[ -f $onnx ]] || { echo "no ONNX model at $onnx: set VIGIL_ONNX" >&2; exit 1; }
+[[ -f $onnx ]] || { echo "no ONNX model${onnx:+ at $onnx}: set VIGIL_ONNX to an ONNX conversion of NanoDet-g (see the header of this script)" >&2; exit 1; }
 ort() { python3 scripts/bench_onnxruntime.py "$onnx" --batch 1 --threads 2 --seconds "$seconds"; }
 ort
 for batch in 1 4 8; do

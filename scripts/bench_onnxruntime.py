@@ -4,7 +4,7 @@
 Forward pass only, float32, batch N, intra-op threads T; prints one JSON line like
 `vigil bench model --json` so scripts/bench-model.sh can put both side by side.
 Needs PyPI onnxruntime + numpy, and the ONNX conversion of the TF.js graph
-(../shared/reference/nanodet-reference.onnx, or your own tf2onnx conversion).
+(for example a tf2onnx conversion of nanodet.json; scripts/bench-model.sh says how).
 """
 import argparse, json, statistics, time
 

@@ -11,7 +11,8 @@
 #                       --no-run prints its path); optional, skipped when absent
 #                       Both may come as .gpu/*.tar.xz (stripped binaries are large; the
 #                       device's upload limit is 64 MiB), unpacked into .gpu/ first.
-#   models/             the weights (scripts/fetch-model.sh)
+#   models/             the weights (scripts/fetch-model.sh models); that machine has no
+#                       network, so the binary is told to use them and never fetch
 #   .gl/*.deb           Vulkan/GL loader packages, unpacked when the machine has no
 #                       libvulkan (apt-get download libvulkan1 libegl1 libglvnd0 ...)
 # Results (JSON lines and logs) go to $OUT, or target/gpu-bench when OUT is unset.
@@ -22,6 +23,7 @@ seconds=${1:-8}
 out=${OUT:-target/gpu-bench}
 mkdir -p "$out"
 vigil=${VIGIL_BIN:-.gpu/vigil}
+export VIGIL__MODEL__DIR=$PWD/models VIGIL__MODEL__FETCH=never VIGIL_MODEL_DIR=$PWD/models
 results=$out/gpu-bench.jsonl
 : >"$results"
 log() { printf 'gpu-bench: %s\n' "$*" | tee -a "$out/gpu-bench.log" >&2; }

@@ -11,6 +11,8 @@
 #                                                     Vulkan driver (lavapipe) for burn-wgpu
 #       postgresql (when the test database is local)  the sink test's PostgreSQL server
 #       npm (only when no npm command exists)         scripts/fetch-model.sh uses npm pack
+#       openjdk-17-jre-headless, maven (only when no      scripts/kafka.sh: the real Kafka
+#         java / mvn command exists)                  cluster the pipeline tests run on
 #  2. Checks that cargo/rustc (rustup's, in ~/.cargo/bin) are new enough for the workspace.
 #     It never runs cargo itself.
 #  3. Fetches the model weights with scripts/fetch-model.sh (honours $VIGIL_MODEL_DIR).
@@ -56,6 +58,8 @@ case "$pg_host" in 127.0.0.1 | localhost | ::1) pg_local=1 ;; esac
 packages=(make gcc g++ libc6-dev pkg-config zlib1g-dev libvulkan1 mesa-vulkan-drivers)
 [ "$pg_local" = 0 ] || packages+=(postgresql)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
+command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
 
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -112,7 +116,7 @@ fi
 
 # --- 3. Model weights --------------------------------------------------------------------
 if "$here/fetch-model.sh"; then
-  record ok model "NanoDet-g weights in ${VIGIL_MODEL_DIR:-models/}"
+  record ok model "NanoDet-g weights in ${VIGIL_MODEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil/models}"
 else
   fail model "scripts/fetch-model.sh failed (message above)"
 fi

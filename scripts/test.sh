@@ -10,8 +10,10 @@
 #   CARGO_TARGET_DIR          default ~/.cache/vigil/target, outside the clone, so that
 #                             clones share one build cache
 #   VIGIL_TEST_DATABASE_URL   PostgreSQL for the sink test; default
-#                             postgres://127.0.0.1:5432/test when it accepts a session,
-#                             otherwise unset and that test is skipped
+#                             postgres://vigil:vigil@127.0.0.1:5432/vigil_test, which the
+#                             set-up installs, starts and provisions (when it still does not
+#                             accept a session, the variable stays unset and that test is
+#                             skipped, with a message)
 #   VIGIL_TEST_BOOTSTRAP      host:port of a real Kafka; passed through to the tests
 #                             (without it they use the in-memory broker)
 #   VIGIL_MODEL_DIR           where scripts/fetch-model.sh puts the weights
