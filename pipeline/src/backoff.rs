@@ -10,10 +10,6 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    /// 100 ms doubling to 5 s: long enough not to hammer a broker or database that is
-    /// down, short enough to notice its return within seconds.
-    pub(crate) const DEFAULT: Backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(5) };
-
     /// The wait before retry number `attempt` (1 for the first retry).
     pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);

@@ -6,7 +6,7 @@
 //! the offending key. `vigil config` prints the effective result as TOML.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
@@ -123,15 +123,6 @@ impl Settings {
     /// A loader with no file, the process environment and no overrides.
     pub fn loader() -> SettingsLoader {
         SettingsLoader::default()
-    }
-
-    /// Defaults → `file` (if any) → process environment, validated.
-    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        let mut loader = Settings::loader();
-        if let Some(file) = file {
-            loader = loader.file(file);
-        }
-        loader.load()
     }
 
     /// Checks every section; the error names the first offending key.

@@ -55,34 +55,34 @@ impl TelemetryConfig {
 }
 
 /// Span names (`{operation} {destination}` per the messaging conventions, default topics).
-pub mod spans {
+pub(crate) mod spans {
     /// Producer: one frame sent to `images`.
-    pub const IMAGES_PUBLISH: &str = "images publish";
+    pub(crate) const IMAGES_PUBLISH: &str = "images publish";
     /// Detector: one frame consumed from `images` and turned into a result or dead letter.
-    pub const IMAGES_PROCESS: &str = "images process";
+    pub(crate) const IMAGES_PROCESS: &str = "images process";
     /// Sink: one result consumed from `detections` and stored.
-    pub const DETECTIONS_PROCESS: &str = "detections process";
+    pub(crate) const DETECTIONS_PROCESS: &str = "detections process";
 }
 
 /// Attribute keys (OpenTelemetry messaging semantic conventions) and fixed values.
-pub mod attributes {
-    pub const MESSAGING_SYSTEM: &str = "messaging.system";
-    pub const MESSAGING_SYSTEM_KAFKA: &str = "kafka";
-    pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
-    pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
-    pub const MESSAGING_DESTINATION_PARTITION_ID: &str = "messaging.destination.partition.id";
-    pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
-    pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
-    pub const MESSAGING_KAFKA_MESSAGE_KEY: &str = "messaging.kafka.message.key";
-    pub const MESSAGING_KAFKA_OFFSET: &str = "messaging.kafka.offset";
-    pub const MESSAGING_BATCH_MESSAGE_COUNT: &str = "messaging.batch.message_count";
+pub(crate) mod attributes {
+    pub(crate) const MESSAGING_SYSTEM: &str = "messaging.system";
+    pub(crate) const MESSAGING_SYSTEM_KAFKA: &str = "kafka";
+    pub(crate) const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+    pub(crate) const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+    pub(crate) const MESSAGING_DESTINATION_PARTITION_ID: &str = "messaging.destination.partition.id";
+    pub(crate) const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
+    pub(crate) const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+    pub(crate) const MESSAGING_KAFKA_MESSAGE_KEY: &str = "messaging.kafka.message.key";
+    pub(crate) const MESSAGING_KAFKA_OFFSET: &str = "messaging.kafka.offset";
 }
 
 /// The instrumentation scope name of every Vigil span.
-pub const TRACER_NAME: &str = "vigil";
+pub(crate) const TRACER_NAME: &str = "vigil";
 
 /// Name of the W3C trace-context header carried by every record.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+#[cfg(test)]
+pub(crate) const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
 
 /// Installs only the propagator and tracer provider (no log subscriber): for tests and
 /// embedders that manage logging themselves. Idempotent enough to call per test.
-pub fn init_tracing_context() -> TelemetryGuard {
+pub(crate) fn init_tracing_context() -> TelemetryGuard {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = SdkTracerProvider::builder().build();
     global::set_tracer_provider(provider.clone());
@@ -137,7 +137,7 @@ pub fn init_tracing_context() -> TelemetryGuard {
 /// Starts a span of `kind` named `name` as a child of `parent`, with the Kafka messaging
 /// attributes, and returns the context holding it (end it by dropping the context's span
 /// or calling `cx.span().end()`).
-pub fn start_span(name: &'static str, kind: SpanKind, parent: &Context, attributes: Vec<KeyValue>) -> Context {
+pub(crate) fn start_span(name: &'static str, kind: SpanKind, parent: &Context, attributes: Vec<KeyValue>) -> Context {
     let tracer = global::tracer(TRACER_NAME);
     let mut attrs = vec![KeyValue::new(attributes::MESSAGING_SYSTEM, attributes::MESSAGING_SYSTEM_KAFKA)];
     attrs.extend(attributes);
@@ -171,7 +171,8 @@ pub(crate) fn start_process_span(
 
 /// The trace id of `cx` as 32 hex digits, or `None` when it carries no valid span
 /// (for log lines that link to the trace).
-pub fn trace_id(cx: &Context) -> Option<String> {
+#[cfg(test)]
+pub(crate) fn trace_id(cx: &Context) -> Option<String> {
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
@@ -179,7 +180,7 @@ pub fn trace_id(cx: &Context) -> Option<String> {
 
 /// Writes `cx`'s trace context (`traceparent`, `tracestate`) into Kafka headers,
 /// replacing nothing (call it on headers that do not yet carry them).
-pub fn inject_context(cx: &Context, headers: OwnedHeaders) -> OwnedHeaders {
+pub(crate) fn inject_context(cx: &Context, headers: OwnedHeaders) -> OwnedHeaders {
     let mut fields = HeaderMap::default();
     global::get_text_map_propagator(|p| p.inject_context(cx, &mut fields));
     fields.0.iter().fold(headers, |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }))
@@ -187,7 +188,7 @@ pub fn inject_context(cx: &Context, headers: OwnedHeaders) -> OwnedHeaders {
 
 /// Reads the trace context from a record's headers (an empty context when there is none
 /// or it is malformed: tracing never fails a record).
-pub fn extract_context<H: Headers>(headers: Option<&H>) -> Context {
+pub(crate) fn extract_context<H: Headers>(headers: Option<&H>) -> Context {
     match headers {
         Some(headers) => {
             let extractor = KafkaHeaders(headers);

@@ -34,8 +34,8 @@ pub(crate) struct ThreadActor<S> {
 
 impl<S: 'static> ThreadActor<S> {
     /// Starts the thread named `name`, builds the state there with `init` and waits
-    /// until that is done. At most `capacity` jobs wait in the queue; callers keep fewer
-    /// than that outstanding, so queueing never blocks them.
+    /// until that is done. At most `capacity` jobs wait in the queue; callers keep at most
+    /// that many outstanding (the model: one batch, capacity 1), so queueing never blocks.
     pub(crate) async fn start<T, E>(
         name: &'static str,
         capacity: usize,

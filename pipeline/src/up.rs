@@ -64,9 +64,11 @@ impl UpError {
     /// Whether the command was used wrongly (exit code 2) rather than failing at run time.
     pub fn is_usage(&self) -> bool {
         match self {
+            UpError::Broker(e) => e.is_usage(),
             UpError::Producer(e) => e.is_usage(),
             UpError::Detector(e) => e.is_usage(),
-            _ => false,
+            UpError::Sink(e) => e.is_usage(),
+            UpError::Join(_) => false,
         }
     }
 }

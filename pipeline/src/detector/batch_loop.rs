@@ -23,6 +23,9 @@ use super::{Delivery, DetectorConfig, DetectorError, DetectorSummary};
 use crate::backoff::Backoff;
 use crate::kafka::{classify, ErrorClass};
 
+/// Wait before redoing a failed batch: 0.2 s doubling to 5 s.
+const REDO_BACKOFF: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(5) };
+
 /// Where the loop is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -221,7 +224,7 @@ impl<'a> BatchLoop<'a> {
                 self.rewind(&records, batcher);
                 // Back off when failures repeat (broker down).
                 tokio::select! {
-                    _ = tokio::time::sleep(Backoff::DEFAULT.delay(self.consecutive_failures)) => {}
+                    _ = tokio::time::sleep(REDO_BACKOFF.delay(self.consecutive_failures)) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 Ok(())

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Backend, DecodeLimits};
 
 /// How the detector hands results downstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Delivery {
     /// One Kafka transaction per batch: results, dead letters and input offsets commit

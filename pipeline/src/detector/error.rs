@@ -36,6 +36,11 @@ pub enum DetectorError {
 impl DetectorError {
     /// Whether the command was used wrongly (exit code 2) rather than failing at run time.
     pub fn is_usage(&self) -> bool {
-        matches!(self, DetectorError::Config { .. })
+        match self {
+            DetectorError::Config { .. } => true,
+            DetectorError::Client { cause: KafkaError::ClientConfig(..), .. } => true,
+            DetectorError::Plumbing(e) => e.is_usage(),
+            _ => false,
+        }
     }
 }

@@ -22,7 +22,7 @@ pub(crate) enum Verdict {
     DeadLetter { kind: &'static str, message: String },
 }
 
-/// Limits the worker applies to inputs.
+/// Limits the model thread applies to inputs before decoding them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct InputLimits {
     /// Larger records are dead-lettered as `oversized` without being decoded.

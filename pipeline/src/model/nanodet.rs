@@ -27,7 +27,7 @@ pub struct NanoDet {
 impl NanoDet {
     /// Loads `nanodet.json` + `nanodet.bin` from `config.dir` onto the chosen backend and
     /// runs one warm-up frame, which also checks the network end to end. Missing weights are
-    /// fetched first, or refused, as `config.fetch` says ([`ensure_weights`](super::ensure_weights)).
+    /// fetched first, or refused, as `config.fetch` says (`ensure_weights`).
     pub fn load(config: &ModelConfig, backend: Backend) -> Result<NanoDet, ModelError> {
         super::ensure_weights(config)?;
         let graph = TfjsGraph::load(&config.dir)?;
@@ -53,10 +53,6 @@ impl NanoDet {
 
     pub fn backend(&self) -> &ResolvedBackend {
         &self.backend
-    }
-
-    pub fn labels(&self) -> &[String] {
-        &self.labels
     }
 
     /// Batched input tensor `[N, 3, 416, 416]` on this model's device.

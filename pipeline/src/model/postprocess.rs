@@ -23,7 +23,7 @@ pub struct Detection {
 
 /// Post-processing settings.
 #[derive(Debug, Clone)]
-pub struct PostProcess {
+pub(crate) struct PostProcess {
     pub score_threshold: f32,
     pub nms_iou: f32,
     pub class_aware_nms: bool,

@@ -3,7 +3,7 @@
 //! `acks=all`). Images are never decoded here: the format is sniffed from magic bytes,
 //! unrecognised files are sent anyway with a warning (the detector judges them).
 //!
-//! Library entry point: `produce_frames` (used by `vigil up` and tests).
+//! Library entry point: [`run`] (used by `vigil produce` and `vigil up`).
 
 mod config;
 mod inputs;
@@ -88,6 +88,7 @@ pub async fn run(
     if files.is_empty() && synthetic == 0 {
         return Err(ProducerError::NothingToSend);
     }
+    let one_pass_len = files.len() as u64 + synthetic;
     let source = settings.producer.source_id.clone();
     let one_pass = move || {
         let source_f = source.clone();
@@ -103,10 +104,8 @@ pub async fn run(
         if request.repeat {
             (Box::new(std::iter::repeat_with(one_pass).flatten().take(limit)), request.count)
         } else {
-            let inputs = one_pass();
-            let all = inputs.size_hint().0 as u64;
-            (Box::new(inputs.take(limit)), Some(request.count.map_or(all, |n| n.min(all))))
+            (Box::new(one_pass().take(limit)), Some(request.count.map_or(one_pass_len, |n| n.min(one_pass_len))))
         };
-    let options = ProduceOptions { show_progress: request.show_progress, total, record_frame_ids: false };
+    let options = ProduceOptions { show_progress: request.show_progress, total };
     produce_frames(settings, inputs, options, shutdown).await
 }

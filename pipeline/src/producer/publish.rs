@@ -25,8 +25,6 @@ pub(super) struct ProduceOptions {
     pub show_progress: bool,
     /// Expected number of frames, for the progress bar (`None`: unknown / looping).
     pub total: Option<u64>,
-    /// Keep the ids of delivered frames in the summary (tests, audits).
-    pub record_frame_ids: bool,
 }
 
 /// What a `produce_frames` call did.
@@ -46,8 +44,6 @@ pub struct ProduceSummary {
     pub elapsed: Duration,
     /// The first delivery error, if any.
     pub first_error: Option<String>,
-    /// Ids of delivered frames, when `ProduceOptions::record_frame_ids` is set.
-    pub frame_ids: Vec<String>,
 }
 
 impl ProduceSummary {
@@ -207,7 +203,7 @@ where
                     // librdkafka's queue is full: settle the oldest delivery (or wait), then retry.
                     record = back;
                     match in_flight.pop_front() {
-                        Some(done) => settle(done, &mut summary, &progress, options.record_frame_ids).await,
+                        Some(done) => settle(done, &mut summary, &progress).await,
                         None => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
                 }
@@ -222,12 +218,12 @@ where
         });
         while in_flight.len() >= max_in_flight {
             let done = in_flight.pop_front().expect("non-empty");
-            settle(done, &mut summary, &progress, options.record_frame_ids).await;
+            settle(done, &mut summary, &progress).await;
         }
     }
     drop(rx);
     while let Some(done) = in_flight.pop_front() {
-        settle(done, &mut summary, &progress, options.record_frame_ids).await;
+        settle(done, &mut summary, &progress).await;
     }
     // Every delivery is settled above; a flush error only concerns librdkafka's own requests.
     if let Err(e) = producer.flush(Duration::from_secs(10)) {
@@ -241,7 +237,7 @@ where
     Ok(summary)
 }
 
-async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &ProgressBar, record_ids: bool) {
+async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &ProgressBar) {
     let span = done.trace.span();
     match done.delivery.await {
         Ok(Ok(delivery)) => {
@@ -251,9 +247,6 @@ async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &Progres
             summary.delivered += 1;
             summary.bytes += done.bytes;
             summary.unidentified += u64::from(done.unidentified);
-            if record_ids {
-                summary.frame_ids.push(done.frame_id);
-            }
             progress.inc(1);
         }
         Ok(Err((e, _))) => {

@@ -29,7 +29,10 @@ impl DbWorker {
         match ThreadActor::start("sink-db", 2, open).await {
             Ok((actor, kind)) => Ok(DbWorker { actor, kind }),
             Err(StartError::Init(e)) => Err(e),
-            Err(StartError::Spawn(_) | StartError::Panicked(_)) => Err(StoreError::WorkerGone),
+            Err(StartError::Spawn(e)) => Err(StoreError::Thread(format!("cannot start it: {e}"))),
+            Err(StartError::Panicked(message)) => {
+                Err(StoreError::Thread(format!("it panicked while opening: {message}")))
+            }
         }
     }
 

@@ -17,6 +17,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("the database worker thread has stopped")]
     WorkerGone,
+    #[error("the database thread failed: {0}")]
+    Thread(String),
 }
 
 impl StoreError {
@@ -41,7 +43,7 @@ pub enum SinkError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("Kafka consumer error: {0}")]
-    Consumer(#[from] rdkafka::error::KafkaError),
+    Consumer(rdkafka::error::KafkaError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaPlumbingError),
     #[error("could not read the stored offsets for the assigned partitions: {0}; the sink stops rather than read from a wrong position")]
@@ -51,6 +53,11 @@ pub enum SinkError {
 impl SinkError {
     /// Whether the command was used wrongly (exit code 2) rather than failing at run time.
     pub fn is_usage(&self) -> bool {
-        matches!(self, SinkError::Store(StoreError::BadUrl { .. }))
+        match self {
+            SinkError::Store(StoreError::BadUrl { .. }) => true,
+            SinkError::Consumer(rdkafka::error::KafkaError::ClientConfig(..)) => true,
+            SinkError::Kafka(e) => e.is_usage(),
+            _ => false,
+        }
     }
 }

@@ -46,6 +46,9 @@ use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass, NextOff
 use crate::settings::Settings;
 use crate::telemetry::{extract_context, spans, start_process_span};
 
+/// Wait before retrying a failed database write: 0.2 s doubling to 6.4 s.
+const DB_RETRY: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_millis(6400) };
+
 /// What a sink run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkSummary {
@@ -75,9 +78,10 @@ pub async fn run(
     ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections]).await?;
 
     let context = SinkContext::new(db.clone(), &cfg.group_id, &topic);
-    let consumer: StreamConsumer<SinkContext> =
-        consumer_config(&settings.kafka, &cfg.group_id, cfg.session_timeout_ms).create_with_context(context)?;
-    consumer.subscribe(&[&topic])?;
+    let consumer: StreamConsumer<SinkContext> = consumer_config(&settings.kafka, &cfg.group_id, cfg.session_timeout_ms)
+        .create_with_context(context)
+        .map_err(SinkError::Consumer)?;
+    consumer.subscribe(&[&topic]).map_err(SinkError::Consumer)?;
     info!(%topic, group = %cfg.group_id, "sink consuming (read_committed)");
 
     let mut sink = SinkLoop {
@@ -220,7 +224,7 @@ impl SinkLoop<'_> {
                 Ok(outcome) => break outcome,
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                     attempt += 1;
-                    let backoff = Backoff::DEFAULT.delay(attempt);
+                    let backoff = DB_RETRY.delay(attempt);
                     warn!(attempt, error = %e, ?backoff, "database write failed; retrying the batch");
                     tokio::time::sleep(backoff).await;
                 }
@@ -270,7 +274,7 @@ impl SinkLoop<'_> {
 }
 
 /// A stored row from a decoded result and its position in `detections`.
-pub fn to_row(result: &DetectionResult, partition: i32, offset: i64) -> DetectionRow {
+pub(crate) fn to_row(result: &DetectionResult, partition: i32, offset: i64) -> DetectionRow {
     DetectionRow {
         frame_id: result.frame_id.clone(),
         source: result.source.clone(),
@@ -309,7 +313,7 @@ fn detections_json(detections: &[DetectedObject]) -> String {
 }
 
 /// The URL with any password replaced by `***`, for logs.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
     match userinfo.split_once(':') {

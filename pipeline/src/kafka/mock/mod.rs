@@ -118,11 +118,6 @@ impl DevBroker {
         &self.bootstrap
     }
 
-    /// Broker ids, `1..=brokers`.
-    pub fn broker_ids(&self) -> std::ops::RangeInclusive<i32> {
-        1..=self.brokers
-    }
-
     /// Creates a topic (replication factor -1 becomes min(3, brokers)).
     pub fn create_topic(&self, topic: &TopicConfig) -> Result<(), KafkaPlumbingError> {
         let rf =

@@ -27,7 +27,7 @@ use super::error::StoreError;
 ///
 /// Timestamps are microseconds since the Unix epoch (UTC), as in the Avro schema.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DetectionRow {
+pub(crate) struct DetectionRow {
     /// Unique id of the frame (primary key; makes inserts idempotent).
     pub frame_id: String,
     /// Camera / source id.
