@@ -104,7 +104,14 @@ pub(crate) async fn ensure_topics(
     if report.create_unsupported {
         warn!(topics = ?names, "the broker did not create the topics (no CreateTopics support, e.g. the librdkafka mock?)");
     }
-    let counts = partition_counts(kafka, &missing).await?;
+    // A new topic reaches every broker's metadata a moment after CreateTopics returns (a
+    // real cluster propagates it from the controller): look again until it shows.
+    let deadline = tokio::time::Instant::now() + kafka.operation_timeout();
+    let mut counts = partition_counts(kafka, &missing).await?;
+    while !report.create_unsupported && counts.contains(&0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        counts = partition_counts(kafka, &missing).await?;
+    }
     if let Some((topic, _)) = missing.iter().zip(&counts).find(|(_, n)| **n == 0) {
         return Err(KafkaPlumbingError::Topic {
             topic: topic.name.clone(),
