@@ -58,3 +58,30 @@ classified!(
     vigil::verify::VerifyError,
     vigil::kafka::KafkaPlumbingError,
 );
+
+#[cfg(test)]
+mod tests {
+    use vigil::producer::ProducerError;
+    use vigil::up::UpError;
+
+    use super::*;
+
+    #[test]
+    fn the_error_decides_the_exit_code() {
+        // `vigil up` with no samples is a usage mistake, like `vigil produce` without inputs.
+        assert_eq!(Failure::from(UpError::from(ProducerError::NothingToSend)).report(), EXIT_USAGE);
+        assert_eq!(Failure::from(ProducerError::NothingToSend).report(), EXIT_USAGE);
+        // A thread that cannot start is not the user's fault.
+        let spawn = ProducerError::SpawnReader(std::io::Error::other("no threads left"));
+        assert_eq!(Failure::from(spawn).report(), EXIT_RUNTIME);
+        let config = rdkafka::error::KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+            "no.such.property".into(),
+            "x".into(),
+            "unknown".into(),
+        );
+        let bad_property = vigil::kafka::KafkaPlumbingError::Client { role: "consumer", cause: config };
+        assert_eq!(Failure::from(bad_property).report(), EXIT_USAGE);
+        assert_eq!(Failure::runtime(std::io::Error::other("disk full")).report(), EXIT_RUNTIME);
+    }
+}

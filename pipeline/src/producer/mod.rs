@@ -34,6 +34,8 @@ pub enum ProducerError {
     Client(KafkaError),
     #[error("cannot hand a frame to the Kafka producer: {0}")]
     Send(KafkaError),
+    #[error("cannot start the thread that reads the inputs: {0}")]
+    SpawnReader(std::io::Error),
     #[error(transparent)]
     Kafka(#[from] KafkaPlumbingError),
     #[error("cannot encode a frame (a bug): {0}")]

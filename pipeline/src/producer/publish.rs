@@ -123,10 +123,7 @@ where
                 }
             }
         })
-        .map_err(|e| ProducerError::Input {
-            path: "<inputs>".into(),
-            reason: format!("cannot start reader thread: {e}"),
-        })?;
+        .map_err(ProducerError::SpawnReader)?;
 
     let progress = progress_bar(&options);
     let mut ticker = pcfg.frame_interval().map(|every| {
