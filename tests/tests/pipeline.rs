@@ -463,6 +463,29 @@ fn injected_broker_errors_abort_retry_and_end_exact() {
     );
 }
 
+/// Test 9: frames as large as real camera images (samples/kite.jpg is 1.4 MB, above a
+/// default broker's 1 MB record limit) go through: the stages create their topics with
+/// `max.message.bytes` from `kafka.max_message_bytes`.
+#[test]
+fn camera_sized_frames_cross_the_broker() {
+    let _serial = serial();
+    let p = Pipeline::start("large-frames", Options { partitions: 2, ..Options::default() });
+    let kite = vigil_tests::repo_root().join("samples/kite.jpg");
+    let size = std::fs::metadata(&kite).expect("samples/kite.jpg").len();
+    assert!(size > 1024 * 1024, "kite.jpg is {size} bytes: the test needs a frame above 1 MiB");
+    let mut sink = p.sink("sink");
+    let mut detector = p.detector("detector", None);
+    for source in ["cam-a", "cam-b", "cam-c"] {
+        p.produce(&["--source", source, kite.to_str().unwrap()]);
+    }
+    p.wait_rows(3, Duration::from_secs(300), &mut [&mut sink, &mut detector]);
+    stop(&mut detector);
+    stop(&mut sink);
+    let report = p.verify();
+    p.assert_exact(&report, 3, 0);
+    eprintln!("[test 9] 3 frames of {size} bytes through {}: rows {}", p.bootstrap, report["rows"]);
+}
+
 /// `vigil up`: in-memory broker, producer over samples/, detector, SQLite sink in one
 /// process; the real model finds the dog in dog.jpg.
 #[test]

@@ -48,8 +48,11 @@ pub struct DetectorConfig {
     pub max_batch: usize,
     /// Longest wait for a batch to fill after its first frame arrived, milliseconds.
     pub max_wait_ms: u64,
-    /// Kafka `transaction.timeout.ms`: must exceed the worst batch time (decode + inference +
-    /// produce + commit); the broker aborts transactions older than this.
+    /// Kafka `transaction.timeout.ms`, milliseconds. A transaction spans only producing a
+    /// finished batch's outputs and committing (inference happens before it begins), so a
+    /// few seconds are ample; keep it at least twice the slowest produce-and-commit. It is
+    /// also how long the broker keeps a dead worker's open transaction, which holds back
+    /// the partitions' next owner and every read_committed reader (the sink).
     pub transaction_timeout_ms: u64,
     /// Kafka `session.timeout.ms` of the consumer: how soon a dead worker's partitions move.
     pub session_timeout_ms: u64,
@@ -70,7 +73,7 @@ impl Default for DetectorConfig {
             delivery: Delivery::ExactlyOnce,
             max_batch: 8,
             max_wait_ms: 50,
-            transaction_timeout_ms: 60_000,
+            transaction_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
             max_record_bytes: 20 * 1024 * 1024,

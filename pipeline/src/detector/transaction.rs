@@ -27,10 +27,6 @@ use super::{Delivery, DetectorError};
 use crate::kafka::{classify, idempotent_producer_config, try_enqueue, Enqueued, ErrorClass, NextOffsets};
 use crate::settings::Settings;
 
-/// Room for key and headers on top of the largest record, when a dead letter carries
-/// the original bytes.
-const DLQ_HEADROOM_BYTES: u32 = 1024 * 1024;
-
 /// Why a batch could not be committed.
 #[derive(Debug)]
 pub(crate) enum Failure {
@@ -221,7 +217,7 @@ fn producer_config(settings: &Settings, transactional_id: &str) -> ClientConfig 
     let cfg = &settings.detector;
     let mut config = idempotent_producer_config(&settings.kafka);
     config
-        .set("message.max.bytes", (settings.kafka.max_message_bytes + DLQ_HEADROOM_BYTES).to_string())
+        .set("message.max.bytes", settings.kafka.topic_max_message_bytes(&settings.kafka.topics.dlq).to_string())
         .set("linger.ms", "5")
         .set("client.id", format!("vigil-detect-{transactional_id}"));
     if cfg.delivery == Delivery::ExactlyOnce {

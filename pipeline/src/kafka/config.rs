@@ -31,6 +31,23 @@ pub struct KafkaConfig {
     pub client: BTreeMap<String, String>,
 }
 
+/// Room for key and headers on top of the largest record, when a dead letter carries the
+/// original bytes: the DLQ accepts this much more than `images`.
+pub(crate) const DLQ_HEADROOM_BYTES: u32 = 1024 * 1024;
+
+impl KafkaConfig {
+    /// The `max.message.bytes` a topic is created with: `max_message_bytes`, and for the
+    /// dead-letter topic that plus [`DLQ_HEADROOM_BYTES`], so that a dead letter (the
+    /// original record plus error headers) always fits.
+    pub(crate) fn topic_max_message_bytes(&self, topic: &TopicConfig) -> u32 {
+        if topic.name == self.topics.dlq.name {
+            self.max_message_bytes.saturating_add(DLQ_HEADROOM_BYTES)
+        } else {
+            self.max_message_bytes
+        }
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -213,4 +230,17 @@ fn deserialize_client_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTre
     let mut out = BTreeMap::new();
     flatten("", ClientValue::Table(tree), &mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dlq_accepts_a_dead_letter_of_the_largest_record() {
+        let kafka = KafkaConfig::default();
+        assert_eq!(kafka.topic_max_message_bytes(&kafka.topics.images), kafka.max_message_bytes);
+        assert_eq!(kafka.topic_max_message_bytes(&kafka.topics.detections), kafka.max_message_bytes);
+        assert_eq!(kafka.topic_max_message_bytes(&kafka.topics.dlq), kafka.max_message_bytes + DLQ_HEADROOM_BYTES);
+    }
 }

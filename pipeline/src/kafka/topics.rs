@@ -28,7 +28,7 @@ fn is_unsupported(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Creates the missing ones of `topics` with their configured partitions (and
-/// `max.message.bytes = kafka.max_message_bytes`), leaves existing topics as they are
+/// `max.message.bytes` from `KafkaConfig::topic_max_message_bytes`), leaves existing topics as they are
 /// (warning when their partition count differs), and carries on with a warning when the
 /// broker lacks CreateTopics. Fails only when a topic is still missing afterwards, or on
 /// errors that creating it again would not fix (authorisation, invalid settings).
@@ -63,12 +63,13 @@ pub(crate) async fn ensure_topics(
     }
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka).create().map_err(|cause| KafkaPlumbingError::Client { role: "admin", cause })?;
-    let max_bytes = kafka.max_message_bytes.to_string();
+    let max_bytes: Vec<String> = missing.iter().map(|t| kafka.topic_max_message_bytes(t).to_string()).collect();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|t| {
+        .zip(&max_bytes)
+        .map(|(t, max_bytes)| {
             NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor))
-                .set("max.message.bytes", &max_bytes)
+                .set("max.message.bytes", max_bytes)
         })
         .collect();
     let opts = AdminOptions::new()
