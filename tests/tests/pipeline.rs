@@ -486,6 +486,26 @@ fn camera_sized_frames_cross_the_broker() {
     eprintln!("[test 9] 3 frames of {size} bytes through {}: rows {}", p.bootstrap, report["rows"]);
 }
 
+/// Test 10: `vigil produce` refuses a frame larger than `kafka.max_message_bytes` with a
+/// message that says what to do, sends the others, and exits 1.
+#[test]
+fn produce_refuses_a_frame_that_cannot_fit() {
+    let _serial = serial();
+    let mut p = Pipeline::start("too-large", Options { partitions: 1, ..Options::default() });
+    p.set_env("VIGIL__KAFKA__MAX_MESSAGE_BYTES", "1000000");
+    p.set_env("VIGIL__DETECTOR__MAX_RECORD_BYTES", "1000000");
+    let samples = vigil_tests::repo_root().join("samples");
+    let (kite, dog) = (samples.join("kite.jpg"), samples.join("dog.jpg"));
+    let mut produce = p.spawn("produce", &["produce", kite.to_str().unwrap(), dog.to_str().unwrap()]);
+    let status = produce.wait(Duration::from_secs(120)).expect("vigil produce finishes");
+    assert_eq!(status.code(), Some(1), "a refused frame is a failure:\n{}", produce.stderr());
+    let stderr = produce.stderr();
+    assert!(stderr.contains("kite.jpg") && stderr.contains("above kafka.max_message_bytes = 1000000"), "{stderr}");
+    assert!(produce.stdout().contains("delivered 1 frames"), "dog.jpg still goes: {}", produce.stdout());
+    let records = p.read_topic(&p.images);
+    assert_eq!(records.len(), 1, "only dog.jpg is in {}", p.images);
+}
+
 /// `vigil up`: in-memory broker, producer over samples/, detector, SQLite sink in one
 /// process; the real model finds the dog in dog.jpg.
 #[test]

@@ -14,6 +14,8 @@ use tracing::{debug, warn};
 
 use super::{FrameInput, ProducerError};
 use crate::codec::{now_us, Frame, ImageEncoding};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
 use crate::kafka::{ensure_topics, idempotent_producer_config, try_enqueue, Enqueued};
 use crate::settings::Settings;
 use crate::telemetry::{attributes as attr, inject_context, spans, start_span};
@@ -194,9 +196,9 @@ where
         let headers = inject_context(&trace, OwnedHeaders::new());
         let mut record = FutureRecord::to(&topic).key(&frame.source).payload(&payload).headers(headers);
         let delivery = loop {
-            match try_enqueue(&producer, record).map_err(ProducerError::Send)? {
-                Enqueued::Sent(delivery) => break delivery,
-                Enqueued::Full(back) => {
+            match try_enqueue(&producer, record) {
+                Ok(Enqueued::Sent(delivery)) => break Some(delivery),
+                Ok(Enqueued::Full(back)) => {
                     // librdkafka's queue is full: settle the oldest delivery (or wait), then retry.
                     record = back;
                     match in_flight.pop_front() {
@@ -204,7 +206,25 @@ where
                         None => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
                 }
+                // Too large for the topic: this frame is refused, the others still go.
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                    let error = format!(
+                        "{name}: the frame is {} bytes, above kafka.max_message_bytes = {}; not sent (raise \
+                         kafka.max_message_bytes and the topics' max.message.bytes, or send a smaller image)",
+                        payload.len(),
+                        settings.kafka.max_message_bytes
+                    );
+                    warn!("{error}");
+                    summary.failed += 1;
+                    summary.first_error.get_or_insert(error);
+                    break None;
+                }
+                Err(e) => return Err(ProducerError::Send(e)),
             }
+        };
+        let Some(delivery) = delivery else {
+            trace.span().end();
+            continue;
         };
         in_flight.push_back(InFlight {
             delivery,
