@@ -27,10 +27,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::codec::{DetectionResult, ImageEncoding};
+use crate::codec::DetectionResult;
 use crate::detector::{self, Delivery, DetectorError, ModelThread};
 use crate::kafka::{DevBroker, DevBrokerOptions, KafkaPlumbingError};
-use crate::producer::{self, expand_paths, ProduceRequest, ProducerError};
+use crate::producer::{self, ProduceRequest, ProducerError};
 use crate::settings::Settings;
 use crate::sink::{self, SinkError};
 
@@ -92,10 +92,7 @@ pub async fn run(settings: &Settings, options: &UpOptions, shutdown: Cancellatio
         ..ProduceRequest::default()
     };
     // Refuse a samples path without images before starting anything.
-    let files = expand_paths(&request.paths)?;
-    if !files.iter().any(|p| std::fs::read(p).is_ok_and(|b| ImageEncoding::sniff(&b) != ImageEncoding::Unknown)) {
-        return Err(ProducerError::NothingToSend.into());
-    }
+    producer::files_to_send(&request)?;
 
     let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, ..DevBrokerOptions::default() }).await?;
     // One process, one consumer per group: no reason to wait for more members.

@@ -1,13 +1,14 @@
 //! Where frames come from: files, directories and globs, or generated test images.
 
 use std::collections::HashMap;
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 
 use super::ProducerError;
+use crate::codec::ImageEncoding;
 
 /// One frame to publish: who sent it and the encoded bytes (never decoded here).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +44,7 @@ fn is_glob(arg: &str) -> bool {
 
 /// Expands PATH arguments into a sorted file list: a file as is, a directory's files
 /// (recursively, sorted), a glob's matching files. A path that matches nothing is an error.
-pub(crate) fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerError> {
+pub(super) fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerError> {
     let mut files = Vec::new();
     for arg in args {
         if arg.is_file() {
@@ -87,6 +88,15 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ProducerError> {
         }
     }
     Ok(())
+}
+
+/// The image format of a file from its first bytes (`Unknown` when it cannot be read).
+pub(super) fn sniff_file(path: &Path) -> ImageEncoding {
+    let mut head = Vec::with_capacity(16);
+    match std::fs::File::open(path).and_then(|f| f.take(16).read_to_end(&mut head)) {
+        Ok(_) => ImageEncoding::sniff(&head),
+        Err(_) => ImageEncoding::Unknown,
+    }
 }
 
 /// Reads one file as a frame of `source` (attribute `file` = the path).
@@ -152,6 +162,18 @@ mod tests {
         assert_eq!(a, synthetic_jpeg(0), "deterministic");
         let decoded = image::load_from_memory(&a).unwrap();
         assert_eq!((decoded.width(), decoded.height()), SYNTHETIC_SIZE);
+    }
+
+    #[test]
+    fn sniffs_a_file_from_its_first_bytes() {
+        let dir = std::env::temp_dir().join(format!("vigil-sniff-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.jpg"), synthetic_jpeg(3)).unwrap();
+        std::fs::write(dir.join("README.md"), b"# not an image").unwrap();
+        assert_eq!(sniff_file(&dir.join("a.jpg")), ImageEncoding::Jpeg);
+        assert_eq!(sniff_file(&dir.join("README.md")), ImageEncoding::Unknown);
+        assert_eq!(sniff_file(&dir.join("missing.png")), ImageEncoding::Unknown);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -12,8 +12,7 @@ mod publish;
 use std::path::PathBuf;
 
 pub use config::ProducerConfig;
-pub(crate) use inputs::expand_paths;
-use inputs::{read_file, synthetic_frame, FrameInput};
+use inputs::{expand_paths, read_file, sniff_file, synthetic_frame, FrameInput};
 pub use publish::ProduceSummary;
 use publish::{produce_frames, ProduceOptions};
 use rdkafka::error::KafkaError;
@@ -73,6 +72,19 @@ pub struct ProduceRequest {
     pub show_progress: bool,
 }
 
+/// The files `request` names (expanded, and only images with `images_only`); refuses a
+/// request with nothing to send. Lets `vigil up` refuse before it starts anything.
+pub(crate) fn files_to_send(request: &ProduceRequest) -> Result<Vec<PathBuf>, ProducerError> {
+    let mut files = expand_paths(&request.paths)?;
+    if request.images_only {
+        files.retain(|path| sniff_file(path) != ImageEncoding::Unknown);
+    }
+    if files.is_empty() && request.synthetic == 0 {
+        return Err(ProducerError::NothingToSend);
+    }
+    Ok(files)
+}
+
 /// Sends what `request` names to `kafka.topics.images` until it is all delivered (or
 /// `shutdown`). Delivery failures are counted in the summary ([`ProduceSummary::check`]).
 pub async fn run(
@@ -80,16 +92,8 @@ pub async fn run(
     request: &ProduceRequest,
     shutdown: CancellationToken,
 ) -> Result<ProduceSummary, ProducerError> {
-    let mut files = expand_paths(&request.paths)?;
-    if request.images_only {
-        files.retain(|path| {
-            std::fs::read(path).is_ok_and(|bytes| ImageEncoding::sniff(&bytes) != ImageEncoding::Unknown)
-        });
-    }
+    let files = files_to_send(request)?;
     let synthetic = request.synthetic;
-    if files.is_empty() && synthetic == 0 {
-        return Err(ProducerError::NothingToSend);
-    }
     let one_pass_len = files.len() as u64 + synthetic;
     let source = settings.producer.source_id.clone();
     let one_pass = move || {
