@@ -18,7 +18,7 @@ use super::context::DetectorContext;
 use super::judge::Verdict;
 use super::model_thread::{InputRecord, ModelThread, Processed};
 use super::output::Destinations;
-use super::transaction::{blocking, Committer, Failure};
+use super::transaction::{blocking, Committer, Failure, Outputs};
 use super::{Delivery, DetectorConfig, DetectorError, DetectorSummary};
 use crate::backoff::Backoff;
 use crate::kafka::{classify, ErrorClass};
@@ -186,7 +186,8 @@ impl<'a> BatchLoop<'a> {
             return Ok(());
         }
         let started = Instant::now();
-        match self.committer.commit(self.consumer, &self.dest, &records, &verdicts).await {
+        let batch = Outputs { dest: &self.dest, records: &records, verdicts: &verdicts };
+        match self.committer.commit(self.consumer, &batch).await {
             Ok(()) => {
                 self.consecutive_failures = 0;
                 let dead = verdicts.iter().filter(|v| matches!(v, Verdict::DeadLetter { .. })).count() as u64;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -64,17 +64,15 @@ impl Committer {
         Ok(Committer { producer, config, delivery, transactional_id: transactional_id.to_owned(), timeout })
     }
 
-    /// Commits `records` with their `verdicts` in the configured delivery mode.
+    /// Commits `batch` in the configured delivery mode.
     pub(crate) async fn commit(
         &self,
         consumer: &StreamConsumer<DetectorContext>,
-        dest: &Destinations,
-        records: &[InputRecord],
-        verdicts: &[Verdict],
+        batch: &Outputs<'_>,
     ) -> Result<(), Failure> {
         match self.delivery {
-            Delivery::ExactlyOnce => self.commit_transactional(consumer, dest, records, verdicts).await,
-            Delivery::AtLeastOnce => self.commit_at_least_once(consumer, dest, records, verdicts).await,
+            Delivery::ExactlyOnce => self.commit_transactional(consumer, batch).await,
+            Delivery::AtLeastOnce => self.commit_at_least_once(consumer, batch).await,
         }
     }
 
@@ -112,14 +110,12 @@ impl Committer {
     async fn commit_transactional(
         &self,
         consumer: &StreamConsumer<DetectorContext>,
-        dest: &Destinations,
-        records: &[InputRecord],
-        verdicts: &[Verdict],
+        batch: &Outputs<'_>,
     ) -> Result<(), Failure> {
         if let Err(e) = self.producer.begin_transaction() {
             return Err(failure("begin_transaction", &e));
         }
-        let result = self.transaction_body(consumer, dest, records, verdicts).await;
+        let result = self.transaction_body(consumer, batch).await;
         if let Err(Failure::Abort(_)) = &result {
             self.abort().await?;
         }
@@ -129,13 +125,11 @@ impl Committer {
     async fn transaction_body(
         &self,
         consumer: &StreamConsumer<DetectorContext>,
-        dest: &Destinations,
-        records: &[InputRecord],
-        verdicts: &[Verdict],
+        batch: &Outputs<'_>,
     ) -> Result<(), Failure> {
         // Deliveries are settled by the commit (it flushes; a failed record fails the commit).
-        let _deliveries = self.produce_all(dest, records, verdicts).await?;
-        let offsets = NextOffsets::after(records.iter().map(|r| (r.partition, r.offset))).to_list(&dest.images);
+        let _deliveries = self.produce_all(batch).await?;
+        let offsets = batch.next_offsets();
         let Some(metadata) = consumer.group_metadata() else {
             return Err(Failure::Abort("no consumer group metadata (not in a group yet)".into()));
         };
@@ -161,11 +155,9 @@ impl Committer {
     async fn commit_at_least_once(
         &self,
         consumer: &StreamConsumer<DetectorContext>,
-        dest: &Destinations,
-        records: &[InputRecord],
-        verdicts: &[Verdict],
+        batch: &Outputs<'_>,
     ) -> Result<(), Failure> {
-        let deliveries = self.produce_all(dest, records, verdicts).await?;
+        let deliveries = self.produce_all(batch).await?;
         for delivery in deliveries {
             match delivery.await {
                 Ok(Ok(_)) => {}
@@ -173,8 +165,7 @@ impl Committer {
                 Err(_) => return Err(Failure::Fatal("producer dropped a delivery".into())),
             }
         }
-        let offsets = NextOffsets::after(records.iter().map(|r| (r.partition, r.offset))).to_list(&dest.images);
-        if let Err(e) = blocking(|| consumer.commit(&offsets, CommitMode::Sync)) {
+        if let Err(e) = blocking(|| consumer.commit(&batch.next_offsets(), CommitMode::Sync)) {
             // The results are delivered; a lost commit only means these records may be
             // processed again (duplicates the sink drops).
             warn!(error = %e, "offset commit failed; the batch may be processed again");
@@ -184,15 +175,10 @@ impl Committer {
 
     /// Enqueues every output record (waiting while librdkafka's queue is full); returns
     /// their delivery futures.
-    async fn produce_all(
-        &self,
-        dest: &Destinations,
-        records: &[InputRecord],
-        verdicts: &[Verdict],
-    ) -> Result<Vec<DeliveryFuture>, Failure> {
-        let mut deliveries = Vec::with_capacity(records.len());
-        for (record, verdict) in records.iter().zip(verdicts) {
-            let mut out = dest.output(record, verdict);
+    async fn produce_all(&self, batch: &Outputs<'_>) -> Result<Vec<DeliveryFuture>, Failure> {
+        let mut deliveries = Vec::with_capacity(batch.records.len());
+        for (record, verdict) in batch.records.iter().zip(batch.verdicts) {
+            let mut out = batch.dest.output(record, verdict);
             let mut waits = 0u32;
             let delivery = loop {
                 match try_enqueue(&self.producer, out).map_err(|e| failure("produce", &e))? {
@@ -208,6 +194,20 @@ impl Committer {
             deliveries.push(delivery);
         }
         Ok(deliveries)
+    }
+}
+
+/// One batch to commit: the input records, one verdict each, and where outputs go.
+pub(crate) struct Outputs<'a> {
+    pub(crate) dest: &'a Destinations,
+    pub(crate) records: &'a [InputRecord],
+    pub(crate) verdicts: &'a [Verdict],
+}
+
+impl Outputs<'_> {
+    /// The input positions this batch commits: one past its last record per partition.
+    fn next_offsets(&self) -> TopicPartitionList {
+        NextOffsets::after(self.records.iter().map(|r| (r.partition, r.offset))).to_list(&self.dest.images)
     }
 }
 
