@@ -12,8 +12,7 @@ use vigil::settings::Settings;
 
 use super::median;
 use crate::cli::failure::Failure;
-use crate::cli::model_flags::BackendFlag;
-use crate::cli::EXIT_OK;
+use crate::cli::model_flags::{on_blocking_thread, BackendFlag};
 use vigil::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet, OpProfile};
 
 #[derive(Debug, clap::Args)]
@@ -75,12 +74,7 @@ struct BenchReport {
 
 /// `vigil bench model`: the measurement runs on a blocking thread, off the async runtime.
 pub(crate) async fn run(settings: &Settings, args: BenchModelArgs) -> Result<u8, Failure> {
-    let (model, detector) = (settings.model.clone(), settings.detector.clone());
-    tokio::task::spawn_blocking(move || measure(&model, detector.backend, &detector.decode, &args))
-        .await
-        .map_err(Failure::runtime)?
-        .map_err(Failure::runtime)?;
-    Ok(EXIT_OK)
+    on_blocking_thread(settings, args, measure).await
 }
 
 fn measure(model: &ModelConfig, backend: Backend, limits: &DecodeLimits, args: &BenchModelArgs) -> anyhow::Result<()> {

@@ -11,8 +11,7 @@ use serde::Serialize;
 use vigil::settings::Settings;
 
 use super::failure::Failure;
-use super::model_flags::BackendFlag;
-use super::EXIT_OK;
+use super::model_flags::{on_blocking_thread, BackendFlag};
 
 use vigil::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, Detection, Detector, ModelConfig, NanoDet};
 
@@ -50,12 +49,7 @@ struct ImageResult<'a> {
 
 /// `vigil detect-image`: the model work runs on a blocking thread, off the async runtime.
 pub(crate) async fn run(settings: &Settings, args: DetectImageArgs) -> Result<u8, Failure> {
-    let (model, detector) = (settings.model.clone(), settings.detector.clone());
-    tokio::task::spawn_blocking(move || detect_files(&model, detector.backend, &detector.decode, &args))
-        .await
-        .map_err(Failure::runtime)?
-        .map_err(Failure::runtime)?;
-    Ok(EXIT_OK)
+    on_blocking_thread(settings, args, detect_files).await
 }
 
 /// Runs the model over `args.files`; a file that cannot be read or decoded is reported
