@@ -27,6 +27,7 @@ mod batcher;
 mod config;
 mod context;
 mod error;
+mod failpoint;
 mod judge;
 mod model_thread;
 mod output;

@@ -9,17 +9,19 @@
 //!
 //! librdkafka's transactional calls block: they run on blocking threads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::context::DetectorContext;
+use super::failpoint::{self, Point};
 use super::judge::Verdict;
 use super::model_thread::InputRecord;
 use super::output::Destinations;
@@ -115,6 +117,7 @@ impl Committer {
         if let Err(e) = self.producer.begin_transaction() {
             return Err(failure("begin_transaction", &e));
         }
+        failpoint::transaction_begun();
         let result = self.transaction_body(consumer, batch).await;
         if let Err(Failure::Abort(_)) = &result {
             self.abort().await?;
@@ -129,6 +132,7 @@ impl Committer {
     ) -> Result<(), Failure> {
         // Deliveries are settled by the commit (it flushes; a failed record fails the commit).
         let _deliveries = self.produce_all(batch).await?;
+        failpoint::kill_at(Point::KillAfterProduce);
         let offsets = batch.next_offsets();
         let Some(metadata) = consumer.group_metadata() else {
             return Err(Failure::Abort("no consumer group metadata (not in a group yet)".into()));
@@ -137,8 +141,20 @@ impl Committer {
         let p = self.producer.clone();
         retry_call("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, timeout))
             .await?;
+        failpoint::kill_at(Point::KillAfterOffsets);
+        failpoint::pause_at(Point::PauseBeforeCommit);
+        failpoint::kill_soon(Point::KillDuringCommit, Duration::from_millis(2));
         let p = self.producer.clone();
-        retry_call("commit_transaction", move || p.commit_transaction(timeout)).await
+        let lose_reply = AtomicBool::new(failpoint::reached(Point::CommitReplyLost));
+        retry_call("commit_transaction", move || {
+            let result = p.commit_transaction(timeout);
+            if result.is_ok() && lose_reply.swap(false, Ordering::Relaxed) {
+                // The broker committed; the detector only hears a timeout, as when the reply is lost.
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            result
+        })
+        .await
     }
 
     /// Aborts the open transaction; a failure to abort makes the producer unusable.
