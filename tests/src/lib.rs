@@ -170,6 +170,27 @@ impl Proc {
         None
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Waits until its stderr contains `needle`; false when `timeout` passes or it exits first.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if !self.is_running() {
+                return self.stderr().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Everything it wrote to stdout so far.
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
@@ -220,6 +241,22 @@ fn tail(path: &Path, n: usize) -> String {
     file.read_to_string(&mut text).ok(); // a log tail for a failure message: best effort
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// How long a stage may take to stop after SIGTERM.
+pub const STOP: Duration = Duration::from_secs(60);
+
+/// Stops a stage with SIGTERM and checks that it exits cleanly (exit status 0).
+pub fn stop(p: &mut Proc) {
+    let status = p.terminate(STOP);
+    assert!(status.success(), "{} did not stop cleanly ({status}):\n{}", p.label, p.stderr());
+}
+
+/// Results a detector committed, from the summary it prints on exit.
+pub fn results_of(detector: &Proc) -> u64 {
+    let summary =
+        detector.summary().unwrap_or_else(|| panic!("{} printed no summary:\n{}", detector.label, detector.stdout()));
+    summary["results"].as_u64().expect("results in the summary")
 }
 
 /// Knobs of a test pipeline.
@@ -379,10 +416,16 @@ impl Pipeline {
 
     /// Starts `vigil <args>` in the background; stdout and stderr go to files.
     pub fn spawn(&self, label: &str, args: &[&str]) -> Proc {
+        self.spawn_with_env(label, args, &[])
+    }
+
+    /// [`Pipeline::spawn`] with extra environment for this process only.
+    pub fn spawn_with_env(&self, label: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let stdout = self.dir.join(format!("{label}.stdout"));
         let stderr = self.dir.join(format!("{label}.stderr"));
         let child = self
             .command(args)
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&stdout).expect("log file"))
             .stderr(std::fs::File::create(&stderr).expect("log file"))
             .spawn()
@@ -400,6 +443,12 @@ impl Pipeline {
         }
     }
 
+    /// A detector armed with a failpoint (`VIGIL_FAILPOINT`, see the detector's
+    /// `failpoint` module): e.g. `kill-after-offsets:3` kills it in its third transaction.
+    pub fn detector_with_failpoint(&self, label: &str, instance_id: &str, failpoint: &str) -> Proc {
+        self.spawn_with_env(label, &["detect", "--instance-id", instance_id], &[("VIGIL_FAILPOINT", failpoint)])
+    }
+
     /// A sink.
     pub fn sink(&self, label: &str) -> Proc {
         self.spawn(label, &["sink"])
@@ -413,6 +462,15 @@ impl Pipeline {
         let mut p = self.spawn(&label[..16], &full);
         let status = p.wait(Duration::from_secs(120)).unwrap_or_else(|| panic!("vigil produce {args:?} hung"));
         assert!(status.success(), "vigil produce {args:?} failed ({status}):\n{}", tail(&p.stderr, 30));
+    }
+
+    /// `per_source` synthetic frames from each of `n_sources` cameras `cam-0`, `cam-1`, ...
+    /// (spread over partitions by key); returns the number of frames.
+    pub fn produce_cameras(&self, n_sources: usize, per_source: u64) -> u64 {
+        let names: Vec<String> = (0..n_sources).map(|i| format!("cam-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.produce_synthetic(&refs, per_source);
+        n_sources as u64 * per_source
     }
 
     /// `n` synthetic frames from each of `sources` (frames spread over partitions by key).

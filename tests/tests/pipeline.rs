@@ -19,32 +19,9 @@ use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
 use vigil::testing::png_bomb;
-use vigil_tests::{count_rows, real_kafka, serial, stored_offsets, Options, PgSchema, Pipeline, Proc};
-
-const STOP: Duration = Duration::from_secs(60);
-
-fn sources(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("cam-{i}")).collect()
-}
-
-fn produce(p: &Pipeline, n_sources: usize, per_source: u64) -> u64 {
-    let names = sources(n_sources);
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    p.produce_synthetic(&refs, per_source);
-    n_sources as u64 * per_source
-}
-
-fn results_of(detector: &Proc) -> u64 {
-    let summary =
-        detector.summary().unwrap_or_else(|| panic!("{} printed no summary:\n{}", detector.label, detector.stdout()));
-    summary["results"].as_u64().unwrap()
-}
-
-/// Stops a stage with SIGTERM and checks that it exits cleanly (exit status 0).
-fn stop(p: &mut Proc) {
-    let status = p.terminate(STOP);
-    assert!(status.success(), "{} did not stop cleanly ({status}):\n{}", p.label, p.stderr());
-}
+use vigil_tests::{
+    count_rows, real_kafka, results_of, serial, stop, stored_offsets, Options, PgSchema, Pipeline, Proc,
+};
 
 /// After everything drained: the sink's stored offsets are the end of `detections`.
 fn assert_offsets_at_end(p: &Pipeline, group: &str) {
@@ -76,7 +53,7 @@ fn five_hundred_frames_two_detectors_exact() {
     let mut d1 = p.detector("detector-1", None);
     let mut d2 = p.detector("detector-2", None);
     let started = Instant::now();
-    let frames = produce(&p, 10, 50);
+    let frames = p.produce_cameras(10, 50);
     p.wait_rows(frames, Duration::from_secs(900), &mut [&mut sink, &mut d1, &mut d2]);
     let elapsed = started.elapsed();
     stop(&mut d1);
@@ -110,7 +87,7 @@ fn kill_nine_detector_and_sink_exact() {
     let mut d1 = p.detector("detector-1", Some("kill9-a"));
     let mut d2 = p.detector("detector-2", Some("kill9-b"));
     let started = Instant::now();
-    let frames = produce(&p, 6, 50);
+    let frames = p.produce_cameras(6, 50);
 
     let at_kill = p.wait_rows(frames / 5, Duration::from_secs(600), &mut [&mut sink, &mut d1, &mut d2]);
     d1.kill9();
@@ -158,7 +135,7 @@ fn rebalance_join_and_leave_exact() {
     let mut d1 = p.detector("detector-1", None);
     let mut d2 = p.detector("detector-2", None);
     let started = Instant::now();
-    let frames = produce(&p, 6, 50);
+    let frames = p.produce_cameras(6, 50);
 
     p.wait_rows(frames / 5, Duration::from_secs(600), &mut [&mut sink, &mut d1, &mut d2]);
     let mut d3 = p.detector("detector-3", None);
@@ -302,7 +279,7 @@ fn postgres_sink_exact() {
     let mut sink = p.sink("sink");
     let mut detector = p.detector("detector", None);
     let started = Instant::now();
-    let frames = produce(&p, 4, 30);
+    let frames = p.produce_cameras(4, 30);
     p.wait_rows(frames / 3, Duration::from_secs(600), &mut [&mut sink, &mut detector]);
     sink.kill9();
     let mut sink2 = p.sink("sink-restarted");
@@ -386,7 +363,7 @@ fn injected_broker_errors_abort_retry_and_end_exact() {
     for (topic, partitions) in [(&p.images, 4), (&p.detections, 4), (&p.dlq, 2)] {
         mock.create_topic(topic, partitions, 3).expect("create topic");
     }
-    let mut frames = produce(&p, 4, 40);
+    let mut frames = p.produce_cameras(4, 40);
     let mut sink = p.sink("sink");
     let mut detector = p.detector("detector", Some("errors"));
     let group = p.detections.replace("-detections", "-detector");
@@ -404,7 +381,7 @@ fn injected_broker_errors_abort_retry_and_end_exact() {
     });
 
     // 2. TxnOffsetCommit: coordinator unavailable (retried), then a permanent error.
-    frames += produce(&p, 4, 8);
+    frames += p.produce_cameras(4, 8);
     step(&mut detector, "TxnOffsetCommit errors", || {
         mock.request_errors(
             RDKafkaApiKey::TxnOffsetCommit,
@@ -413,7 +390,7 @@ fn injected_broker_errors_abort_retry_and_end_exact() {
     });
 
     // 3. EndTxn (the commit): not coordinator (retried), then a permanent error.
-    frames += produce(&p, 4, 8);
+    frames += p.produce_cameras(4, 8);
     step(&mut detector, "EndTxn errors", || {
         mock.request_errors(
             RDKafkaApiKey::EndTxn,
@@ -422,7 +399,7 @@ fn injected_broker_errors_abort_retry_and_end_exact() {
     });
 
     // 4. EndTxn says the producer is fenced: fatal, the producer must be recreated.
-    frames += produce(&p, 4, 8);
+    frames += p.produce_cameras(4, 8);
     let inits = detector.stderr().matches("transactions initialised").count();
     step(&mut detector, "fenced producer", || {
         mock.request_errors(RDKafkaApiKey::EndTxn, &[RD_KAFKA_RESP_ERR_PRODUCER_FENCED])
@@ -434,7 +411,7 @@ fn injected_broker_errors_abort_retry_and_end_exact() {
 
     // 5. Coordinators: lookups fail for a while, then both coordinators move. No batch has
     //    to fail for this (librdkafka retries), so only the outcome is checked.
-    frames += produce(&p, 4, 8);
+    frames += p.produce_cameras(4, 8);
     mock.request_errors(
         RDKafkaApiKey::FindCoordinator,
         &[RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE],
@@ -528,35 +505,4 @@ fn vigil_up_runs_the_samples_end_to_end() {
     assert!(out.contains("  dog ") || out.contains(", dog "), "NanoDet-g finds the dog in samples/dog.jpg:\n{out}");
     assert!(out.contains("stored 7 rows"), "{out}");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Real Kafka only: the topic-level exactly-once guarantees the mock cannot show. A
-/// detector is killed in the middle of transactions and restarted with the same
-/// instance id; `detections` (read_committed) then holds exactly one result per frame.
-#[test]
-fn real_kafka_topics_exactly_once_after_kill() {
-    if real_kafka().is_none() {
-        eprintln!(
-            "SKIPPED: topic-level exactly-once needs a real Kafka (stored transactional offsets, read_committed filtering); set VIGIL_TEST_BOOTSTRAP=host:port"
-        );
-        return;
-    }
-    let _serial = serial();
-    let p = Pipeline::start("eos-topics", Options::default());
-    assert_eq!(p.delivery, "exactly-once");
-    let mut sink = p.sink("sink");
-    let mut d1 = p.detector("detector-1", Some("eos-a"));
-    let mut d2 = p.detector("detector-2", Some("eos-b"));
-    let frames = produce(&p, 6, 30);
-    p.wait_rows(frames / 3, Duration::from_secs(600), &mut [&mut sink, &mut d1, &mut d2]);
-    d1.kill9();
-    let mut d1b = p.detector("detector-1-restarted", Some("eos-a"));
-    p.wait_rows(frames, Duration::from_secs(900), &mut [&mut sink, &mut d1b, &mut d2]);
-    stop(&mut d1b);
-    stop(&mut d2);
-    stop(&mut sink);
-    let report = p.verify();
-    p.assert_exact(&report, frames, 0);
-    p.exactly_once_topics(&report);
-    assert_eq!(report["topics"]["detections_records"], frames, "one committed result record per frame: {report}");
 }

@@ -1,0 +1,184 @@
+//! Topic-level exactly-once on a real Kafka (`VIGIL_TEST_BOOTSTRAP`): crashes at named
+//! steps of a transaction, a lost commit reply, a frozen zombie, two workers sharing one
+//! `transactional.id`. Each ends with `detections` (read_committed) holding exactly one
+//! committed result per `images` record and no transaction left open.
+//!
+//! The in-memory broker cannot show any of this (it neither stores transactional offsets
+//! nor filters aborted transactions), so without a real Kafka these tests say SKIPPED.
+//! Crashes are aimed with the detector's hidden failpoints (`VIGIL_FAILPOINT`), and each
+//! test asserts that its failpoint was reached, so none passes by missing its window.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vigil_tests::{real_kafka, serial, stop, Options, Pipeline, Proc};
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn skipped(test: &str) -> bool {
+    if real_kafka().is_some() {
+        return false;
+    }
+    eprintln!(
+        "[{test}] SKIPPED: topic-level exactly-once needs a real Kafka (stored transactional offsets, read_committed filtering); set VIGIL_TEST_BOOTSTRAP=host:port"
+    );
+    true
+}
+
+fn summary_u64(p: &Proc, key: &str) -> u64 {
+    p.summary().and_then(|s| s[key].as_u64()).unwrap_or(0)
+}
+
+/// Verifies the run: exact in the database and, on the topics, one committed result per
+/// frame with nothing aborted left visible. Prints the scenario's table row.
+fn assert_exactly_once(p: &Pipeline, scenario: &str, frames: u64, detectors: &[&Proc]) -> Value {
+    let report = p.verify();
+    p.assert_exact(&report, frames, 0);
+    p.exactly_once_topics(&report);
+    assert_eq!(report["topics"]["detections_records"], frames, "one committed result record per frame: {report}");
+    let sum = |key: &str| detectors.iter().map(|d| summary_u64(d, key)).sum::<u64>();
+    eprintln!(
+        "| {scenario} | {frames} | {} | {} | {} | {} | {} |",
+        report["topics"]["detections_records"],
+        report["topics"]["detections_redelivered"],
+        report["rows"],
+        sum("aborts"),
+        sum("producer_restarts"),
+    );
+    report
+}
+
+/// Waits for a detector armed with a failpoint to kill itself there (SIGKILL).
+fn wait_killed_at(detector: &mut Proc, point: &str) {
+    let status = detector
+        .wait(LONG)
+        .unwrap_or_else(|| panic!("{} never reached failpoint {point}:\n{}", detector.label, detector.stderr()));
+    assert!(
+        detector.stderr().contains(&format!("failpoint {point} reached")),
+        "{} exited ({status}) without reaching {point}:\n{}",
+        detector.label,
+        detector.stderr()
+    );
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{} died of SIGKILL at {point}", detector.label);
+}
+
+/// kill -9 after the results were produced, after the offsets were sent, and during the
+/// commit; each time the worker restarts with the same instance id (which aborts the dead
+/// worker's open transaction at once) while a second worker keeps going.
+#[test]
+fn kill_nine_at_each_step_of_a_transaction() {
+    if skipped("kill points") {
+        return;
+    }
+    let _serial = serial();
+    let p = Pipeline::start("eos-kill-points", Options::default());
+    let mut sink = p.sink("sink");
+    let mut other = p.detector("detector-b", Some("points-b"));
+    let mut frames = 0;
+    for point in ["kill-after-produce", "kill-after-offsets", "kill-during-commit"] {
+        // Fresh frames each round, so the armed worker has transactions to run.
+        frames += p.produce_cameras(6, 15);
+        let mut armed = p.detector_with_failpoint(&format!("detector-a-{point}"), "points-a", &format!("{point}:3"));
+        wait_killed_at(&mut armed, point);
+        assert!(other.is_running(), "detector-b exited:\n{}", other.stderr());
+        eprintln!("[kill points] detector-a kill -9'd at {point} ({} rows so far)", p.rows());
+    }
+    let mut last = p.detector("detector-a-restarted", Some("points-a"));
+    p.wait_rows(frames, LONG, &mut [&mut sink, &mut last, &mut other]);
+    stop(&mut last);
+    stop(&mut other);
+    stop(&mut sink);
+    assert_exactly_once(&p, "kill -9 after produce / after offsets / during commit", frames, &[&last, &other]);
+}
+
+/// The commit succeeds on the broker but the detector hears a timeout (the reply is
+/// lost). Whatever it does next, the batch must not be committed a second time.
+#[test]
+fn an_ambiguous_commit_is_not_redone() {
+    if skipped("ambiguous commit") {
+        return;
+    }
+    let _serial = serial();
+    let p = Pipeline::start("eos-ambiguous", Options::default());
+    let mut sink = p.sink("sink");
+    let frames = p.produce_cameras(4, 12);
+    let mut detector = p.detector_with_failpoint("detector", "ambiguous", "commit-reply-lost:2");
+    p.wait_rows(frames, LONG, &mut [&mut sink, &mut detector]);
+    assert!(detector.stderr().contains("failpoint commit-reply-lost reached"), "{}", detector.stderr());
+    stop(&mut detector);
+    stop(&mut sink);
+    assert_exactly_once(&p, "commit reply lost", frames, &[&detector]);
+}
+
+/// A zombie: frozen (SIGSTOP) with an open transaction past its session timeout (its
+/// partitions move) and its transaction timeout (the coordinator aborts it), then thawed.
+/// It must be fenced, commit nothing, and stop.
+#[test]
+fn a_frozen_zombie_is_fenced_and_stops() {
+    if skipped("zombie") {
+        return;
+    }
+    let _serial = serial();
+    let p = Pipeline::start("eos-zombie", Options::default());
+    let mut sink = p.sink("sink");
+    let mut zombie = p.spawn_with_env(
+        "zombie",
+        &["detect", "--instance-id", "zombie-a"],
+        &[("VIGIL_FAILPOINT", "pause-before-commit:3"), ("VIGIL__DETECTOR__TRANSACTION_TIMEOUT_MS", "8000")],
+    );
+    let mut other = p.detector("detector-b", Some("zombie-b"));
+    let frames = p.produce_cameras(6, 20);
+    assert!(
+        zombie.wait_for_log("failpoint pause-before-commit reached", LONG),
+        "the zombie never reached its failpoint:\n{}",
+        zombie.stderr()
+    );
+    let frozen = Instant::now();
+    // Session timeout 6 s, transaction timeout 8 s (aborted within ~1 s after): 15 s is past both.
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(other.is_running(), "detector-b exited:\n{}", other.stderr());
+    zombie.signal(libc::SIGCONT);
+    let status = zombie
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the thawed zombie did not stop:\n{}", zombie.stderr()));
+    let log = zombie.stderr();
+    assert_eq!(status.code(), Some(1), "a fenced worker exits 1:\n{log}");
+    assert!(log.contains("fenced"), "says it was fenced:\n{log}");
+    eprintln!("[zombie] frozen {:.0} s, then stopped: {status}", frozen.elapsed().as_secs_f64());
+    p.wait_rows(frames, LONG, &mut [&mut sink, &mut other]);
+    stop(&mut other);
+    stop(&mut sink);
+    assert_exactly_once(&p, "zombie frozen past session and transaction timeouts", frames, &[&other]);
+}
+
+/// Two live workers started with the same instance id (same `transactional.id`): one is
+/// fenced by the other and must stop, not fence back; the other finishes the work.
+#[test]
+fn two_workers_sharing_an_instance_id_one_stops() {
+    if skipped("same instance id") {
+        return;
+    }
+    let _serial = serial();
+    let p = Pipeline::start("eos-twins", Options::default());
+    let mut sink = p.sink("sink");
+    let mut first = p.detector("detector-1", Some("twin"));
+    let mut second = p.detector("detector-2", Some("twin"));
+    let frames = p.produce_cameras(6, 15);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while first.is_running() && second.is_running() {
+        assert!(Instant::now() < deadline, "neither twin stopped: they keep fencing each other");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (stopped, survivor) = if first.is_running() { (&mut second, &mut first) } else { (&mut first, &mut second) };
+    let log = stopped.stderr();
+    assert_eq!(stopped.wait(Duration::ZERO).and_then(|s| s.code()), Some(1), "a fenced worker exits 1:\n{log}");
+    assert!(log.contains("fenced") && log.contains("--instance-id"), "says why and what to do:\n{log}");
+    p.wait_rows(frames, LONG, &mut [&mut sink, &mut *survivor]);
+    stop(survivor);
+    stop(&mut sink);
+    let aborts = summary_u64(survivor, "aborts");
+    assert!(aborts <= 3, "the survivor is not fenced back and forth ({aborts} aborts)");
+    eprintln!("[same instance id] {} stopped, {} finished with {aborts} aborts", stopped.label, survivor.label);
+    assert_exactly_once(&p, "two workers, one transactional.id", frames, &[&*survivor]);
+}
