@@ -154,3 +154,136 @@ async fn audits_topics_and_database() {
     // Best effort: the file is in the temporary directory.
     std::fs::remove_file(&db_path).ok();
 }
+
+/// A fresh broker with one-partition topics of their own, and a SQLite path for them.
+fn one_partition_pipeline() -> (DevBroker, Settings, std::path::PathBuf) {
+    let broker = DevBroker::start(1).unwrap();
+    let mut settings = Settings::default();
+    settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    settings.kafka.topics.images.name = format!("images-{suffix}");
+    settings.kafka.topics.detections.name = format!("detections-{suffix}");
+    settings.kafka.topics.dlq.name = format!("dlq-{suffix}");
+    for t in settings.kafka.topics.all() {
+        broker.create_topic(&crate::kafka::TopicConfig { partitions: 1, ..t.clone() }).unwrap();
+    }
+    let db_path = std::env::temp_dir().join(format!("vigil-verify-{suffix}.sqlite"));
+    settings.sink.database_url = format!("sqlite://{}", db_path.display());
+    (broker, settings, db_path)
+}
+
+async fn send(producer: &FutureProducer, topic: &str, payload: &[u8], headers: Option<OwnedHeaders>) {
+    let mut record = FutureRecord::to(topic).key("cam-v").payload(payload);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    producer.send(record, Duration::from_secs(5)).await.unwrap();
+}
+
+fn dead_letter_headers(partition: i32, offset: i64) -> OwnedHeaders {
+    dlq::error_headers("bad_image", "test", partition, offset)
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_str()) }))
+}
+
+fn test_frame(i: i64) -> Frame {
+    Frame {
+        frame_id: uuid::Uuid::new_v4().to_string(),
+        source: "cam-v".into(),
+        seq: i,
+        captured_at_us: 0,
+        encoding: Default::default(),
+        width: None,
+        height: None,
+        data: vec![i as u8; 16],
+        attributes: Default::default(),
+    }
+}
+
+fn test_result(frame: &Frame, partition: i32, offset: i64) -> DetectionResult {
+    DetectionResult {
+        frame_id: frame.frame_id.clone(),
+        source: frame.source.clone(),
+        seq: frame.seq,
+        captured_at_us: 1,
+        width: 320,
+        height: 240,
+        model_name: "m".into(),
+        model_version: "v".into(),
+        detections: vec![],
+        processed_at_us: 2,
+        batch_size: 1,
+        inference_ms: 1.0,
+        source_partition: partition,
+        source_offset: offset,
+    }
+}
+
+fn test_row(frame: &Frame, partition: i32, offset: i64) -> DetectionRow {
+    DetectionRow {
+        frame_id: frame.frame_id.clone(),
+        source: frame.source.clone(),
+        seq: frame.seq,
+        captured_at_us: 1,
+        width: 320,
+        height: 240,
+        model_name: "m".into(),
+        model_version: "v".into(),
+        detection_count: 0,
+        detections_json: "[]".into(),
+        processed_at_us: 2,
+        batch_size: 1,
+        inference_us: 1000,
+        source_partition: partition,
+        source_offset: offset,
+        result_partition: 0,
+        result_offset: offset,
+    }
+}
+
+fn store_rows(settings: &Settings, rows: Vec<DetectionRow>, next: i64) {
+    let mut db = store::open(&settings.sink.database_url).unwrap();
+    db.write_batch(&Batch {
+        group_id: "g".into(),
+        topic: settings.kafka.topics.detections.name.clone(),
+        rows,
+        rejects: vec![],
+        offsets: vec![PartitionOffset { partition: 0, next_offset: next }],
+    })
+    .unwrap();
+}
+
+/// A second committed result (or dead letter) for one `images` record is a topic
+/// duplicate; a frame sent twice on purpose (one `frame_id` in two `images` records, each
+/// with its own result) is an input resend, not a duplicate. Neither fails the default
+/// verdict: the database holds one outcome per frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_topic_duplicates_apart_from_input_resends() {
+    let (_broker, settings, db_path) = one_partition_pipeline();
+    let topics = &settings.kafka.topics;
+    let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
+    let frames: Vec<Frame> = (0..3).map(test_frame).collect();
+    // images offsets 0, 1, 2, 3: the third frame is sent twice.
+    for f in [&frames[0], &frames[1], &frames[2], &frames[2]] {
+        send(&producer, &topics.images.name, &f.encode().unwrap(), None).await;
+    }
+    // Frame 0: two results for images 0/0 (a redelivery). Frame 1: two dead letters for
+    // 0/1. Frame 2: one result per images record (0/2 and 0/3).
+    for (frame, offset) in [(&frames[0], 0), (&frames[0], 0), (&frames[2], 2), (&frames[2], 3)] {
+        send(&producer, &topics.detections.name, &test_result(frame, 0, offset).encode().unwrap(), None).await;
+    }
+    for _ in 0..2 {
+        let letter = frames[1].encode().unwrap();
+        send(&producer, &topics.dlq.name, &letter, Some(dead_letter_headers(0, 1))).await;
+    }
+    store_rows(&settings, vec![test_row(&frames[0], 0, 0), test_row(&frames[2], 0, 2)], 4);
+
+    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!((report.frames, report.rows, report.dlq, report.duplicates, report.missing), (3, 2, 1, 0, 0), "{json}");
+    assert_eq!(json["topic_duplicates"], 2, "{json}");
+    assert_eq!(json["input_resends"], 1, "{json}");
+    assert_eq!(json["open_transactions"], 0, "{json}");
+    assert!(report.exact, "{json}");
+    std::fs::remove_file(&db_path).ok();
+}
