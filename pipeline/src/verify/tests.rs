@@ -8,12 +8,16 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{read_topic_to_end, run as verify};
+use super::{read_topic_to_end, run as verify, VerifyOptions};
 use crate::codec::{dlq, DetectionResult, Frame};
 use crate::kafka::DevBroker;
 use crate::producer::{self, ProduceRequest};
 use crate::settings::Settings;
 use crate::sink::store::{self, Batch, DetectionRow, PartitionOffset};
+
+fn options(topics_exact: bool) -> VerifyOptions {
+    VerifyOptions { timeout: Duration::from_secs(10), topics_exact }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audits_topics_and_database() {
@@ -135,7 +139,7 @@ async fn audits_topics_and_database() {
     };
     write(vec![row(0), row(1), row(2)], 3);
 
-    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    let report = verify(&settings, &options(false), CancellationToken::new()).await.unwrap();
     assert_eq!((report.frames, report.results, report.rows, report.dlq), (5, 4, 3, 1), "{report:?}");
     assert_eq!((report.missing, report.duplicates, report.unexpected), (1, 0, 0), "{report:?}");
     assert_eq!(report.missing_sample, [ids[3].clone()]);
@@ -143,12 +147,12 @@ async fn audits_topics_and_database() {
     assert!(!report.exact);
 
     write(vec![row(3)], 4);
-    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    let report = verify(&settings, &options(false), CancellationToken::new()).await.unwrap();
     assert!(report.exact, "{report:?}");
 
     // The fifth frame both dead-lettered and stored: a duplicate outcome.
     write(vec![row(4)], 5);
-    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    let report = verify(&settings, &options(false), CancellationToken::new()).await.unwrap();
     assert_eq!(report.duplicates, 1, "{report:?}");
     assert!(!report.exact);
     // Best effort: the file is in the temporary directory.
@@ -278,12 +282,15 @@ async fn counts_topic_duplicates_apart_from_input_resends() {
     }
     store_rows(&settings, vec![test_row(&frames[0], 0, 0), test_row(&frames[2], 0, 2)], 4);
 
-    let report = verify(&settings, Duration::from_secs(10), CancellationToken::new()).await.unwrap();
+    let report = verify(&settings, &options(false), CancellationToken::new()).await.unwrap();
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!((report.frames, report.rows, report.dlq, report.duplicates, report.missing), (3, 2, 1, 0, 0), "{json}");
     assert_eq!(json["topic_duplicates"], 2, "{json}");
     assert_eq!(json["input_resends"], 1, "{json}");
     assert_eq!(json["open_transactions"], 0, "{json}");
     assert!(report.exact, "{json}");
+    // --topics-exact: the two extra outcomes in the topics fail the verdict.
+    let report = verify(&settings, &options(true), CancellationToken::new()).await.unwrap();
+    assert_eq!((report.topic_duplicates, report.exact), (2, false), "{report:?}");
     std::fs::remove_file(&db_path).ok();
 }
