@@ -294,3 +294,42 @@ async fn counts_topic_duplicates_apart_from_input_resends() {
     assert_eq!((report.topic_duplicates, report.exact), (2, false), "{report:?}");
     std::fs::remove_file(&db_path).ok();
 }
+
+/// librdkafka's mock keeps 5 MiB per partition and deletes older records without a word:
+/// frames deleted before anything read them must be reported missing, although no topic
+/// holds them any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_deleted_before_they_were_read_are_missing() {
+    let (_broker, settings, db_path) = one_partition_pipeline();
+    let images = &settings.kafka.topics.images.name;
+    let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
+    // 10 frames of 700 kB into one partition: more than the 5 MiB the mock keeps.
+    let sent = 10;
+    for i in 0..sent {
+        let frame = Frame { data: vec![i as u8; 700_000], ..test_frame(i) };
+        send(&producer, images, &frame.encode().unwrap(), None).await;
+    }
+    // A detector and a sink that only start now find what is left, and store all of it.
+    let kafka = settings.kafka.clone();
+    let left = tokio::task::spawn_blocking(move || {
+        let mut left = Vec::new();
+        let images = &kafka.topics.images.name;
+        read_topic_to_end(&kafka, images, Duration::from_secs(10), &CancellationToken::new(), |m| {
+            left.push((Frame::decode(m.payload().unwrap()).unwrap(), m.offset()))
+        })
+        .unwrap();
+        left
+    })
+    .await
+    .unwrap();
+    let lost = sent - left.len() as i64;
+    assert!(lost > 0, "the mock kept all {sent} frames: the test no longer reproduces the loss");
+    let rows = left.iter().map(|(frame, offset)| test_row(frame, 0, *offset)).collect();
+    store_rows(&settings, rows, left.len() as i64);
+
+    let report = verify(&settings, &options(false), CancellationToken::new()).await.unwrap();
+    assert_eq!(report.missing, lost as u64, "{report:?}");
+    assert_eq!(report.frames, sent as u64, "{report:?}");
+    assert!(!report.exact, "{report:?}");
+    std::fs::remove_file(&db_path).ok();
+}
