@@ -5,6 +5,7 @@
 //! finished batch is committed for the partitions still owned (epochs, see
 //! [`super::context`]); a failed commit rewinds those partitions and redoes the records.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -208,21 +209,37 @@ impl<'a> BatchLoop<'a> {
             Err(failure) => {
                 self.summary.aborts += 1;
                 self.consecutive_failures += 1;
+                let mut new_producer = false;
                 match failure {
                     Failure::Abort(reason) => {
                         warn!(%reason, frames = records.len(), "batch aborted; rewinding to the last committed offsets to redo it");
                     }
                     Failure::Fatal(reason) => {
                         warn!(%reason, "producer unusable; recreating it, then redoing the batch");
-                        self.recreate_producer(shutdown).await?;
+                        new_producer = true;
+                    }
+                    Failure::Fenced(reason) => {
+                        let transactional_id = self.committer.transactional_id().to_owned();
+                        error!(%reason, %transactional_id, "fenced by another producer with this transactional.id; stopping");
+                        return Err(DetectorError::Fenced { transactional_id, reason });
                     }
                 }
                 if self.consecutive_failures % 5 == 0 && self.cfg.delivery == Delivery::ExactlyOnce {
                     // Aborts keep failing: start over with a fresh producer (same id, new epoch).
                     warn!(failures = self.consecutive_failures, "repeated failures; recreating the producer");
-                    self.recreate_producer(shutdown).await?;
+                    new_producer = true;
                 }
-                self.rewind(&records, batcher);
+                let from = batcher.rewind_from(&records);
+                if new_producer {
+                    self.recreate_producer(shutdown).await?;
+                    // The old producer's last commit may have gone through (its outcome was
+                    // unknown, or the new producer's init completed it): the batch's first
+                    // offsets are no longer a safe place to restart; the group's are.
+                    let committed = self.committed_offsets(&from, shutdown).await?;
+                    self.seek(from.into_iter().map(|(p, first)| (p, committed.get(&p).copied().unwrap_or(first))));
+                } else {
+                    self.seek(from);
+                }
                 // Back off when failures repeat (broker down).
                 tokio::select! {
                     _ = tokio::time::sleep(REDO_BACKOFF.delay(self.consecutive_failures)) => {}
@@ -239,11 +256,47 @@ impl<'a> BatchLoop<'a> {
         Ok(())
     }
 
-    /// Seeks every partition of the failed batch back to its first offset (the last
-    /// committed position) and forgets the records read after it.
-    fn rewind(&mut self, failed: &[InputRecord], batcher: &mut Batcher) {
+    /// The group's committed offsets of `partitions` (read_committed: librdkafka asks the
+    /// coordinator for stable offsets, waiting out pending transactional commits). Retried
+    /// for up to a minute while the coordinator cannot answer.
+    async fn committed_offsets(
+        &self,
+        partitions: &BTreeMap<i32, i64>,
+        shutdown: &CancellationToken,
+    ) -> Result<HashMap<i32, i64>, DetectorError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions.keys() {
+            tpl.add_partition(&self.dest.images, p);
+        }
+        let mut attempt = 0u32;
+        let list = loop {
+            match blocking(|| self.consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))) {
+                Ok(list) => break list,
+                Err(e) if attempt < 10 && !shutdown.is_cancelled() => {
+                    attempt += 1;
+                    warn!(attempt, error = %e, "cannot read the committed offsets yet; retrying");
+                    tokio::time::sleep(REDO_BACKOFF.delay(attempt)).await;
+                }
+                Err(e) => return Err(DetectorError::CommittedOffsets(e)),
+            }
+        };
+        let committed: HashMap<i32, i64> = list
+            .elements_for_topic(&self.dest.images)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None, // nothing committed yet: the batch's first offset is the start
+            })
+            .collect();
+        info!(?committed, "rewinding to the group's committed offsets after recreating the producer");
+        Ok(committed)
+    }
+
+    /// Seeks partitions (those still assigned) back to the given offsets, so that what
+    /// was read after them is read and processed again.
+    fn seek(&self, targets: impl IntoIterator<Item = (i32, i64)>) {
         let ctx = self.consumer.context();
-        for (partition, offset) in batcher.rewind_from(failed) {
+        for (partition, offset) in targets {
             if !ctx.assigned().contains(&partition) {
                 continue; // revoked meanwhile: its next owner starts at the committed offset
             }

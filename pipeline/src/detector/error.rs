@@ -27,6 +27,10 @@ pub enum DetectorError {
     Client { role: &'static str, cause: KafkaError },
     #[error("cannot initialise transactions for transactional.id {transactional_id}: {cause}; does the broker support transactions (transaction.state.log.* settings, enough brokers for its replication factor)?")]
     InitTransactions { transactional_id: String, cause: KafkaError },
+    #[error("this worker was fenced: another producer took over transactional.id {transactional_id} ({reason}). It stops, so that two workers do not abort each other's transactions. Two workers started with the same --instance-id (detector.instance_id) fence each other: give each its own. A worker frozen past detector.transaction_timeout_ms is fenced too: restart it.")]
+    Fenced { transactional_id: String, reason: String },
+    #[error("cannot read the group's committed offsets after recreating the producer: {0}")]
+    CommittedOffsets(KafkaError),
     #[error("Kafka consumer failed: {0}")]
     Consumer(KafkaError),
     #[error("invalid configuration: `{key}`: {reason}")]

@@ -2,8 +2,10 @@
 //!
 //! - `exactly-once`: `begin_transaction` → produce every output → `send_offsets_to_transaction`
 //!   with the consumer's group metadata → `commit_transaction`. Retriable errors retry the
-//!   call; abortable ones abort the transaction (the caller rewinds and redoes the batch);
-//!   fatal ones (fenced) make the producer unusable: the caller recreates it.
+//!   call (the commit until its outcome is known); abortable ones abort the transaction
+//!   (the caller rewinds and redoes the batch); fatal ones make the producer unusable: the
+//!   caller recreates it and rewinds to the group's committed offsets. Fenced means another
+//!   producer owns this `transactional.id`: the worker stops.
 //! - `at-least-once`: produce, wait for every delivery, then commit the offsets. A crash
 //!   in between re-processes the batch; the sink drops the duplicates by `frame_id`.
 //!
@@ -26,6 +28,7 @@ use super::judge::Verdict;
 use super::model_thread::InputRecord;
 use super::output::Destinations;
 use super::{Delivery, DetectorError};
+use crate::backoff::Backoff;
 use crate::kafka::{classify, idempotent_producer_config, try_enqueue, Enqueued, ErrorClass, NextOffsets};
 use crate::settings::Settings;
 
@@ -34,16 +37,54 @@ use crate::settings::Settings;
 pub(crate) enum Failure {
     /// Undone (aborted): redo from the last committed offsets.
     Abort(String),
-    /// The producer is unusable: recreate it, then redo.
+    /// The producer is unusable: recreate it, then redo from the group's committed offsets.
     Fatal(String),
+    /// A newer producer with this `transactional.id` exists (or the coordinator aborted a
+    /// transaction that outlived its timeout). Re-initialising would fence that producer in
+    /// turn, and two live workers would abort each other forever: the worker stops.
+    Fenced(String),
 }
 
 fn failure(what: &str, e: &KafkaError) -> Failure {
+    if is_fenced(e) {
+        return Failure::Fenced(format!("{what}: {e}"));
+    }
     match classify(e) {
         ErrorClass::Fatal => Failure::Fatal(format!("{what}: {e}")),
         _ => Failure::Abort(format!("{what}: {e}")),
     }
 }
+
+fn is_fenced(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::{Fenced, InvalidProducerEpoch, ProducerFenced};
+    matches!(e.rdkafka_error_code(), Some(Fenced | ProducerFenced | InvalidProducerEpoch))
+}
+
+/// How long a transactional call is retried while librdkafka calls its error retriable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retries {
+    /// At most this many retries, then the transaction is aborted.
+    Limited(u32),
+    /// Until the outcome is known. For the commit: while it is retriable its outcome is
+    /// open, an abort is refused, and a new producer would complete it while the batch is
+    /// redone, committing the batch twice.
+    UntilResolved,
+}
+
+impl Retries {
+    fn allow(self, attempt: u32) -> bool {
+        match self {
+            Retries::Limited(limit) => attempt < limit,
+            Retries::UntilResolved => true,
+        }
+    }
+}
+
+/// Wait between retries of a transactional call: 0.1 s doubling to 2 s.
+#[cfg(not(test))]
+const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2) };
+#[cfg(test)]
+const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) };
 
 /// The detector's producer and how it commits.
 pub(crate) struct Committer {
@@ -98,6 +139,11 @@ impl Committer {
         }
     }
 
+    /// The producer's `transactional.id` (the worker's identity towards the coordinator).
+    pub(crate) fn transactional_id(&self) -> &str {
+        &self.transactional_id
+    }
+
     /// Waits (bounded) for what is still queued; for the way out.
     pub(crate) async fn flush(&self) {
         let p = self.producer.clone();
@@ -139,14 +185,14 @@ impl Committer {
         };
         let timeout = self.timeout;
         let p = self.producer.clone();
-        retry_call("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, timeout))
-            .await?;
+        let send = move || p.send_offsets_to_transaction(&offsets, &metadata, timeout);
+        retry_call("send_offsets_to_transaction", Retries::Limited(5), send).await?;
         failpoint::kill_at(Point::KillAfterOffsets);
         failpoint::pause_at(Point::PauseBeforeCommit);
         failpoint::kill_soon(Point::KillDuringCommit, Duration::from_millis(2));
         let p = self.producer.clone();
         let lose_reply = AtomicBool::new(failpoint::reached(Point::CommitReplyLost));
-        retry_call("commit_transaction", move || {
+        retry_call("commit_transaction", Retries::UntilResolved, move || {
             let result = p.commit_transaction(timeout);
             if result.is_ok() && lose_reply.swap(false, Ordering::Relaxed) {
                 // The broker committed; the detector only hears a timeout, as when the reply is lost.
@@ -161,9 +207,10 @@ impl Committer {
     async fn abort(&self) -> Result<(), Failure> {
         let p = self.producer.clone();
         let timeout = self.timeout;
-        match retry_call("abort_transaction", move || p.abort_transaction(timeout)).await {
+        match retry_call("abort_transaction", Retries::Limited(5), move || p.abort_transaction(timeout)).await {
             Ok(()) => Ok(()),
             Err(Failure::Abort(reason) | Failure::Fatal(reason)) => Err(Failure::Fatal(reason)),
+            Err(fenced @ Failure::Fenced(_)) => Err(fenced),
         }
     }
 
@@ -276,8 +323,8 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs a blocking transactional call, retrying it while librdkafka says it is
-/// retriable (at most 5 times).
-async fn retry_call<F>(what: &'static str, call: F) -> Result<(), Failure>
+/// retriable, as long as `retries` allows.
+async fn retry_call<F>(what: &'static str, retries: Retries, call: F) -> Result<(), Failure>
 where
     F: Fn() -> KafkaResult<()> + Send + Sync + 'static,
 {
@@ -290,10 +337,10 @@ where
             .map_err(|e| Failure::Fatal(format!("{what}: blocking task failed: {e}")))?;
         match result {
             Ok(()) => return Ok(()),
-            Err(e) if classify(&e) == ErrorClass::Retriable && attempt < 5 => {
+            Err(e) if classify(&e) == ErrorClass::Retriable && retries.allow(attempt) => {
                 attempt += 1;
                 warn!(attempt, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                tokio::time::sleep(RETRY_BACKOFF.delay(attempt)).await;
             }
             Err(e) => return Err(failure(what, &e)),
         }
@@ -303,6 +350,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_commit_is_retried_until_its_outcome_is_known() {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = calls.clone();
+        // Retriable eight times (more than any limited budget), then resolved.
+        let commit = move || match counted.fetch_add(1, Ordering::Relaxed) {
+            0..=7 => Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut)),
+            _ => Ok(()),
+        };
+        assert!(retry_call("commit_transaction", Retries::UntilResolved, commit).await.is_ok());
+        assert_eq!(calls.load(Ordering::Relaxed), 9);
+        let limited = retry_call("send_offsets_to_transaction", Retries::Limited(2), || {
+            Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
+        });
+        assert!(matches!(limited.await, Err(Failure::Abort(_))), "a limited call gives up and aborts");
+    }
+
+    #[test]
+    fn fencing_is_told_apart_from_other_fatal_errors() {
+        let fenced = KafkaError::Global(RDKafkaErrorCode::ProducerFenced);
+        assert!(matches!(failure("commit_transaction", &fenced), Failure::Fenced(_)));
+        let fatal = KafkaError::Global(RDKafkaErrorCode::OutOfOrderSequenceNumber);
+        assert!(matches!(failure("produce", &fatal), Failure::Fatal(_)));
+    }
 
     #[test]
     fn transactional_settings_follow_the_mode() {
