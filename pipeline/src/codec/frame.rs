@@ -78,6 +78,11 @@ pub(crate) struct Frame {
     pub data: Vec<u8>,
     /// Free-form metadata (e.g. `file`).
     pub attributes: HashMap<String, String>,
+    /// Producer session id (a UUID per producer run): `seq` counts from 0 without gaps per
+    /// (source, session), which lets an audit find frames that no reader ever saw. `None`
+    /// in records written before the field existed (schema v1).
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 impl Frame {
@@ -108,6 +113,7 @@ mod tests {
             height: None,
             data: vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 1, 2, 3, 255],
             attributes: HashMap::from([("file".to_string(), "dog.jpg".to_string())]),
+            session: Some("0b7e5c1e-3f0a-4d5e-9c1b-2a6f8e4d1c30".into()),
         }
     }
 
@@ -133,6 +139,43 @@ mod tests {
             let frame = Frame { encoding, width: None, data: vec![], attributes: HashMap::new(), ..sample() };
             assert_eq!(Frame::decode(&frame.encode().unwrap()).unwrap(), frame);
         }
+    }
+
+    /// A `Frame` as schema v1 (`schemas/history/Frame.v1.avsc`) wrote it: no `session`.
+    #[derive(Serialize)]
+    struct FrameV1 {
+        frame_id: String,
+        source: String,
+        seq: i64,
+        captured_at_us: i64,
+        encoding: ImageEncoding,
+        width: Option<i32>,
+        height: Option<i32>,
+        #[serde(with = "apache_avro::serde_avro_bytes")]
+        data: Vec<u8>,
+        attributes: HashMap<String, String>,
+    }
+
+    #[test]
+    fn a_record_written_with_schema_v1_still_decodes() {
+        let v1 = crate::codec::schema::FRAME.writers.last().expect("v1 is known");
+        assert_ne!(v1.fingerprint, RecordType::Frame.current_fingerprint(), "adding `session` changed the fingerprint");
+        let s = sample();
+        let old = FrameV1 {
+            frame_id: s.frame_id.clone(),
+            source: s.source.clone(),
+            seq: s.seq,
+            captured_at_us: s.captured_at_us,
+            encoding: s.encoding,
+            width: s.width,
+            height: s.height,
+            data: s.data.clone(),
+            attributes: s.attributes.clone(),
+        };
+        let mut bytes = vec![0xC3, 0x01];
+        bytes.extend_from_slice(&v1.fingerprint.to_le_bytes());
+        apache_avro::write_avro_datum_ref(&v1.schema, &old, &mut bytes).unwrap();
+        assert_eq!(Frame::decode(&bytes).unwrap(), Frame { session: None, ..s });
     }
 
     #[test]
@@ -166,11 +209,16 @@ mod tests {
     #[test]
     fn truncated_or_padded_body_is_bad_record() {
         let bytes = sample().encode().unwrap();
+        // Cut inside the last field (the session string): apache-avro alone would read a
+        // string or union cut by the end of input as null.
         let err = Frame::decode(&bytes[..bytes.len() - 3]).unwrap_err();
         assert_eq!(err.kind(), "bad_record", "{err}");
         let mut padded = bytes.clone();
         padded.push(0);
         assert_eq!(Frame::decode(&padded).unwrap_err().kind(), "bad_record");
+        // Cut just before the session's union index.
+        let cut = bytes.len() - 1 - 1 - sample().session.unwrap().len();
+        assert_eq!(Frame::decode(&bytes[..cut]).unwrap_err().kind(), "bad_record");
         // A header followed by a huge claimed length must fail cleanly, not allocate it.
         let mut bogus = bytes[..10].to_vec();
         bogus.extend_from_slice(&[0xFE, 0xFF, 0xFF, 0xFF, 0x0F]);

@@ -171,6 +171,7 @@ pub(crate) mod tests {
             height: None,
             data: vec![1, 2, 3],
             attributes: Default::default(),
+            session: None,
         };
         let err = DetectionResult::decode(&frame.encode().unwrap()).unwrap_err();
         assert_eq!(err.kind(), "unknown_schema");

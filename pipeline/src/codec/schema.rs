@@ -1,7 +1,7 @@
 //! Embedded schemas, fingerprints and the generic single-object encode/decode.
 
 use std::fmt;
-use std::io::Cursor;
+use std::io::{Cursor, ErrorKind, Read};
 use std::sync::LazyLock;
 
 use apache_avro::rabin::Rabin;
@@ -89,14 +89,37 @@ impl SchemaSet {
             .find(|s| s.fingerprint == fingerprint)
             .ok_or(CodecError::UnknownSchema { expected: self.record, fingerprint })?;
         let bad = |reason: String| CodecError::BadRecord { record: self.record, reason };
-        let mut body = Cursor::new(&bytes[HEADER_LEN..]);
+        let mut body = NoShortReads(Cursor::new(&bytes[HEADER_LEN..]));
         let value = apache_avro::from_avro_datum(&writer.schema, &mut body, Some(&self.current().schema))
             .map_err(|e| bad(e.to_string()))?;
-        let trailing = bytes.len() - HEADER_LEN - body.position() as usize;
+        let trailing = bytes.len() - HEADER_LEN - body.0.position() as usize;
         if trailing != 0 {
             return Err(bad(format!("{trailing} trailing bytes after the record")));
         }
         apache_avro::from_value::<T>(&value).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// A body reader that reports running out of bytes as invalid data, not end of input:
+/// apache-avro reads a string or a union index cut by the end of input as `null` (leniency
+/// for truncated streams), so a record cut inside a trailing `["null", "string"]` field
+/// would otherwise decode, with the field silently null.
+struct NoShortReads<'a>(Cursor<&'a [u8]>);
+
+impl Read for NoShortReads<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        let left = self.0.get_ref().len().saturating_sub(self.0.position() as usize);
+        if left < buf.len() {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("the record ends {} bytes early", buf.len() - left),
+            ));
+        }
+        self.0.read_exact(buf)
     }
 }
 
@@ -116,8 +139,12 @@ pub(super) fn fingerprint_of(bytes: &[u8]) -> Result<u64, CodecError> {
 }
 
 /// `Frame` schemas: current first, then older versions still readable (`schemas/history/`).
-pub(crate) static FRAME: LazyLock<SchemaSet> =
-    LazyLock::new(|| SchemaSet::new(RecordType::Frame, &[include_str!("../../../schemas/Frame.avsc")]));
+pub(crate) static FRAME: LazyLock<SchemaSet> = LazyLock::new(|| {
+    SchemaSet::new(
+        RecordType::Frame,
+        &[include_str!("../../../schemas/Frame.avsc"), include_str!("../../../schemas/history/Frame.v1.avsc")],
+    )
+});
 
 /// `DetectionResult` schemas: current first, then older versions still readable.
 pub(crate) static DETECTION_RESULT: LazyLock<SchemaSet> = LazyLock::new(|| {

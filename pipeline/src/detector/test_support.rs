@@ -62,6 +62,7 @@ pub(crate) fn frame_bytes(id: &str, data: Vec<u8>) -> Vec<u8> {
         height: None,
         data,
         attributes: HashMap::new(),
+        session: None,
     }
     .encode()
     .unwrap()

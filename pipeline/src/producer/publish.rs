@@ -85,8 +85,8 @@ struct InFlight {
 }
 
 /// Publishes every input to `kafka.topics.images` (created first if missing) with the
-/// idempotent producer: key = source, a fresh UUID `frame_id` and a per-source `seq`
-/// (from 0 in each call), a W3C `traceparent` header. Inputs are pulled on a dedicated
+/// idempotent producer: key = source, a fresh UUID `frame_id`, a per-source `seq` (from 0
+/// in each call) and the call's `session` id, a W3C `traceparent` header. Inputs are pulled on a dedicated
 /// thread (file reads, image generation) through a bounded channel; at most
 /// `producer.max_in_flight` records await acknowledgement. Stops early, after flushing,
 /// when `shutdown` fires. Delivery failures are counted in the summary, not returned
@@ -133,6 +133,9 @@ where
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    // `seq` counts per source from 0 in this session: together they let an audit find
+    // frames that never reached a reader (`vigil verify`).
+    let session = uuid::Uuid::new_v4().to_string();
     let mut seqs: HashMap<String, i64> = HashMap::new();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut summary = ProduceSummary::default();
@@ -179,6 +182,7 @@ where
             height: input.height,
             data: input.data,
             attributes: input.attributes,
+            session: Some(session.clone()),
         };
         *seq += 1;
         let payload = frame.encode().map_err(ProducerError::Encode)?;

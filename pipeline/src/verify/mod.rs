@@ -1,14 +1,17 @@
 //! `vigil verify`: audits a run end to end with set computations on frame ids.
 //!
 //! - frames: distinct frames in `images` (a frame's identity is its `frame_id`, or
-//!   `images/<partition>/<offset>` for a record that is not a decodable `Frame`);
+//!   `images/<partition>/<offset>` for a record that is not a decodable `Frame`), plus
+//!   those known from outcomes after their record was deleted, plus those found lost;
 //! - results: distinct `frame_id`s in `detections` (read_committed);
 //! - rows: rows in the sink database's `detections` table;
 //! - dlq: distinct frames in `images.dlq` (identified by the original record's
 //!   `frame_id`, else by its `vigil.source.partition`/`vigil.source.offset` headers);
 //! - duplicates: frames with more than one final outcome (a row and a dead letter; two
 //!   rows cannot happen, `frame_id` is the table's primary key);
-//! - missing: frames with no outcome (neither a row nor a dead letter);
+//! - missing: frames with no outcome (neither a row nor a dead letter), including frames
+//!   no topic holds any more: deleted from the head of `images` before anything read them,
+//!   or never there, by their producer session's sequence numbers (`gaps`);
 //! - unexpected: outcomes for frames that are not in `images` (e.g. a database reused
 //!   from another run);
 //! - topic_duplicates: committed results and dead letters beyond one per `images` record
@@ -29,6 +32,7 @@
 //! to end on the in-memory broker).
 
 mod error;
+mod gaps;
 mod read;
 mod report;
 #[cfg(test)]

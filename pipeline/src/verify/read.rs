@@ -21,6 +21,9 @@ use crate::sink::store;
 pub(super) struct TopicRead {
     /// Records read.
     pub records: u64,
+    /// Low watermarks (log start offsets) seen at the start, of partitions that lost
+    /// their head (low > 0).
+    pub log_start: HashMap<i32, i64>,
     /// Partitions whose last stable offset stayed below the high watermark seen at the
     /// start until the timeout: a transaction left open holds read_committed readers there.
     pub open_partitions: Vec<i32>,
@@ -69,7 +72,10 @@ pub(super) fn read_topic(
     if marks.is_empty() {
         return Err(read_err("the topic does not exist".into()));
     }
-    let mut read = TopicRead::default();
+    let mut read = TopicRead {
+        log_start: marks.iter().filter(|(_, lo, _)| *lo > 0).map(|(p, lo, _)| (*p, *lo)).collect(),
+        ..TopicRead::default()
+    };
     let mut pending: HashMap<i32, i64> =
         marks.iter().filter(|(_, lo, hi)| hi > lo).map(|(p, _, hi)| (*p, *hi)).collect();
     if pending.is_empty() {
@@ -159,6 +165,7 @@ pub(super) fn verify_blocking(
     let mut evidence = Evidence::default();
     let images = read_topic(kafka, &topics.images.name, timeout, stop, |m| evidence.images.push(image_record(m)))?;
     info!(records = images.records, topic = %topics.images.name, "read");
+    evidence.log_start = images.log_start;
 
     let mut undecodable_results = 0u64;
     let detections = read_topic(kafka, &topics.detections.name, timeout, stop, |m| match result_outcome(m) {

@@ -6,6 +6,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use serde::Serialize;
 
+use super::gaps::{lost_frames, Sequence};
 use crate::codec::{dlq, DetectionResult, Frame};
 
 /// Raw record counts and redeliveries, for diagnosis.
@@ -21,6 +22,13 @@ pub struct TopicCounts {
     pub detections_redelivered: u64,
     /// Dead letters beyond one per `images` record.
     pub dlq_redelivered: u64,
+    /// Records deleted from the head of `images` partitions (the sum of their log start
+    /// offsets), read or not.
+    pub images_deleted: u64,
+    /// Of those, records no outcome names: deleted before anything read them (in `missing`).
+    pub lost_before_read: u64,
+    /// Frames missing from a producer session's sequence numbers (in `missing`).
+    pub sequence_gaps: u64,
 }
 
 /// The audit's result (printed as JSON).
@@ -46,7 +54,8 @@ pub struct VerifyReport {
     /// Results the sink could not decode and set aside (`sink_rejects`).
     pub sink_rejects: u64,
     pub topics: TopicCounts,
-    /// Up to 10 missing frame ids, for diagnosis.
+    /// Up to 10 missing frames, for diagnosis: frame ids, `images/<partition>/<offset>`
+    /// (deleted before it was read) or `<source>/<session>/<seq>` (never in `images`).
     pub missing_sample: Vec<String>,
     /// Up to 10 duplicated frame ids.
     pub duplicate_sample: Vec<String>,
@@ -65,8 +74,10 @@ pub(super) type Position = (i32, i64);
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ImageRecord {
     pub position: Position,
-    /// The frame's identity ([`frame_identity`]).
+    /// The frame's identity ([`image_record`]).
     pub frame: String,
+    /// Its source, session and sequence number, when it is a `Frame` with a session.
+    pub sequence: Option<Sequence>,
 }
 
 /// One outcome in a topic: a result in `detections` or a dead letter in `images.dlq`.
@@ -89,6 +100,9 @@ pub(super) struct Evidence {
     pub rows: Vec<String>,
     /// Partitions of the output topics left with an open transaction.
     pub open_transactions: u64,
+    /// Log start offsets (low watermarks) of the `images` partitions that have lost their
+    /// head (start > 0).
+    pub log_start: HashMap<i32, i64>,
 }
 
 /// How many of `items` are beyond one per distinct value, and the values seen more than once.
@@ -106,7 +120,13 @@ fn beyond_one<K: std::hash::Hash + Eq + Clone>(items: impl IntoIterator<Item = K
 /// at-least-once detectors and the in-memory broker (no read_committed filtering) leave
 /// redeliveries in the topics that the sink's idempotent insert removes.
 pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
-    let frames: HashSet<&str> = evidence.images.iter().map(|r| r.frame.as_str()).collect();
+    let lost = lost_frames(evidence);
+    let frames: HashSet<&str> = evidence
+        .images
+        .iter()
+        .map(|r| r.frame.as_str())
+        .chain(lost.known_from_outcomes.iter().map(String::as_str))
+        .collect();
     let result_ids: HashSet<&str> = evidence.results.iter().map(|r| r.frame.as_str()).collect();
     let dlq_ids: HashSet<&str> = evidence.dead_letters.iter().map(|r| r.frame.as_str()).collect();
     let row_ids = &evidence.rows;
@@ -124,6 +144,7 @@ pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
         .filter(|id| !row_counts.contains_key(**id) && !dlq_ids.contains(**id))
         .map(|id| id.to_string())
         .collect();
+    missing_ids.extend(lost.sample.iter().cloned());
     missing_ids.sort();
     let unexpected = row_counts.keys().filter(|id| !frames.contains(**id)).count()
         + dlq_ids.iter().filter(|id| !frames.contains(**id)).count();
@@ -136,13 +157,14 @@ pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
     twice.sort();
     let (input_resends, _) = beyond_one(evidence.images.iter().map(|r| r.frame.as_str()));
 
+    let missing = missing_ids.len() as u64 - lost.sample.len() as u64 + lost.head + lost.gaps;
     let mut report = VerifyReport {
-        frames: frames.len() as u64,
+        frames: frames.len() as u64 + lost.head + lost.gaps,
         results: result_ids.len() as u64,
         rows: row_ids.len() as u64,
         dlq: dlq_ids.len() as u64,
         duplicates,
-        missing: missing_ids.len() as u64,
+        missing,
         unexpected: unexpected as u64,
         topic_duplicates,
         input_resends,
@@ -151,6 +173,9 @@ pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
             images_records: evidence.images.len() as u64,
             detections_redelivered,
             dlq_redelivered,
+            images_deleted: evidence.log_start.values().map(|start| u64::try_from(*start).unwrap_or(0)).sum(),
+            lost_before_read: lost.head,
+            sequence_gaps: lost.gaps,
             ..TopicCounts::default()
         },
         missing_sample: missing_ids.into_iter().take(10).collect(),
@@ -169,14 +194,16 @@ pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
 }
 
 /// An `images` record: identified by its `frame_id`, or by its position when it is not a
-/// decodable `Frame`.
+/// decodable `Frame`; with its sequence when the frame has a session.
 pub(super) fn image_record(message: &BorrowedMessage<'_>) -> ImageRecord {
     let position = (message.partition(), message.offset());
-    let frame = match message.payload().map(Frame::decode) {
-        Some(Ok(frame)) => frame.frame_id,
-        _ => format!("images/{}/{}", position.0, position.1),
-    };
-    ImageRecord { position, frame }
+    match message.payload().map(Frame::decode) {
+        Some(Ok(frame)) => {
+            let sequence = frame.session.map(|session| Sequence { source: frame.source, session, seq: frame.seq });
+            ImageRecord { position, frame: frame.frame_id, sequence }
+        }
+        _ => ImageRecord { position, frame: format!("images/{}/{}", position.0, position.1), sequence: None },
+    }
 }
 
 /// A `detections` record, when it is a `DetectionResult`.
@@ -214,7 +241,7 @@ mod tests {
     use super::*;
 
     fn image(frame: &str, offset: i64) -> ImageRecord {
-        ImageRecord { position: (0, offset), frame: frame.into() }
+        ImageRecord { position: (0, offset), frame: frame.into(), sequence: None }
     }
 
     fn outcome(frame: &str, offset: i64) -> TopicOutcome {
@@ -229,7 +256,7 @@ mod tests {
             results: rows.iter().filter(|id| **id != "z").map(|id| outcome(id, offset(id))).collect(),
             dead_letters: dead.iter().map(|id| outcome(id, offset(id))).collect(),
             rows: rows.iter().map(|s| s.to_string()).collect(),
-            open_transactions: 0,
+            ..Evidence::default()
         }
     }
 
@@ -299,6 +326,24 @@ mod tests {
         e.open_transactions = 1;
         assert!(audit(&e, false).exact);
         assert!(!audit(&e, true).exact);
+    }
+
+    #[test]
+    fn frames_known_from_outcomes_and_lost_frames_count() {
+        // a and b (images 0/0, 0/1) were deleted after their results were written.
+        let mut e = evidence(&["a", "b", "c"], &[]);
+        e.images.retain(|r| r.frame == "c");
+        e.log_start = [(0, 2)].into();
+        let r = audit(&e, false);
+        assert_eq!((r.frames, r.missing, r.unexpected), (3, 0, 0), "{r:?}");
+        assert!(r.exact);
+        // Without b's result nothing names images 0/1: deleted before it was read.
+        e.results.retain(|o| o.frame != "b");
+        e.rows.retain(|id| id != "b");
+        let r = audit(&e, false);
+        assert_eq!((r.frames, r.rows, r.missing, r.topics.lost_before_read), (3, 2, 1, 1), "{r:?}");
+        assert_eq!(r.missing_sample, ["images/0/1"]);
+        assert!(!r.exact);
     }
 
     #[test]

@@ -92,6 +92,7 @@ async fn audits_topics_and_database() {
         height: None,
         data: b"not an image".to_vec(),
         attributes: Default::default(),
+        session: None,
     };
     let headers = dlq::error_headers("bad_image", "test", 0, 4)
         .iter()
@@ -201,6 +202,7 @@ fn test_frame(i: i64) -> Frame {
         height: None,
         data: vec![i as u8; 16],
         attributes: Default::default(),
+        session: None,
     }
 }
 
