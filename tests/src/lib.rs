@@ -15,6 +15,8 @@
 //! (database rows); against a real Kafka they run `exactly-once` and the topic-level
 //! checks apply too ([`Pipeline::exactly_once_topics`]).
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -514,9 +516,14 @@ impl Pipeline {
         }
     }
 
-    /// Runs `vigil verify` and returns its JSON report.
+    /// Runs `vigil verify` (with `--topics-exact` on a real Kafka with exactly-once
+    /// detectors, where a duplicate in a topic is a failure) and returns its JSON report.
     pub fn verify(&self) -> Value {
-        let out = self.command(&["verify", "--database", &self.database_url]).output().expect("run vigil verify");
+        let mut args = vec!["verify", "--database", &self.database_url];
+        if self.topics_exact() {
+            args.push("--topics-exact");
+        }
+        let out = self.command(&args).output().expect("run vigil verify");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_else(|| {
             panic!("vigil verify printed no report ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr))
@@ -555,14 +562,22 @@ impl Pipeline {
         // The table itself: one row per frame id, whatever verify computes.
         let rows = self.rows();
         assert_eq!(rows, frames - dlq, "rows in the database");
-        if self.real_kafka && self.delivery == "exactly-once" {
+        if self.topics_exact() {
             self.exactly_once_topics(report);
         }
+    }
+
+    /// Whether the topics themselves must be exact: a real Kafka, exactly-once detectors.
+    fn topics_exact(&self) -> bool {
+        self.real_kafka && self.delivery == "exactly-once"
     }
 
     /// Real Kafka only: the topics themselves are exact under read_committed (one result
     /// per frame, one dead letter per bad frame), which the in-memory broker cannot show.
     pub fn exactly_once_topics(&self, report: &Value) {
+        assert_eq!(report["topics_exact"], true, "verified with --topics-exact: {report}");
+        assert_eq!(report["topic_duplicates"], 0, "outcomes beyond one per images record: {report}");
+        assert_eq!(report["open_transactions"], 0, "transactions left open: {report}");
         assert_eq!(report["topics"]["detections_redelivered"], 0, "duplicate results in {}: {report}", self.detections);
         assert_eq!(report["topics"]["dlq_redelivered"], 0, "duplicate dead letters in {}: {report}", self.dlq);
         assert_eq!(report["results"], report["rows"], "results vs rows: {report}");
@@ -571,6 +586,13 @@ impl Pipeline {
     /// Every record of `topic`, from the beginning to the current end (read_committed).
     pub fn read_topic(&self, topic: &str) -> Vec<Record> {
         read_topic(&self.bootstrap, topic)
+    }
+
+    /// Records of aborted transactions in `topic`: written, never visible to
+    /// read_committed readers (control markers are not records and count in neither).
+    pub fn aborted_records(&self, topic: &str) -> usize {
+        let all = read_topic_with(&self.bootstrap, topic, "read_uncommitted").len();
+        all - self.read_topic(topic).len()
     }
 
     /// Produces raw bytes to `images` (records that `vigil produce` would never write).
@@ -618,12 +640,18 @@ pub struct Record {
 /// delivered: a partition is read when the consumer's position has reached the high
 /// watermark (seen at end-of-partition), not when a record at `high - 1` arrived.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
+    read_topic_with(bootstrap, topic, "read_committed")
+}
+
+/// Every record of `topic` under `isolation` (`read_committed`, or `read_uncommitted`,
+/// which also returns the records of aborted transactions).
+pub fn read_topic_with(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("it-reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()
         .expect("reader");
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");

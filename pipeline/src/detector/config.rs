@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Backend, DecodeLimits};
@@ -29,6 +30,23 @@ impl std::fmt::Display for Delivery {
     }
 }
 
+/// How the detector group moves partitions between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupProtocol {
+    /// Classic protocol with librdkafka's eager assignors (`range,roundrobin`): every
+    /// rebalance revokes all partitions of every member, then assigns anew.
+    #[default]
+    Eager,
+    /// Classic protocol, `cooperative-sticky`: only the partitions that move are revoked;
+    /// the others keep working through the rebalance.
+    CooperativeSticky,
+    /// KIP-848's protocol (`group.protocol=consumer`): the broker computes incremental
+    /// assignments. The session timeout is then the broker's
+    /// `group.consumer.session.timeout.ms`; `session_timeout_ms` does not apply.
+    Consumer,
+}
+
 /// The detect stage: consumer group on `images`, batches, model, results to `detections`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,6 +58,12 @@ pub struct DetectorConfig {
     /// (e.g. the StatefulSet pod name) so a restart fences and aborts its predecessor's open
     /// transaction at once.
     pub instance_id: Option<String>,
+    /// `eager`, `cooperative-sticky` or `consumer` (KIP-848); see [`GroupProtocol`].
+    pub group_protocol: GroupProtocol,
+    /// Static membership: `group.instance.id` = `instance_id` (which must then be set). A
+    /// restart within the session timeout gets its partitions back without a rebalance; a
+    /// stopped worker's partitions wait for the session timeout before they move.
+    pub static_membership: bool,
     /// Where the model runs: `auto` (GPU through wgpu if present, else CPU), `wgpu`, `cpu`.
     pub backend: Backend,
     /// `exactly-once` (transactions) or `at-least-once` (see [`Delivery`]).
@@ -69,6 +93,8 @@ impl Default for DetectorConfig {
         Self {
             group_id: "vigil-detector".into(),
             instance_id: None,
+            group_protocol: GroupProtocol::Eager,
+            static_membership: false,
             backend: Backend::Auto,
             delivery: Delivery::ExactlyOnce,
             max_batch: 8,
@@ -83,6 +109,23 @@ impl Default for DetectorConfig {
 }
 
 impl DetectorConfig {
+    /// Sets the group protocol's consumer properties (`instance`: this worker's name).
+    pub(crate) fn apply_group_protocol(&self, config: &mut ClientConfig, instance: &str) {
+        match self.group_protocol {
+            GroupProtocol::Eager => {}
+            GroupProtocol::CooperativeSticky => {
+                config.set("partition.assignment.strategy", "cooperative-sticky");
+            }
+            GroupProtocol::Consumer => {
+                // librdkafka refuses classic-only properties with the consumer protocol.
+                config.set("group.protocol", "consumer").remove("session.timeout.ms");
+            }
+        }
+        if self.static_membership {
+            config.set("group.instance.id", instance);
+        }
+    }
+
     /// `max_wait_ms` as a duration.
     pub fn max_wait(&self) -> Duration {
         Duration::from_millis(self.max_wait_ms)
@@ -126,5 +169,33 @@ impl DetectorConfig {
             return Err(("detector.decode", "limits must be > 0".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer_settings(cfg: &DetectorConfig) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("session.timeout.ms", "6000");
+        cfg.apply_group_protocol(&mut config, "pod-0");
+        config
+    }
+
+    #[test]
+    fn group_protocols_set_their_properties() {
+        let mut cfg = DetectorConfig::default();
+        let eager = consumer_settings(&cfg);
+        assert_eq!((eager.get("partition.assignment.strategy"), eager.get("group.protocol")), (None, None));
+        cfg.group_protocol = GroupProtocol::CooperativeSticky;
+        assert_eq!(consumer_settings(&cfg).get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        cfg.group_protocol = GroupProtocol::Consumer;
+        let kip848 = consumer_settings(&cfg);
+        assert_eq!(kip848.get("group.protocol"), Some("consumer"));
+        assert_eq!(kip848.get("session.timeout.ms"), None, "librdkafka refuses it with the consumer protocol");
+        assert_eq!(kip848.get("group.instance.id"), None);
+        cfg.static_membership = true;
+        assert_eq!(consumer_settings(&cfg).get("group.instance.id"), Some("pod-0"));
     }
 }

@@ -42,7 +42,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use config::{Delivery, DetectorConfig};
+pub use config::{Delivery, DetectorConfig, GroupProtocol};
 pub use error::DetectorError;
 pub use model_thread::ModelThread;
 
@@ -93,6 +93,14 @@ pub async fn run(
             ),
         });
     }
+    if cfg.static_membership && cfg.instance_id.is_none() {
+        // Checked here, not with the settings: one file serves every stage, and the
+        // instance id usually comes per worker (--instance-id, the pod name).
+        return Err(DetectorError::Config {
+            key: "detector.static_membership",
+            reason: "needs an instance id (--instance-id or detector.instance_id): the static member's name".into(),
+        });
+    }
     let instance = cfg.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let transactional_id = format!("{}-{}", cfg.group_id, instance);
     let topics = &kafka.topics;
@@ -102,6 +110,7 @@ pub async fn run(
     consumer_cfg
         .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
         .set("client.id", format!("vigil-detect-{instance}"));
+    cfg.apply_group_protocol(&mut consumer_cfg, &instance);
     let consumer: StreamConsumer<DetectorContext> = consumer_cfg
         .create_with_context(DetectorContext::new(&topics.images.name))
         .map_err(|cause| DetectorError::Client { role: "consumer", cause })?;
@@ -112,6 +121,8 @@ pub async fn run(
         instance = %instance,
         %transactional_id,
         delivery = %cfg.delivery,
+        group_protocol = ?cfg.group_protocol,
+        static_membership = cfg.static_membership,
         model = %model.model_name(),
         max_batch = cfg.max_batch,
         max_wait_ms = cfg.max_wait_ms,
