@@ -8,6 +8,8 @@
 mod config;
 mod inputs;
 mod publish;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 
