@@ -136,8 +136,10 @@ pub enum KafkaPlumbingError {
     CreateTopics { topics: Vec<String>, cause: KafkaError },
     #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },
-    #[error("cannot read metadata from {bootstrap}: {cause} (is the broker running? `vigil broker` starts one)")]
-    Metadata { bootstrap: String, cause: KafkaError },
+    /// `hint` says what librdkafka saw on the connections (a refused login, a closed
+    /// connection) and what to check; see `MetadataContext`.
+    #[error("cannot read metadata from {bootstrap}: {cause} ({hint})")]
+    Metadata { bootstrap: String, cause: KafkaError, hint: Box<str> },
     #[error("in-memory broker: {what}: {cause}")]
     Mock { what: String, cause: KafkaError },
     #[error("in-memory broker: {what}: {cause}")]

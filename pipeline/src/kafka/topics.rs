@@ -1,9 +1,12 @@
 //! Topic creation and metadata helpers.
 
+use std::sync::Mutex;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use tracing::{info, warn};
 
@@ -139,27 +142,111 @@ async fn partition_counts(kafka: &KafkaConfig, topics: &[&TopicConfig]) -> Resul
     .map_err(|e| KafkaPlumbingError::Topic { topic: "*".into(), reason: format!("metadata task failed: {e}") })?
 }
 
+/// The client every stage reaches Kafka with first (topics, watermarks).
+pub(crate) type MetadataClient = BaseConsumer<MetadataContext>;
+
+/// The metadata client's context: logs as the default context does, and keeps the last
+/// connection failure librdkafka reported. `fetch_metadata` reduces a refused SASL login,
+/// or a connection that a SASL listener closes because the client did not authenticate,
+/// to "broker transport failure" or a timeout; librdkafka says which only in its log and
+/// error events, so the error message takes it from here (see [`metadata_error`]).
+pub(crate) struct MetadataContext {
+    security_protocol: String,
+    last_failure: Mutex<Option<ConnectionFailure>>,
+}
+
+struct ConnectionFailure {
+    authentication: bool,
+    reason: String,
+}
+
+impl MetadataContext {
+    fn remember(&self, authentication: bool, reason: &str) {
+        let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        // A refused login is the finding; the disconnects that follow it add nothing.
+        if authentication || !last.as_ref().is_some_and(|f| f.authentication) {
+            *last = Some(ConnectionFailure { authentication, reason: reason.to_owned() });
+        }
+    }
+
+    /// What to check, given what the connections saw.
+    fn hint(&self) -> String {
+        match &*self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(f) if f.authentication => format!(
+                "the broker refused the login: {}; check kafka.client.sasl.username, sasl.password and sasl.mechanisms",
+                f.reason
+            ),
+            Some(f) => format!(
+                "last connection failure: {}; is the broker running, and does kafka.client.security.protocol = {} \
+                 match its listener? A SASL listener closes connections that do not authenticate",
+                f.reason, self.security_protocol
+            ),
+            None => "is the broker running? `vigil broker` starts one".to_owned(),
+        }
+    }
+}
+
+impl ClientContext for MetadataContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" {
+            self.remember(false, log_message);
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Other client errors ("1/1 brokers are down") say less than the FAIL log line
+        // of the same connection, which `log` keeps.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            self.remember(true, reason);
+        }
+        DefaultClientContext.error(error, reason);
+    }
+}
+
+impl ConsumerContext for MetadataContext {}
+
 /// A client for metadata and watermark queries (never joins a group).
-pub(crate) fn metadata_client(kafka: &KafkaConfig) -> Result<BaseConsumer, KafkaPlumbingError> {
+pub(crate) fn metadata_client(kafka: &KafkaConfig) -> Result<MetadataClient, KafkaPlumbingError> {
     let mut config = reader_config(kafka, "metadata");
     config.set("allow.auto.create.topics", "false");
-    config.create().map_err(|cause| KafkaPlumbingError::Client { role: "metadata", cause })
+    let context = MetadataContext {
+        security_protocol: config.get("security.protocol").unwrap_or("plaintext").to_owned(),
+        last_failure: Mutex::new(None),
+    };
+    config.create_with_context(context).map_err(|cause| KafkaPlumbingError::Client { role: "metadata", cause })
+}
+
+/// The error for a failed metadata request, with what the connections saw. The log and
+/// error events wait in the client's queue until it is polled, which `fetch_metadata`
+/// does not do: poll briefly first so that they reach [`MetadataContext`].
+fn metadata_error(consumer: &MetadataClient, kafka: &KafkaConfig, cause: KafkaError) -> KafkaPlumbingError {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    while std::time::Instant::now() < until {
+        // Not subscribed: nothing but events comes back, and the context has seen them.
+        let _ = consumer.poll(std::time::Duration::from_millis(10));
+    }
+    KafkaPlumbingError::Metadata {
+        bootstrap: kafka.bootstrap_servers.clone(),
+        cause,
+        hint: consumer.context().hint().into(),
+    }
 }
 
 /// Fetches metadata for one topic (blocking).
 pub(super) fn topic_metadata(
-    consumer: &BaseConsumer,
+    consumer: &MetadataClient,
     kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<Metadata, KafkaPlumbingError> {
     consumer
         .fetch_metadata(Some(topic), kafka.operation_timeout())
-        .map_err(|cause| KafkaPlumbingError::Metadata { bootstrap: kafka.bootstrap_servers.clone(), cause })
+        .map_err(|cause| metadata_error(consumer, kafka, cause))
 }
 
 /// Partition count of `topic`, 0 when it does not exist (blocking).
 pub(crate) fn partition_count(
-    consumer: &BaseConsumer,
+    consumer: &MetadataClient,
     kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<i32, KafkaPlumbingError> {
@@ -175,7 +262,7 @@ pub(crate) fn partition_count(
 
 /// `(partition, low, high)` watermarks of every partition of `topic` (blocking).
 pub(crate) fn watermarks(
-    consumer: &BaseConsumer,
+    consumer: &MetadataClient,
     kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<Vec<(i32, i64, i64)>, KafkaPlumbingError> {
@@ -185,7 +272,35 @@ pub(crate) fn watermarks(
             consumer
                 .fetch_watermarks(topic, p, kafka.operation_timeout())
                 .map(|(low, high)| (p, low, high))
-                .map_err(|cause| KafkaPlumbingError::Metadata { bootstrap: kafka.bootstrap_servers.clone(), cause })
+                .map_err(|cause| metadata_error(consumer, kafka, cause))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> MetadataContext {
+        MetadataContext { security_protocol: "plaintext".into(), last_failure: Mutex::new(None) }
+    }
+
+    #[test]
+    fn the_hint_says_what_the_connections_saw() {
+        let c = context();
+        assert!(c.hint().contains("is the broker running?"), "{}", c.hint());
+        c.log(RDKafkaLogLevel::Info, "FAIL", "b:1/bootstrap: Disconnected: connection closed by peer");
+        let hint = c.hint();
+        assert!(hint.contains("connection closed by peer") && hint.contains("security.protocol = plaintext"), "{hint}");
+        c.error(KafkaError::Global(RDKafkaErrorCode::Authentication), "SASL authentication error: Invalid password");
+        // A refused login stays the finding when the disconnects that follow it are logged.
+        c.log(RDKafkaLogLevel::Info, "FAIL", "b:1/bootstrap: Disconnected: connection closed by peer");
+        let hint = c.hint();
+        assert!(
+            hint.contains("refused the login: SASL authentication error") && hint.contains("sasl.password"),
+            "{hint}"
+        );
+        c.log(RDKafkaLogLevel::Info, "METADATA", "not a connection failure");
+        assert_eq!(c.hint(), hint);
+    }
 }
