@@ -1,24 +1,34 @@
-//! `vigil up`: the whole pipeline in one process, no Kafka installation needed.
+//! `vigil up`: the whole pipeline in one process.
 //!
-//! In-memory broker (librdkafka's mock cluster) → producer over `samples/` → one
-//! detector worker (NanoDet-g) → SQLite sink, printing every stored detection. Ctrl-C
-//! stops the producer, lets the detector commit its batch and the sink store what it
-//! has read, then shuts the broker down.
+//! A broker → producer over `samples/` → one detector worker (NanoDet-g) → SQLite sink,
+//! printing every stored detection. Ctrl-C stops the producer, lets the detector commit its
+//! batch and the sink store what it has read, then shuts the broker down (when it is ours).
+//!
+//! # Which broker
+//!
+//! [`UpBroker::Embedded`] (the default, no Kafka installation needed): an in-memory broker,
+//! librdkafka's mock cluster, started and stopped with the run. [`UpBroker::Configured`]
+//! (`vigil up --bootstrap HOST:PORT`): the Kafka cluster of `kafka.bootstrap_servers`;
+//! nothing is started, the stages create their topics there as `vigil produce`, `detect`
+//! and `sink` do, and the detector runs in the configured `detector.delivery` (default
+//! exactly-once).
 //!
 //! # Delivery mode on the in-memory broker
 //!
 //! The mock acknowledges `TxnOffsetCommit` without storing the offsets and does no
-//! read_committed filtering (see `docs/architecture.md`). So `up` runs the detector **at-least-once**
+//! read_committed filtering (see `docs/architecture.md`). So on it `up` runs the detector **at-least-once**
 //! (produce, wait for delivery, then a plain offset commit, which the mock does store)
 //! and relies on the sink for exactly-once: rows are idempotent on `frame_id` and the
 //! sink's offsets live in the database with the rows. The database ends exact (one row
 //! per frame); the `detections` topic may hold a duplicate after a failure. This is a
-//! choice for the mock only: `vigil detect` defaults to exactly-once, and real-Kafka
-//! deployments keep it.
+//! choice for the mock only: `vigil detect` defaults to exactly-once, and so does `up` on
+//! a real cluster.
 //!
-//! The sink uses a consumer group unique to the run (`<sink.group_id>-up-<run id>`):
-//! the in-memory topics start empty on every run, so offsets stored by an earlier run
-//! in the same database must not apply (they would skip the new records).
+//! On the in-memory broker the sink uses a consumer group unique to the run
+//! (`<sink.group_id>-up-<run id>`): its topics start empty on every run, so offsets stored
+//! by an earlier run in the same database must not apply (they would skip the new
+//! records). On a real cluster the topics persist and the sink keeps `sink.group_id`, as
+//! `vigil sink` does.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,6 +53,18 @@ pub struct UpOptions {
     pub count: Option<u64>,
     /// With `count`: return once that many results are stored.
     pub exit_when_done: bool,
+    /// Which broker the stages use.
+    pub broker: UpBroker,
+}
+
+/// The broker of an `up` run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpBroker {
+    /// An in-memory broker started for the run; the detector runs at-least-once.
+    #[default]
+    Embedded,
+    /// The cluster at `kafka.bootstrap_servers`; the detector runs `detector.delivery`.
+    Configured,
 }
 
 /// Why `vigil up` failed.
@@ -80,6 +102,20 @@ pub struct UpSummary {
     pub stored: u64,
 }
 
+/// Starts the in-memory broker with the configured topics and points `settings` at it:
+/// at-least-once detector, a sink group of its own (see the module docs).
+async fn embedded_broker(settings: &mut Settings) -> Result<DevBroker, UpError> {
+    let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, ..DevBrokerOptions::default() }).await?;
+    // One process, one consumer per group: no reason to wait for more members.
+    broker.group_initial_rebalance_delay(Duration::from_millis(0));
+    settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
+    broker.create_topics(&settings.kafka)?;
+    settings.detector.delivery = Delivery::AtLeastOnce;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    settings.sink.group_id = format!("{}-up-{}", settings.sink.group_id, &run_id[..12]);
+    Ok(broker)
+}
+
 /// Runs the pipeline until `shutdown` (or, with `exit_when_done`, until `count`
 /// results are stored). The stages are the ones `vigil produce`, `vigil detect` and
 /// `vigil sink` run, with the same entry points.
@@ -94,23 +130,27 @@ pub async fn run(settings: &Settings, options: &UpOptions, shutdown: Cancellatio
     // Refuse a samples path without images before starting anything.
     producer::files_to_send(&request)?;
 
-    let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, ..DevBrokerOptions::default() }).await?;
-    // One process, one consumer per group: no reason to wait for more members.
-    broker.group_initial_rebalance_delay(Duration::from_millis(0));
     let mut settings = settings.clone();
-    settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
-    broker.create_topics(&settings.kafka)?;
-    settings.detector.delivery = Delivery::AtLeastOnce;
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    settings.sink.group_id = format!("{}-up-{}", settings.sink.group_id, &run_id[..12]);
+    // Held until every stage has returned; dropping it stops the in-memory broker.
+    let broker = match options.broker {
+        UpBroker::Embedded => Some(embedded_broker(&mut settings).await?),
+        UpBroker::Configured => None,
+    };
+    let what = match options.broker {
+        UpBroker::Embedded => "in-memory broker up; detector at-least-once + exactly-once sink (see `vigil up --help`)",
+        UpBroker::Configured => "using the Kafka cluster at kafka.bootstrap_servers; nothing started",
+    };
     info!(
-        bootstrap = broker.bootstrap_servers(),
+        bootstrap = %settings.kafka.bootstrap_servers,
+        delivery = %settings.detector.delivery,
         database = %sink::redact_url(&settings.sink.database_url),
-        "in-memory broker up; detector at-least-once + exactly-once sink (see `vigil up --help`)"
+        "{what}"
     );
     println!(
-        "vigil up: broker {}, samples from {}, database {}; Ctrl-C to stop",
-        broker.bootstrap_servers(),
+        "vigil up: broker {}{}, detector {}, samples from {}, database {}; Ctrl-C to stop",
+        settings.kafka.bootstrap_servers,
+        if broker.is_some() { " (in-memory)" } else { "" },
+        settings.detector.delivery,
         options.samples.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
         sink::redact_url(&settings.sink.database_url)
     );

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use vigil::detector::ModelThread;
 use vigil::producer::ProduceRequest;
 use vigil::settings::Settings;
-use vigil::up::UpOptions;
+use vigil::up::{UpBroker, UpOptions};
 
 use super::failure::Failure;
 use super::model_flags::BackendFlag;
@@ -188,21 +188,28 @@ pub(crate) async fn sink(settings: &Settings, shutdown: CancellationToken) -> Re
 /// `vigil up` arguments.
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    about = "Run everything in one process: in-memory broker, producer, detector, SQLite sink",
-    long_about = "Run the whole pipeline in one process, without Kafka or Docker: an in-memory broker \
-        (librdkafka's mock cluster), a producer sending the sample images (samples/) in a loop, one \
-        detector worker running NanoDet-g, and a sink storing every result in SQLite \
+    about = "Run everything in one process: broker (in-memory, or --bootstrap), producer, detector, SQLite sink",
+    long_about = "Run the whole pipeline in one process: a producer sending the sample images (samples/) in a \
+        loop, one detector worker running NanoDet-g, and a sink storing every result in SQLite \
         (sink.database_url, default sqlite://vigil.sqlite). Each stored detection is printed as it lands. \
         Ctrl-C stops cleanly: the producer stops, the detector commits its batch, the sink stores what it \
         read. The model weights are fetched into model.dir on first use (npm, ~140 MB).\n\n\
-        On the in-memory broker the detector runs at-least-once and the sink provides exactly-once \
-        (idempotent rows, offsets in the database): the in-memory broker does not store transactional \
-        offsets (docs/architecture.md). Real deployments run `vigil detect` exactly-once.",
+        Without --bootstrap it needs no Kafka or Docker: it starts an in-memory broker (librdkafka's mock \
+        cluster) for the run. There the detector runs at-least-once and the sink provides exactly-once \
+        (idempotent rows, offsets in the database), because the in-memory broker does not store \
+        transactional offsets (docs/architecture.md).\n\n\
+        With --bootstrap HOST:PORT it starts no broker and runs against that Kafka cluster: the stages \
+        create their topics there (kafka.topics.*) as `vigil produce`, `detect` and `sink` do, the detector \
+        runs in the configured detector.delivery (default exactly-once: one Kafka transaction per batch), \
+        and the sink keeps sink.group_id, so a second run with the same database resumes where the first \
+        stopped. Credentials and other client settings come from kafka.client.* (configuration file or \
+        VIGIL__KAFKA__CLIENT__* environment), as for every command.",
     after_help = "Examples:\n  \
         vigil up                                        # samples/ at 2 frames/s until Ctrl-C\n  \
         vigil up --fps 0 --count 70                     # 70 frames as fast as possible, keep running\n  \
         vigil up --count 14 --exit-when-done            # stop once 14 results are stored\n  \
         vigil up --database sqlite://vigil-data/demo.sqlite --backend cpu\n  \
+        vigil up --bootstrap 127.0.0.1:9092 --count 7 --exit-when-done   # a real cluster, exactly-once\n  \
         sqlite3 vigil.sqlite 'SELECT source, seq, detections FROM detections LIMIT 3'"
 )]
 pub(crate) struct UpArgs {
@@ -223,6 +230,12 @@ pub(crate) struct UpArgs {
     database: Option<String>,
     #[command(flatten)]
     model: BackendFlag,
+    /// The global --bootstrap: given, `up` uses that cluster instead of starting an in-memory
+    /// broker. Only the flag decides, not kafka.bootstrap_servers from a file or the
+    /// environment, so that a configuration made for the other commands does not turn the
+    /// no-installation demo into one that needs a cluster.
+    #[arg(from_global)]
+    bootstrap: Option<String>,
 }
 
 impl UpArgs {
@@ -239,7 +252,31 @@ impl UpArgs {
 
 /// `vigil up`: the whole pipeline until a signal (or `--exit-when-done`).
 pub(crate) async fn up(settings: &Settings, args: UpArgs, shutdown: CancellationToken) -> Result<u8, Failure> {
-    let options = UpOptions { samples: args.samples, count: args.count, exit_when_done: args.exit_when_done };
+    let broker = if args.bootstrap.is_some() { UpBroker::Configured } else { UpBroker::Embedded };
+    let options = UpOptions { samples: args.samples, count: args.count, exit_when_done: args.exit_when_done, broker };
     vigil::up::run(settings, &options, shutdown).await?;
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use super::*;
+
+    fn up_broker(argv: &[&str]) -> UpBroker {
+        match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}")).command {
+            Command::Up(args) if args.bootstrap.is_some() => UpBroker::Configured,
+            Command::Up(_) => UpBroker::Embedded,
+            other => panic!("{argv:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn up_uses_a_cluster_only_when_bootstrap_is_given() {
+        assert_eq!(up_broker(&["vigil", "up"]), UpBroker::Embedded);
+        assert_eq!(up_broker(&["vigil", "--bootstrap", "h:1", "up"]), UpBroker::Configured);
+        assert_eq!(up_broker(&["vigil", "up", "--bootstrap", "h:1", "--count", "7"]), UpBroker::Configured);
+    }
 }
