@@ -6,26 +6,32 @@
 # Usage: scripts/kafka.sh COMMAND [OPTIONS]
 #   up [--brokers N] [--dir DIR]  formats and starts an N-node cluster (default 3), waits
 #                                 until its metadata lists all N brokers, then prints
-#                                 `bootstrap: 127.0.0.1:P1,127.0.0.1:P2,...` as the first
-#                                 line on stdout and leaves it running. On a running cluster
-#                                 it only prints that line; on one stopped with `down --keep`
-#                                 (or with some nodes killed) it starts the missing nodes.
-#                                 An explicit --brokers that differs from DIR's cluster fails.
+#                                 `bootstrap: 127.0.0.1:P1,127.0.0.1:P2,...` (PLAINTEXT) as the
+#                                 first line on stdout and `sasl-bootstrap: 127.0.0.1:S1,...`
+#                                 (SASL_PLAINTEXT: SCRAM-SHA-512 or PLAIN, user vigil, password
+#                                 vigil-secret) as the second, and leaves it running. On a
+#                                 running cluster it only prints those lines; on one stopped
+#                                 with `down --keep` (or with some nodes killed) it starts the
+#                                 missing nodes. An explicit --brokers that differs from DIR's
+#                                 cluster fails.
 #   kill ID [--dir DIR]           SIGKILL node ID (exit 1 when it is not running).
 #   start ID [--dir DIR]          starts node ID again (same ports, same data) and returns
 #                                 once it is back in the ISR of every partition it hosts.
 #   pid ID [--dir DIR]            prints node ID's process id (exit 1 when not running).
-#   status [--dir DIR]            one line per node on stdout; exit 1 unless all are running.
+#   status [--dir DIR]            one line per node, then the bootstrap lines, on stdout;
+#                                 exit 1 unless all are running.
 #   down [--keep] [--dir DIR]     SIGTERM every node, SIGKILL after 10 s (30 s with --keep);
 #                                 then removes the cluster's data and logs (the next `up`
 #                                 formats a new cluster on new ports), or with --keep leaves
 #                                 them for the next `up` to start again.
 #   tool CLASS [ARGS...]          runs a Kafka command-line class from the same jars, e.g.
-#                                 org.apache.kafka.tools.TopicCommand --bootstrap-server B --list
+#                                 org.apache.kafka.tools.TopicCommand --bootstrap-server B --list;
+#                                 CLASS may also be the name of Kafka's script for it:
+#                                 kafka-topics.sh, kafka-transactions.sh, kafka-configs.sh, ...
 #   -h, --help                    this text.
 # Node IDs are 1..N. DIR defaults to ${XDG_CACHE_HOME:-~/.cache}/vigil/kafka-cluster; it
 # holds cluster.env (ports, cluster id), node-ID.pid and node-ID/ (server.properties, data/,
-# logs/server.log). Only the bootstrap line goes to stdout; progress and errors go to stderr.
+# logs/server.log). Only the bootstrap lines go to stdout; progress and errors go to stderr.
 #
 # Needs Java 17+ (Debian: openjdk-17-jre-headless) and Maven (Debian: maven); the jars are
 # resolved once into ${XDG_CACHE_HOME:-~/.cache}/vigil/kafka/VERSION/libs (and ~/.m2).
@@ -45,6 +51,10 @@ timeout_s=${VIGIL_KAFKA_TIMEOUT:-90}
 heap=${VIGIL_KAFKA_HEAP:-384m}
 
 die() { say "error: $*"; exit 1; }
+
+# The SCRAM-SHA-512 user of the SASL_PLAINTEXT listener, created when the storage is
+# formatted. A test credential, not a secret: the cluster listens on 127.0.0.1 only.
+readonly SASL_USER=vigil SASL_PASSWORD=vigil-secret
 
 # --- The pinned version and its jars -------------------------------------------------------
 kafka_version() {
@@ -153,8 +163,8 @@ save_cluster() {
   {
     printf 'KAFKA_VERSION=%q\nCLUSTER_ID=%q\nBROKERS=%q\n' "$version" "$CLUSTER_ID" "$BROKERS"
     for i in $(seq 1 "$BROKERS"); do
-      printf 'BROKER_PORT_%d=%q\nCONTROLLER_PORT_%d=%q\nDIRECTORY_ID_%d=%q\n' \
-        "$i" "$(broker_port "$i")" "$i" "$(controller_port "$i")" "$i" "$(directory_id "$i")"
+      printf 'BROKER_PORT_%d=%q\nCONTROLLER_PORT_%d=%q\nSASL_PORT_%d=%q\nDIRECTORY_ID_%d=%q\n' \
+        "$i" "$(broker_port "$i")" "$i" "$(controller_port "$i")" "$i" "$(sasl_port "$i")" "$i" "$(directory_id "$i")"
     done
   } >"$(env_file).tmp"
   mv "$(env_file).tmp" "$(env_file)"
@@ -162,6 +172,8 @@ save_cluster() {
 
 broker_port() { local v="BROKER_PORT_$1"; echo "${!v}"; }
 controller_port() { local v="CONTROLLER_PORT_$1"; echo "${!v}"; }
+# Empty for a cluster formatted before the SASL listener existed (it has none).
+sasl_port() { local v="SASL_PORT_$1"; echo "${!v:-}"; }
 directory_id() { local v="DIRECTORY_ID_$1"; echo "${!v}"; }
 node_dir() { echo "$dir/node-$1"; }
 pid_file() { echo "$dir/node-$1.pid"; }
@@ -170,6 +182,24 @@ bootstrap_servers() {
   local i out=""
   for i in $(seq 1 "$BROKERS"); do out+="${out:+,}127.0.0.1:$(broker_port "$i")"; done
   echo "$out"
+}
+
+sasl_bootstrap_servers() {
+  local i out=""
+  [ -n "$(sasl_port 1)" ] || return 0
+  for i in $(seq 1 "$BROKERS"); do out+="${out:+,}127.0.0.1:$(sasl_port "$i")"; done
+  echo "$out"
+}
+
+# The stdout contract: `bootstrap: ...` first, then `sasl-bootstrap: ...` when the cluster
+# has that listener. One write, so that `| head -n 1` cannot break the script with SIGPIPE
+# between the two lines.
+print_bootstrap() {
+  local out sasl
+  out="bootstrap: $(bootstrap_servers)"
+  sasl=$(sasl_bootstrap_servers)
+  [ -z "$sasl" ] || out+=$'\n'"sasl-bootstrap: $sasl"
+  printf '%s\n' "$out"
 }
 
 # Prints node $1's pid when that process is alive and is this node's broker.
@@ -217,12 +247,20 @@ write_node_config() {
 process.roles=broker,controller
 node.id=$id
 controller.quorum.bootstrap.servers=$voters
-listeners=PLAINTEXT://127.0.0.1:$(broker_port "$id"),CONTROLLER://127.0.0.1:$(controller_port "$id")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(broker_port "$id"),CONTROLLER://127.0.0.1:$(controller_port "$id")
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$(broker_port "$id"),SASL://127.0.0.1:$(sasl_port "$id"),CONTROLLER://127.0.0.1:$(controller_port "$id")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(broker_port "$id"),SASL://127.0.0.1:$(sasl_port "$id"),CONTROLLER://127.0.0.1:$(controller_port "$id")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$(node_dir "$id")/data
+# Clients may also authenticate: SASL_PLAINTEXT on the SASL listener, SCRAM-SHA-512 (user
+# $SASL_USER, created at format time) or PLAIN (the same user and password, for clients
+# whose librdkafka was built without OpenSSL, which SCRAM needs). Brokers and controllers
+# talk PLAINTEXT among themselves; there is no authorizer, so an authenticated client may
+# do anything.
+listener.name.sasl.sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
 
 # --- As in production ---
 default.replication.factor=$(min 3 "$n")
@@ -303,7 +341,8 @@ format_storage() {
   for i in $(seq 1 "$BROKERS"); do
     if [ "$BROKERS" -eq 1 ]; then args=(--standalone); else args=(--initial-controllers "$quorum"); fi
     kafka_tool kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$(node_dir "$i")/server.properties" \
-      "${args[@]}" >"$(node_dir "$i")/logs/format.log" 2>&1 &
+      "${args[@]}" --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]" \
+      >"$(node_dir "$i")/logs/format.log" 2>&1 &
     pids+=($!)
   done
   for i in $(seq 1 "$BROKERS"); do
@@ -317,9 +356,10 @@ format_storage() {
 start_node() {
   local id=$1 nd pid
   nd=$(node_dir "$id")
-  if ! port_free "$(broker_port "$id")" || ! port_free "$(controller_port "$id")"; then
-    die "node $id's ports $(broker_port "$id")/$(controller_port "$id") are taken by another process"
-  fi
+  local port
+  for port in "$(broker_port "$id")" "$(controller_port "$id")" $(sasl_port "$id"); do
+    port_free "$port" || die "node $id's port $port is taken by another process"
+  done
   local launch=(nohup)
   command -v setsid >/dev/null 2>&1 && launch=(setsid nohup)
   # Kept small on purpose: a fixed heap and the serial collector; a node that runs out of
@@ -398,7 +438,7 @@ summary() {
   local i
   say "Apache Kafka $version, cluster $CLUSTER_ID, $BROKERS node(s) (broker+controller), data and logs in $dir"
   for i in $(seq 1 "$BROKERS"); do
-    say "  node $i: pid $(node_pid "$i" || echo -), broker 127.0.0.1:$(broker_port "$i"), controller 127.0.0.1:$(controller_port "$i"), log $(node_dir "$i")/logs/server.log"
+    say "  node $i: pid $(node_pid "$i" || echo -), broker 127.0.0.1:$(broker_port "$i")${SASL_PORT_1:+ (SASL 127.0.0.1:$(sasl_port "$i"))}, controller 127.0.0.1:$(controller_port "$i"), log $(node_dir "$i")/logs/server.log"
   done
 }
 
@@ -428,7 +468,7 @@ cmd_up() {
     if [ "$running" -eq "$BROKERS" ]; then
       [ -z "$want" ] || [ "$want" -eq "$BROKERS" ] ||
         die "$dir runs a $BROKERS-node cluster, not $want: scripts/kafka.sh down --dir $dir first, or another --dir"
-      echo "bootstrap: $(bootstrap_servers)"
+      print_bootstrap
       return 0
     fi
   fi
@@ -451,11 +491,12 @@ cmd_up() {
   else
     BROKERS=${want:-3}
     local ports
-    read -r -a ports <<<"$(pick_ports $((2 * BROKERS)))"
+    read -r -a ports <<<"$(pick_ports $((3 * BROKERS)))"
     CLUSTER_ID=$(kafka_uuid)
     for i in $(seq 1 "$BROKERS"); do
-      printf -v "BROKER_PORT_$i" '%s' "${ports[$((2 * i - 2))]}"
-      printf -v "CONTROLLER_PORT_$i" '%s' "${ports[$((2 * i - 1))]}"
+      printf -v "BROKER_PORT_$i" '%s' "${ports[$((3 * i - 3))]}"
+      printf -v "CONTROLLER_PORT_$i" '%s' "${ports[$((3 * i - 2))]}"
+      printf -v "SASL_PORT_$i" '%s' "${ports[$((3 * i - 1))]}"
       printf -v "DIRECTORY_ID_$i" '%s' "$(kafka_uuid)"
     done
     for i in $(seq 1 "$BROKERS"); do write_node_config "$i"; done
@@ -469,7 +510,7 @@ cmd_up() {
   for i in $(seq 1 "$BROKERS"); do wait_listening "$i" "$deadline"; done
   wait_registered "$(seq 1 "$BROKERS" | tr '\n' ' ')" "$deadline"
   summary
-  echo "bootstrap: $(bootstrap_servers)"
+  print_bootstrap
 }
 
 cmd_start() {
@@ -528,7 +569,7 @@ cmd_status() {
       all=1
     fi
   done
-  echo "bootstrap: $(bootstrap_servers)"
+  print_bootstrap
   return "$all"
 }
 
@@ -577,6 +618,24 @@ cmd_down() {
   fi
 }
 
+# Kafka's script names (bin/kafka-*.sh of the distribution) for the classes they run, so
+# that `tool kafka-topics.sh ...` works as in Kafka's own documentation.
+tool_class() {
+  case "$1" in
+    kafka-topics.sh) echo org.apache.kafka.tools.TopicCommand ;;
+    kafka-transactions.sh) echo org.apache.kafka.tools.TransactionsCommand ;;
+    kafka-configs.sh) echo kafka.admin.ConfigCommand ;;
+    kafka-consumer-groups.sh) echo org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
+    kafka-console-consumer.sh) echo org.apache.kafka.tools.consumer.ConsoleConsumer ;;
+    kafka-console-producer.sh) echo org.apache.kafka.tools.ConsoleProducer ;;
+    kafka-metadata-quorum.sh) echo org.apache.kafka.tools.MetadataQuorumCommand ;;
+    kafka-broker-api-versions.sh) echo org.apache.kafka.tools.BrokerApiVersionsCommand ;;
+    kafka-storage.sh) echo kafka.tools.StorageTool ;;
+    *.sh) die "no class known for $1: pass the class name (e.g. org.apache.kafka.tools.TopicCommand)" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 # --- Arguments -----------------------------------------------------------------------------
 command=${1:-}
 [ $# -gt 0 ] && shift
@@ -588,7 +647,9 @@ case "$command" in
     need_java
     need_libs
     write_tools_log_config
-    kafka_tool "$@"
+    class=$(tool_class "$1")
+    shift
+    kafka_tool "$class" "$@"
     exit
     ;;
 esac

@@ -16,6 +16,12 @@
 #                             skipped, with a message)
 #   VIGIL_TEST_BOOTSTRAP      host:port of a real Kafka; passed through to the tests
 #                             (without it they use the in-memory broker)
+#   VIGIL_TEST_SASL_BOOTSTRAP the SASL_PLAINTEXT listener of that cluster (the
+#                             `sasl-bootstrap:` line of scripts/kafka.sh up) for
+#                             tests/tests/sasl.rs (skipped without it)
+#   VIGIL_TEST_KAFKA_DIR      the --dir of that scripts/kafka.sh cluster. With it, a second
+#                             pass runs tests/tests/broker_faults.rs (kill -9 of nodes)
+#                             after everything else; the first pass hides it from them
 #   VIGIL_MODEL_DIR           where scripts/fetch-model.sh puts the weights
 set -euo pipefail
 
@@ -52,5 +58,24 @@ fi
 say "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 say "VIGIL_TEST_DATABASE_URL=${VIGIL_TEST_DATABASE_URL:-(unset: PostgreSQL test skipped)}"
 say "VIGIL_TEST_BOOTSTRAP=${VIGIL_TEST_BOOTSTRAP:-(unset: tests use the in-memory broker; real-Kafka-only tests skipped)}"
-say "running: cargo test --workspace --locked $*"
-exec cargo test --workspace --locked "$@"
+say "VIGIL_TEST_SASL_BOOTSTRAP=${VIGIL_TEST_SASL_BOOTSTRAP:-(unset: SASL tests skipped)}"
+if [ -z "${VIGIL_TEST_KAFKA_DIR:-}" ]; then
+  say "running: cargo test --workspace --locked $*"
+  exec cargo test --workspace --locked "$@"
+fi
+
+# The broker fault tests kill cluster nodes: they run last, so that a node catching up
+# after its restart cannot slow the other tests down. In the first pass they skip (no
+# VIGIL_TEST_KAFKA_DIR); the second runs only them, with the test binary's arguments
+# (those after --) of this call.
+say "running: cargo test --workspace --locked $* (broker fault tests in a second pass)"
+env -u VIGIL_TEST_KAFKA_DIR cargo test --workspace --locked "$@" || exit
+harness_args=()
+for ((i = 1; i <= $#; i++)); do
+  if [ "${!i}" = "--" ]; then
+    harness_args=("${@:i}")
+    break
+  fi
+done
+say "running: cargo test --workspace --locked --test broker_faults ${harness_args[*]} (VIGIL_TEST_KAFKA_DIR=$VIGIL_TEST_KAFKA_DIR)"
+exec cargo test --workspace --locked --test broker_faults "${harness_args[@]}"
