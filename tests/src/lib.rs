@@ -160,16 +160,18 @@ impl Proc {
         self.status.expect("waited")
     }
 
-    /// Waits for the process to exit by itself.
+    /// Waits for the process to exit by itself (`Duration::ZERO`: has it exited?).
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             if !self.is_running() {
                 return self.status;
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        None
     }
 
     /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the process.
