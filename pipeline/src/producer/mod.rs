@@ -5,6 +5,7 @@
 //!
 //! Library entry point: [`run`] (used by `vigil produce` and `vigil up`).
 
+mod backpressure;
 mod config;
 mod inputs;
 mod publish;
@@ -35,6 +36,8 @@ pub enum ProducerError {
     Client(KafkaError),
     #[error("cannot hand a frame to the Kafka producer: {0}")]
     Send(KafkaError),
+    #[error("the task that watches the in-memory broker's partitions did not complete: {0}")]
+    BackpressureTask(tokio::task::JoinError),
     #[error("cannot start the thread that reads the inputs: {0}")]
     SpawnReader(std::io::Error),
     #[error(transparent)]

@@ -10,8 +10,9 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::backpressure::{admits, record_bytes, Backpressure, BUDGET};
 use super::{FrameInput, ProducerError};
 use crate::codec::{now_us, Frame, ImageEncoding};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -78,6 +79,8 @@ impl ProduceSummary {
 
 struct InFlight {
     delivery: DeliveryFuture,
+    /// Partition and counted bytes, while the embedded broker's guard counts them.
+    held: Option<(i32, u64)>,
     frame_id: String,
     bytes: u64,
     unidentified: bool,
@@ -112,6 +115,22 @@ where
     }
     let producer: FutureProducer = client.create().map_err(ProducerError::Client)?;
     ensure_topics(&settings.kafka, &[&settings.kafka.topics.images]).await?;
+    let mut guard = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || Backpressure::for_embedded_broker(&settings))
+            .await
+            .map_err(ProducerError::BackpressureTask)??
+    };
+    if let Some(g) = &guard {
+        info!(
+            group = g.group_id(),
+            budget_mib = BUDGET / (1024 * 1024),
+            "the in-memory broker keeps 5 MiB per partition: frames wait while a partition holds more than the \
+             budget that the detector group has not committed past"
+        );
+    }
+    // Bytes this producer has in flight per partition (counted by the guard).
+    let mut pending: HashMap<i32, u64> = HashMap::new();
 
     let (tx, mut rx) = mpsc::channel::<Result<FrameInput, ProducerError>>(16);
     let iter = inputs.into_iter();
@@ -199,6 +218,19 @@ where
         );
         let headers = inject_context(&trace, OwnedHeaders::new());
         let mut record = FutureRecord::to(&topic).key(&frame.source).payload(&payload).headers(headers);
+        let mut held = None;
+        if let Some(g) = guard.as_ref() {
+            let partition = g.partition_of(frame.source.as_bytes());
+            let bytes = record_bytes(frame.source.len(), payload.len(), 0);
+            let room = Room { partition, bytes, shutdown: &shutdown };
+            if !wait_for_room(&mut guard, room, &mut in_flight, &mut summary, &progress, &mut pending).await? {
+                trace.span().end();
+                break;
+            }
+            record = record.partition(partition);
+            *pending.entry(partition).or_default() += bytes;
+            held = Some((partition, bytes));
+        }
         let delivery = loop {
             match try_enqueue(&producer, record) {
                 Ok(Enqueued::Sent(delivery)) => break Some(delivery),
@@ -206,7 +238,7 @@ where
                     // librdkafka's queue is full: settle the oldest delivery (or wait), then retry.
                     record = back;
                     match in_flight.pop_front() {
-                        Some(done) => settle(done, &mut summary, &progress).await,
+                        Some(done) => settle(done, &mut summary, &progress, &mut pending).await,
                         None => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
                 }
@@ -219,6 +251,9 @@ where
                         settings.kafka.max_message_bytes
                     );
                     warn!("{error}");
+                    if let Some((p, bytes)) = held {
+                        release(&mut pending, p, bytes);
+                    }
                     summary.failed += 1;
                     summary.first_error.get_or_insert(error);
                     break None;
@@ -232,6 +267,7 @@ where
         };
         in_flight.push_back(InFlight {
             delivery,
+            held,
             frame_id: frame.frame_id,
             bytes: frame.data.len() as u64,
             unidentified: encoding == ImageEncoding::Unknown,
@@ -239,12 +275,12 @@ where
         });
         while in_flight.len() >= max_in_flight {
             let done = in_flight.pop_front().expect("non-empty");
-            settle(done, &mut summary, &progress).await;
+            settle(done, &mut summary, &progress, &mut pending).await;
         }
     }
     drop(rx);
     while let Some(done) = in_flight.pop_front() {
-        settle(done, &mut summary, &progress).await;
+        settle(done, &mut summary, &progress, &mut pending).await;
     }
     // Every delivery is settled above; a flush error only concerns librdkafka's own requests.
     if let Err(e) = producer.flush(Duration::from_secs(10)) {
@@ -258,7 +294,73 @@ where
     Ok(summary)
 }
 
-async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &ProgressBar) {
+/// Where a frame goes and how much it counts, for [`wait_for_room`].
+struct Room<'a> {
+    partition: i32,
+    bytes: u64,
+    shutdown: &'a CancellationToken,
+}
+
+/// Waits until the embedded broker's partition has room for the frame (see
+/// `backpressure`), settling this producer's deliveries meanwhile (a delivered frame is
+/// then counted once, from the topic). `false` when `shutdown` fired first.
+async fn wait_for_room(
+    guard: &mut Option<Backpressure>,
+    room: Room<'_>,
+    in_flight: &mut VecDeque<InFlight>,
+    summary: &mut ProduceSummary,
+    progress: &ProgressBar,
+    pending: &mut HashMap<i32, u64>,
+) -> Result<bool, ProducerError> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        let Some(mut g) = guard.take() else { return Ok(true) };
+        let (g, unconsumed) = tokio::task::spawn_blocking(move || {
+            let unconsumed = g.unconsumed(room.partition);
+            (g, unconsumed)
+        })
+        .await
+        .map_err(ProducerError::BackpressureTask)?;
+        let group = g.group_id().to_string();
+        *guard = Some(g);
+        let in_flight_bytes = pending.get(&room.partition).copied().unwrap_or(0);
+        if unconsumed.is_some_and(|u| admits(u, in_flight_bytes, room.bytes)) {
+            return Ok(true);
+        }
+        if let Some(done) = in_flight.pop_front() {
+            settle(done, summary, progress, pending).await;
+            continue;
+        }
+        if !warned && started.elapsed() > Duration::from_secs(5) {
+            warned = true;
+            warn!(
+                partition = room.partition,
+                unconsumed_mib = unconsumed.map(|u| u as f64 / (1024.0 * 1024.0)),
+                %group,
+                "holding frames back: this partition of the in-memory broker would delete frames that detector \
+                 group {group} has not committed past (it keeps 5 MiB per partition). Start detectors; on this \
+                 broker they must run --delivery at-least-once (it does not store transactional offsets)"
+            );
+        }
+        tokio::select! {
+            biased;
+            _ = room.shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+fn release(pending: &mut HashMap<i32, u64>, partition: i32, bytes: u64) {
+    if let Some(held) = pending.get_mut(&partition) {
+        *held = held.saturating_sub(bytes);
+    }
+}
+
+async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &ProgressBar, pending: &mut HashMap<i32, u64>) {
+    if let Some((partition, bytes)) = done.held {
+        release(pending, partition, bytes);
+    }
     let span = done.trace.span();
     match done.delivery.await {
         Ok(Ok(delivery)) => {

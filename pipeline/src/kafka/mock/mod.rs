@@ -1,6 +1,8 @@
 //! The in-memory dev/test broker: librdkafka's mock cluster, driven through rdkafka's safe
 //! [`MockCluster`] (its gaps: no CreateTopics, transactional offsets not stored, no
-//! read_committed filtering; see docs/architecture.md, "Kafka for development and tests").
+//! read_committed filtering, partitions that delete their oldest records beyond 5 MiB, read
+//! or not, which the producer guards against in `producer/backpressure.rs`; see
+//! docs/architecture.md, "The in-memory broker (librdkafka's mock) and its gaps").
 //!
 //! [`DevBroker`] owns the cluster for as long as it lives (keep it alive for the process
 //! lifetime in `vigil broker` / `vigil up`), creates topics through the mock's own API,
