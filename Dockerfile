@@ -11,7 +11,7 @@
 
 # --- Rust build ---------------------------------------------------------------------------
 # rust:1-bookworm carries what the bundled C code needs (gcc, g++, make, pkg-config,
-# zlib headers).
+# zlib and OpenSSL headers: librdkafka is built with SSL for SASL/SCRAM).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -29,9 +29,9 @@ RUN fetch-model.sh /models && npm cache clean --force
 FROM debian:bookworm-slim
 # libvulkan1 + mesa-vulkan-drivers: the Vulkan loader and Mesa's drivers, including the
 # software rasteriser lavapipe, for the wgpu backend (a real GPU also needs its vendor's
-# Vulkan driver in the container).
+# Vulkan driver in the container). libssl3: librdkafka's SASL/SCRAM and TLS.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libvulkan1 mesa-vulkan-drivers \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 libvulkan1 mesa-vulkan-drivers \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /opt/vigil --no-create-home vigil \
  && install -d -o vigil -g vigil /opt/vigil

@@ -7,6 +7,7 @@
 #     sudo; otherwise it prints the apt-get command and carries on):
 #       make gcc g++ libc6-dev pkg-config zlib1g-dev  building librdkafka (rdkafka-sys) and
 #                                                     the other bundled C code
+#       libssl-dev                                    librdkafka's SASL/SCRAM and TLS
 #       libvulkan1 mesa-vulkan-drivers                the Vulkan loader and Mesa's software
 #                                                     Vulkan driver (lavapipe) for burn-wgpu
 #       postgresql (when the test database is local)  the sink test's PostgreSQL server
@@ -55,7 +56,7 @@ pg_local=0
 case "$pg_host" in 127.0.0.1 | localhost | ::1) pg_local=1 ;; esac
 
 # --- 1. Debian packages ------------------------------------------------------------------
-packages=(make gcc g++ libc6-dev pkg-config zlib1g-dev libvulkan1 mesa-vulkan-drivers)
+packages=(make gcc g++ libc6-dev pkg-config zlib1g-dev libssl-dev libvulkan1 mesa-vulkan-drivers)
 [ "$pg_local" = 0 ] || packages+=(postgresql)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
