@@ -46,7 +46,10 @@ fn verify_topics_exact(p: &Pipeline) -> Value {
 fn the_pipeline_runs_through_the_sasl_listener() {
     let Some(sasl) = sasl_or_skip() else { return };
     let _serial = serial();
-    assert!(vigil_tests::cluster::librdkafka_has_scram(), "this build's librdkafka lacks SCRAM (rdkafka's `ssl` feature)");
+    assert!(
+        vigil_tests::cluster::librdkafka_has_scram(),
+        "this build's librdkafka lacks SCRAM (rdkafka's `ssl` feature)"
+    );
     eprintln!("[sasl] {} as {} over {}", sasl.mechanism, sasl.username, sasl.bootstrap);
     let p = Pipeline::start(
         "sasl",
