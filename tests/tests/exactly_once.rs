@@ -65,6 +65,14 @@ fn wait_killed_at(detector: &mut Proc, point: &str) {
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{} died of SIGKILL at {point}", detector.label);
 }
 
+/// A fenced worker's way out: exit status 1 and a message that says why and what to do.
+fn assert_stopped_fenced(worker: &mut Proc) {
+    let status = worker.wait(Duration::ZERO).unwrap_or_else(|| panic!("{} is still running", worker.label));
+    let log = worker.stderr();
+    assert_eq!(status.code(), Some(1), "a fenced worker exits 1:\n{log}");
+    assert!(log.contains("this worker was fenced") && log.contains("--instance-id"), "says why and what to do:\n{log}");
+}
+
 /// kill -9 after the results were produced, after the offsets were sent, and during the
 /// commit; each time the worker restarts with the same instance id (which aborts the dead
 /// worker's open transaction at once) while a second worker keeps going.
@@ -146,9 +154,7 @@ fn a_frozen_zombie_is_fenced_and_stops() {
     let status = zombie
         .wait(Duration::from_secs(120))
         .unwrap_or_else(|| panic!("the thawed zombie did not stop:\n{}", zombie.stderr()));
-    let log = zombie.stderr();
-    assert_eq!(status.code(), Some(1), "a fenced worker exits 1:\n{log}");
-    assert!(log.contains("fenced"), "says it was fenced:\n{log}");
+    assert_stopped_fenced(&mut zombie);
     eprintln!("[zombie] frozen {:.0} s, then stopped: {status}", frozen.elapsed().as_secs_f64());
     p.wait_rows(frames, LONG, &mut [&mut sink, &mut other]);
     stop(&mut other);
@@ -175,9 +181,7 @@ fn two_workers_sharing_an_instance_id_one_stops() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (stopped, survivor) = if first.is_running() { (&mut second, &mut first) } else { (&mut first, &mut second) };
-    let log = stopped.stderr();
-    assert_eq!(stopped.wait(Duration::ZERO).and_then(|s| s.code()), Some(1), "a fenced worker exits 1:\n{log}");
-    assert!(log.contains("fenced") && log.contains("--instance-id"), "says why and what to do:\n{log}");
+    assert_stopped_fenced(stopped);
     p.wait_rows(frames, LONG, &mut [&mut sink, &mut *survivor]);
     stop(survivor);
     stop(&mut sink);
