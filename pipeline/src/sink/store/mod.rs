@@ -265,6 +265,17 @@ pub(crate) mod tests {
         // The same reject again is not stored twice.
         assert_eq!(store.write_batch(&again).unwrap().rejected, 0);
         assert_eq!(store.load_offsets(group, topic).unwrap(), HashMap::from([(0, 2), (1, 3)]));
+        // A stale batch (a member that lost the partition, stored late) never moves a stored
+        // offset backwards: the next owner already stored past it.
+        let stale = Batch {
+            group_id: group.into(),
+            topic: topic.into(),
+            rows: vec![],
+            rejects: vec![],
+            offsets: vec![PartitionOffset { partition: 1, next_offset: 1 }],
+        };
+        store.write_batch(&stale).unwrap();
+        assert_eq!(store.load_offsets(group, topic).unwrap(), HashMap::from([(0, 2), (1, 3)]), "offset went back");
         // Offsets are per group and topic.
         assert!(store.load_offsets("other", topic).unwrap().is_empty());
         assert!(store.load_offsets(group, "other").unwrap().is_empty());
