@@ -7,7 +7,9 @@
 //! `consumer_offsets(group_id, topic, partition) → next_offset` in the same
 //! transaction, so a crash at any point leaves rows and offsets consistent: on restart
 //! the sink seeks to the stored offsets and re-reads at most one uncommitted batch,
-//! whose rows are then skipped as duplicates.
+//! whose rows are then skipped as duplicates. The upsert keeps the larger offset: a batch
+//! stored late by a member that has since lost the partition must not move the next
+//! owner's position backwards (which would re-read, or after a reset skip, records).
 //!
 //! All calls block (database I/O; the `postgres` crate even runs its own runtime), so
 //! the sink calls them from a dedicated thread ([`super::db::DbWorker`]), never from the
@@ -129,8 +131,8 @@ pub(crate) trait Store: Send {
     fn kind(&self) -> &'static str;
 
     /// Writes a batch in ONE transaction: rows (idempotent on `frame_id`), rejects
-    /// (idempotent on topic/partition/offset) and the offsets upsert. Either all of it
-    /// is stored or none.
+    /// (idempotent on topic/partition/offset) and the offsets upsert, which never lowers a
+    /// stored offset. Either all of it is stored or none.
     fn write_batch(&mut self, batch: &Batch) -> Result<BatchOutcome, StoreError>;
 
     /// The stored next offsets of `group_id` for `topic`, by partition.

@@ -175,7 +175,8 @@ impl Store for PostgresStore {
                 "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at_us)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (group_id, topic, partition)
-                 DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at_us = EXCLUDED.updated_at_us",
+                 DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
+                    updated_at_us = EXCLUDED.updated_at_us",
             )
             .map_err(err("preparing the offset upsert"))?;
         for o in &batch.offsets {

@@ -186,7 +186,8 @@ impl Store for SqliteStore {
                     "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at_us)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (group_id, topic, partition)
-                     DO UPDATE SET next_offset = excluded.next_offset, updated_at_us = excluded.updated_at_us",
+                     DO UPDATE SET next_offset = MAX(consumer_offsets.next_offset, excluded.next_offset),
+                        updated_at_us = excluded.updated_at_us",
                 )
                 .map_err(err("preparing the offset upsert"))?;
             for o in &batch.offsets {
