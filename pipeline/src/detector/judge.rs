@@ -164,6 +164,10 @@ fn judge(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFr
         });
     }
     let frame = Frame::decode(bytes).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
+    #[cfg(test)]
+    if frame.frame_id == PANICKING_FRAME {
+        panic!("injected panic while judging frame {}", frame.frame_id);
+    }
     if let Some(message) = truncated_jpeg(&frame.data) {
         return Err(Verdict::DeadLetter { kind: kinds::CORRUPT_IMAGE, message });
     }
@@ -171,6 +175,11 @@ fn judge(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFr
         .map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
     Ok((frame, image))
 }
+
+/// Test-only: a frame with this id panics while it is judged, standing in for a bug in a
+/// decoder (no input that panics one of them is known).
+#[cfg(test)]
+pub(crate) const PANICKING_FRAME: &str = "panic-while-judging";
 
 /// After a failed batch: each frame alone, so one bad frame cannot sink the others.
 fn one_by_one(model: &mut dyn Detector, images: &[DecodedFrame]) -> Vec<Result<Vec<Detection>, String>> {
@@ -289,6 +298,22 @@ mod tests {
         let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
         assert_eq!(kinds, ["result", "inference_failed", "result"]);
         assert_eq!(model.calls, 4, "the batch, then each frame");
+    }
+
+    #[test]
+    fn a_panic_while_judging_a_frame_is_that_frames_dead_letter() {
+        let mut model = FakeModel { calls: 0 };
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
+            record(1, Some(frame_bytes(PANICKING_FRAME, png(8, 8, [0, 0, 255])))),
+            record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(kinds, ["result", "panic", "result"]);
+        let Verdict::DeadLetter { message, .. } = &out.verdicts[1] else { panic!() };
+        assert!(message.contains("injected panic while judging"), "{message}");
+        assert_eq!((out.inferred, model.calls), (2, 1));
     }
 
     #[test]

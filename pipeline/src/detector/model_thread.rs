@@ -129,6 +129,7 @@ pub(crate) fn preloaded(model: Box<dyn Detector>) -> impl FnOnce() -> Result<Box
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::judge::PANICKING_FRAME;
     use crate::detector::test_support::{frame_bytes, limits, png, record, FakeModel};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,5 +143,17 @@ mod tests {
 
         let err = ModelThread::start(|| Err(ModelError::Inference("no weights".into())), limits()).await.err().unwrap();
         assert!(err.to_string().contains("no weights"), "{err}");
+    }
+
+    /// A panic while judging one frame must not stop the thread: the restarted worker
+    /// would read the same record again and crash again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_a_panic_while_judging_a_frame() {
+        let thread = ModelThread::start(preloaded(Box::new(FakeModel { calls: 0 })), limits()).await.unwrap();
+        let poison = vec![record(0, Some(frame_bytes(PANICKING_FRAME, png(4, 4, [1, 2, 3]))))];
+        let processed = thread.submit(poison).unwrap().await.expect("the batch comes back");
+        assert!(matches!(processed.verdicts[0], Verdict::DeadLetter { kind: "panic", .. }));
+        let next = thread.submit(vec![record(1, Some(frame_bytes("b", png(4, 4, [1, 2, 3]))))]).unwrap();
+        assert!(matches!(next.await.expect("the thread still runs").verdicts[0], Verdict::Result { .. }));
     }
 }
