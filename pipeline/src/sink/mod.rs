@@ -23,6 +23,9 @@ mod db;
 mod error;
 pub(crate) mod store;
 
+#[cfg(test)]
+mod loop_tests;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
