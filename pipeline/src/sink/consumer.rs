@@ -8,8 +8,11 @@
 //! so that lag monitoring works; they are never read back.
 //!
 //! A batch is written and awaited before the next poll, so no database write is in
-//! flight while a rebalance callback runs: revocation needs no extra flushing, and a
-//! new assignment always sees every committed batch.
+//! flight while a rebalance callback runs, and a new assignment always sees every
+//! committed batch. Records read but not yet written when their partition is revoked
+//! belong to the next owner, which reads them again from the stored offset: the callback
+//! notes the revoked partitions ([`SinkContext::take_revoked`]) and the loop drops those
+//! records instead of storing them late.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,16 +35,30 @@ pub(super) struct SinkContext {
     /// Set when the stored offsets could not be read: the stage stops instead of reading
     /// from a wrong position.
     failure: Mutex<Option<String>>,
+    /// Partitions of our topic revoked since the loop last asked.
+    revoked: Mutex<Vec<i32>>,
 }
 
 impl SinkContext {
     pub(super) fn new(db: Arc<DbWorker>, group_id: &str, topic: &str) -> Self {
-        SinkContext { db, group_id: group_id.to_owned(), topic: topic.to_owned(), failure: Mutex::new(None) }
+        SinkContext {
+            db,
+            group_id: group_id.to_owned(),
+            topic: topic.to_owned(),
+            failure: Mutex::new(None),
+            revoked: Mutex::new(Vec::new()),
+        }
     }
 
     /// The reason the consumer cannot go on, if any.
     pub(super) fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The partitions revoked since the last call; the loop must not store what it read
+    /// from them.
+    pub(super) fn take_revoked(&self) -> Vec<i32> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Sets each of our topic's partitions in `tpl` to its stored offset (or the
@@ -105,6 +122,8 @@ impl ConsumerContext for SinkContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 debug!(partitions = tpl.count(), lost = base_consumer.assignment_lost(), "partitions revoked");
+                let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                self.revoked.lock().unwrap_or_else(|p| p.into_inner()).extend(partitions);
                 let result =
                     if cooperative { base_consumer.incremental_unassign(tpl) } else { base_consumer.unassign() };
                 if let Err(e) = result {

@@ -145,6 +145,7 @@ impl SinkLoop<'_> {
             if let Some(reason) = self.consumer.context().failure() {
                 return Err(SinkError::AssignOffsets(reason));
             }
+            self.drop_revoked();
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             if self.pending.len() >= max_batch || (due && !self.pending.is_empty()) {
                 self.flush(shutdown).await?;
@@ -157,6 +158,8 @@ impl SinkLoop<'_> {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
+                        // A revocation served in this poll came before this record.
+                        self.drop_revoked();
                         self.pending.push(self.read(&message));
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
                     }
@@ -172,6 +175,22 @@ impl SinkLoop<'_> {
             self.flush(shutdown).await?;
         }
         Ok(())
+    }
+
+    /// Forgets the records read from partitions revoked since the last call: their next
+    /// owner reads them again from the stored offset, and storing them late would write
+    /// for a partition this member no longer owns.
+    fn drop_revoked(&mut self) {
+        let revoked = self.consumer.context().take_revoked();
+        if revoked.is_empty() {
+            return;
+        }
+        let before = self.pending.len();
+        self.pending.retain(|p| !revoked.contains(&p.partition));
+        let dropped = before - self.pending.len();
+        if dropped > 0 {
+            info!(dropped, partitions = ?revoked, "partitions revoked; their unstored records are left to the next owner");
+        }
     }
 
     /// Turns a record into a row, or a reject when it does not decode.
@@ -201,6 +220,10 @@ impl SinkLoop<'_> {
     /// database errors until it works or shutdown), then commits the same offsets to
     /// Kafka for lag monitoring.
     async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
+        self.drop_revoked();
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let pending = std::mem::take(&mut self.pending);
         let mut next = NextOffsets::default();
         let mut batch = Batch { group_id: self.group_id.clone(), topic: self.topic.clone(), ..Batch::default() };
