@@ -1,8 +1,10 @@
 //! Judging a batch: every input record gets exactly one [`Verdict`], a result or a dead
 //! letter naming what was wrong with the input. Size, Avro and image checks run per
 //! record (in parallel: on a GPU, decoding a batch frame after frame takes longer than its
-//! inference), then one model call covers every frame that decoded.
+//! inference), then one model call covers every frame that decoded. A panic while
+//! judging a record is that record's dead letter, not the worker's end.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -12,6 +14,7 @@ use super::model_thread::{InputRecord, Processed};
 use super::DetectorConfig;
 use crate::codec::{now_us, DetectedObject, DetectionResult, Frame};
 use crate::model::{decode_image, DecodeLimits, DecodedFrame, Detection, Detector};
+use crate::thread_actor::panic_message;
 
 /// What becomes of one input record.
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub(crate) mod kinds {
     /// Same kind as [`crate::model::DecodeError::Corrupt`]: used for truncated JPEGs, which
     /// the decoder would otherwise fill with grey.
     pub(crate) const CORRUPT_IMAGE: &str = "corrupt_image";
+    /// Judging the record panicked: a bug (in a decoder, say) that this input triggers.
+    pub(crate) const PANIC: &str = "panic";
 }
 
 /// A JPEG whose last scan (SOS, `FF DA`) is not followed by an end-of-image marker
@@ -83,7 +88,7 @@ struct Ready {
 /// resizing a batch one frame after the other takes longer than its inference.
 pub(crate) fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limits: &InputLimits) -> Processed {
     let judged: Vec<Result<(Frame, DecodedFrame), Verdict>> =
-        records.par_iter().map(|record| judge(record, limits)).collect();
+        records.par_iter().map(|record| judge_or_dead_letter_panic(record, limits)).collect();
     let mut verdicts: Vec<Option<Verdict>> = vec![None; records.len()];
     let mut ready = Vec::with_capacity(records.len());
     for (index, outcome) in judged.into_iter().enumerate() {
@@ -148,6 +153,19 @@ pub(crate) fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limit
     }
     let verdicts = verdicts.into_iter().map(|v| v.expect("every record has a verdict")).collect();
     Processed { records, verdicts, inferred, inference_ms }
+}
+
+/// [`judge`], with a panic turned into the record's dead letter. Left to unwind, it would
+/// stop the model thread, and the restarted worker would read the same record and panic
+/// again: one bad input would stop its partition for good.
+fn judge_or_dead_letter_panic(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFrame), Verdict> {
+    // AssertUnwindSafe: `judge` only reads the record and the limits; whatever it built
+    // when it panicked is dropped.
+    catch_unwind(AssertUnwindSafe(|| judge(record, limits))).unwrap_or_else(|panic| {
+        let message = format!("panicked while decoding the frame: {}", panic_message(panic));
+        warn!(partition = record.partition, offset = record.offset, %message, "dead-lettering the record");
+        Err(Verdict::DeadLetter { kind: kinds::PANIC, message })
+    })
 }
 
 /// One record's frame and decoded image, or the dead letter it earns.
