@@ -334,6 +334,29 @@ mod tests {
         assert_eq!((out.inferred, model.calls), (2, 1));
     }
 
+    /// Valid but unusual images (see `model::unusual_images`) are results, never dead
+    /// letters.
+    #[test]
+    fn every_unusual_image_gets_a_result() {
+        let corpus = crate::model::unusual_images::corpus();
+        let names: Vec<&str> = corpus.iter().map(|(name, _)| name.as_str()).collect();
+        let records = corpus
+            .iter()
+            .enumerate()
+            .map(|(i, (name, bytes))| record(i as i64, Some(frame_bytes(name, bytes.clone()))));
+        let out = process(&mut FakeModel { calls: 0 }, records.collect(), &limits());
+        let refused: Vec<String> = names
+            .iter()
+            .zip(&out.verdicts)
+            .filter_map(|(name, verdict)| match verdict {
+                Verdict::Result { .. } => None,
+                Verdict::DeadLetter { kind, message } => Some(format!("{name}: {kind}: {message}")),
+            })
+            .collect();
+        assert!(refused.is_empty(), "{refused:#?}");
+        assert_eq!(out.inferred, corpus.len());
+    }
+
     #[test]
     fn decompression_bomb_is_dead_lettered() {
         let mut model = FakeModel { calls: 0 };

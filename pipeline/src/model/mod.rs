@@ -15,6 +15,8 @@ mod nanodet;
 mod network;
 mod postprocess;
 mod preprocess;
+#[cfg(test)]
+pub(crate) mod unusual_images;
 mod weights;
 
 pub use backend::{Backend, ResolvedBackend};
