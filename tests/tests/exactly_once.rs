@@ -267,7 +267,10 @@ fn every_group_protocol_hands_over_exactly_once() {
             "detector-2 ran with {scenario}:\n{}",
             second.stderr()
         );
-        assert!(summary_u64(&second, "rebalances") >= 2, "detector-2 saw the join and the leave");
+        // Who gives up what differs by protocol (KIP-848 may move only the leaver's and one
+        // other member's partitions): what must hold is that both hand-overs happened.
+        assert!(summary_u64(&first, "results") > 0, "detector-1 worked before it left ({scenario})");
+        assert!(summary_u64(&third, "results") > 0, "detector-3 got partitions and work ({scenario})");
         assert_exactly_once(&p, &scenario, frames, &[&first, &second, &third]);
     }
 }
