@@ -3,9 +3,11 @@
 //! is the in-memory broker where a rebalance matters, and an unreachable address where
 //! only the loop's bookkeeping does (the lag-monitoring commit then fails harmlessly).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::consumer::SinkContext;
 use super::db::DbWorker;
 use super::store::{self, StoreStats};
-use super::{SinkLoop, SinkSummary};
+use super::{to_row, Item, Pending, SinkLoop, SinkSummary};
 use crate::codec::DetectionResult;
 use crate::kafka::{client_config, consumer_config, DevBroker, KafkaConfig, TopicConfig};
 
@@ -39,9 +41,25 @@ pub(super) fn result(frame_id: &str, source: &str) -> DetectionResult {
     }
 }
 
+/// The record the sink would have read for `result` at `partition`/`offset`.
+fn pending(result: DetectionResult, partition: i32, offset: i64) -> Pending {
+    Pending {
+        partition,
+        offset,
+        item: Item::Row(to_row(&result, partition, offset), Box::new(result)),
+        trace: Context::new(),
+    }
+}
+
 /// A consumer of `topic` on `kafka` with the sink's context over `db`.
 fn consumer(kafka: &KafkaConfig, db: &Arc<DbWorker>, topic: &str) -> StreamConsumer<SinkContext> {
     consumer_config(kafka, GROUP, 6_000).create_with_context(SinkContext::new(db.clone(), GROUP, topic)).unwrap()
+}
+
+/// A consumer that never reaches a broker: for tests of the database side only.
+fn offline_consumer(db: &Arc<DbWorker>, topic: &str) -> StreamConsumer<SinkContext> {
+    let kafka = KafkaConfig { bootstrap_servers: "127.0.0.1:9".into(), ..KafkaConfig::default() };
+    consumer(&kafka, db, topic)
 }
 
 fn sink_loop<'a>(db: &'a DbWorker, consumer: &'a StreamConsumer<SinkContext>, topic: &str) -> SinkLoop<'a> {
@@ -56,10 +74,105 @@ fn sink_loop<'a>(db: &'a DbWorker, consumer: &'a StreamConsumer<SinkContext>, to
     }
 }
 
-/// Stats and offsets of the database at `url`, read through a connection of its own.
-fn stored(url: &str, topic: &str) -> (StoreStats, std::collections::HashMap<i32, i64>) {
-    let mut db = store::open(url).unwrap();
-    (db.stats().unwrap(), db.load_offsets(GROUP, topic).unwrap())
+/// Stats and offsets of the database at `url`, read through a connection of its own
+/// (off the runtime: the `postgres` crate runs one of its own).
+fn stored(url: &str, topic: &str) -> (StoreStats, HashMap<i32, i64>) {
+    tokio::task::block_in_place(|| {
+        let mut db = store::open(url).unwrap();
+        (db.stats().unwrap(), db.load_offsets(GROUP, topic).unwrap())
+    })
+}
+
+/// A fresh schema in the database named by `VIGIL_TEST_DATABASE_URL`, dropped with the
+/// value; `None`, with a message, when that is not set.
+pub(super) struct PgSchema {
+    admin: Option<postgres::Client>,
+    name: String,
+    /// A URL whose sessions use the schema.
+    pub(super) url: String,
+}
+
+impl PgSchema {
+    pub(super) fn create() -> Option<PgSchema> {
+        let Ok(base) = std::env::var("VIGIL_TEST_DATABASE_URL") else {
+            eprintln!("skipped: VIGIL_TEST_DATABASE_URL is not set (e.g. postgres://127.0.0.1:5432/test)");
+            return None;
+        };
+        tokio::task::block_in_place(|| {
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            let name = format!("vigil_sink_{suffix}");
+            let mut admin =
+                postgres::Client::connect(&base, postgres::NoTls).expect("connect to VIGIL_TEST_DATABASE_URL");
+            admin.batch_execute(&format!("CREATE SCHEMA {name}")).unwrap();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}options=-csearch_path%3D{name}");
+            Some(PgSchema { admin: Some(admin), name, url })
+        })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA {} CASCADE", self.name);
+        let Some(mut admin) = self.admin.take() else { return };
+        // Best effort: a leftover schema only costs space in a test database. The client
+        // drops here too, off the runtime.
+        tokio::task::block_in_place(move || admin.batch_execute(&sql).ok());
+    }
+}
+
+/// Flushes `results` (partition 0, offsets 0..) through a sink on `url` and checks that the
+/// `refused` ones went to `sink_rejects` while the others were stored, all offsets
+/// committed; then flushes them again (a redelivery) and checks nothing doubled.
+async fn refused_rows_become_rejects(url: &str, results: Vec<DetectionResult>, refused: u64) {
+    let topic = "detections";
+    let n = results.len() as u64;
+    let db = Arc::new(DbWorker::start(url).await.unwrap());
+    let consumer = offline_consumer(&db, topic);
+    let mut sink = sink_loop(&db, &consumer, topic);
+    for round in 0..2 {
+        sink.pending = results.iter().cloned().enumerate().map(|(i, r)| pending(r, 0, i as i64)).collect();
+        sink.flush(&CancellationToken::new()).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let (stats, offsets) = stored(url, topic);
+        assert_eq!((stats.rows, stats.rejects), (n - refused, refused), "round {round}");
+        assert_eq!(offsets, HashMap::from([(0, n as i64)]), "round {round}");
+    }
+    assert_eq!((sink.summary.inserted, sink.summary.rejected), (n - refused, refused));
+}
+
+/// A row SQLite refuses (here a trigger a DBA added; any constraint works the same) is set
+/// aside in `sink_rejects` with its batch's offsets instead of failing the batch forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_sqlite_refuses_go_to_sink_rejects() {
+    let url = sqlite_url("refused");
+    drop(DbWorker::start(&url).await.unwrap());
+    let path = url.strip_prefix("sqlite://").unwrap();
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON detections WHEN NEW.frame_id = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'frame refused'); END;",
+        )
+        .unwrap();
+    let results = vec![result("good-1", "cam"), result("bad", "cam"), result("good-2", "cam")];
+    refused_rows_become_rejects(&url, results, 1).await;
+}
+
+/// Valid frames PostgreSQL cannot store: U+0000 in an id or a source (TEXT refuses it,
+/// SQLSTATE 22021) and a source longer than a btree index entry may be (54000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_postgres_refuses_go_to_sink_rejects() {
+    let Some(schema) = PgSchema::create() else { return };
+    // Random hex does not compress below the index entry limit (about 2.7 kB).
+    let long_source: String = (0..300).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+    let results = vec![
+        result("good-1", "cam"),
+        result("bad\u{0}id", "cam"),
+        result("nul-source", "cam\u{0}"),
+        result("long-source", &long_source),
+        result("good-2", "cam"),
+    ];
+    refused_rows_become_rejects(&schema.url, results, 3).await;
 }
 
 /// A fresh SQLite file.
