@@ -5,10 +5,15 @@
 //! 1e-3 parity bound. The `image` crate still sniffs the format and checks the header
 //! against the limits before this runs. libjpeg treats damaged data as warnings and
 //! fills in grey; here every warning is fatal, so a truncated frame is refused.
+//!
+//! CMYK and YCCK JPEGs (print and scanning workflows, Photoshop) cannot be converted to
+//! RGB by libjpeg ("Unsupported color conversion request"): they are decoded to CMYK and
+//! converted here as Pillow converts them.
 
 use std::ffi::c_int;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
+use mozjpeg::ColorSpace;
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
 
 use super::DecodeError;
@@ -22,17 +27,37 @@ pub(super) fn decode_rgb(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), DecodeErro
         err.error_exit = Some(fail);
         err.emit_message = Some(warn_is_fatal);
         let decompress = mozjpeg::decompress::DecompressBuilder::new().with_err(err).from_mem(bytes)?;
-        let mut started = decompress.rgb()?;
+        let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
+        let mut started = decompress.to_colorspace(if cmyk { ColorSpace::JCS_CMYK } else { ColorSpace::JCS_RGB })?;
         let (width, height) = (started.width() as u32, started.height() as u32);
         let pixels = started.read_scanlines::<u8>()?;
         started.finish()?;
-        Ok((width, height, pixels))
+        Ok((width, height, if cmyk { adobe_cmyk_to_rgb(&pixels) } else { pixels }))
     }));
     match result {
         Ok(Ok(image)) => Ok(image),
         Ok(Err(e)) => Err(DecodeError::Corrupt(e.to_string())),
         Err(panic) => Err(DecodeError::Corrupt(panic_message(panic))),
     }
+}
+
+/// Packed CMYK as libjpeg returns it for CMYK and YCCK JPEGs, to packed RGB, exactly as
+/// Pillow (the reference) shows such a JPEG. Pillow reads every CMYK JPEG with Adobe's
+/// polarity, samples inverted (255 = no ink), whether or not an Adobe marker says so,
+/// since Photoshop writes them that way and so does Pillow; then its `cmyk2rgb` gives
+/// R = (255 − K) − C·(255 − K)/255, in its 8-bit fixed point (`MULDIV255`), likewise G
+/// from M and B from Y. No ICC profile is applied (Pillow does not either).
+fn adobe_cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let muldiv255 = |a: u8, b: u8| {
+        let t = u32::from(a) * u32::from(b) + 128;
+        (((t >> 8) + t) >> 8) as u8
+    };
+    cmyk.chunks_exact(4)
+        .flat_map(|px| {
+            let not_black = px[3]; // stored inverted: 255 − K
+            [px[0], px[1], px[2]].map(|stored| not_black.saturating_sub(muldiv255(255 - stored, not_black)))
+        })
+        .collect()
 }
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
@@ -68,5 +93,26 @@ extern "C-unwind" fn fail(cinfo: &mut jpeg_common_struct) {
 extern "C-unwind" fn warn_is_fatal(cinfo: &mut jpeg_common_struct, level: c_int) {
     if level < 0 {
         resume_unwind(Box::new(message(cinfo)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmyk_converts_as_pillow_does() {
+        // Pillow 13: Image.new("CMYK", (4, 1)) with these pixels, .convert("RGB"); stored
+        // in a JPEG, each sample is inverted.
+        let pillow = [
+            ([0, 0, 0, 0], [255, 255, 255]),
+            ([255, 0, 0, 0], [0, 255, 255]),
+            ([100, 50, 200, 128], [77, 102, 27]),
+            ([10, 20, 30, 255], [0, 0, 0]),
+        ];
+        for (cmyk, rgb) in pillow {
+            let stored: Vec<u8> = cmyk.iter().map(|v| 255 - v).collect();
+            assert_eq!(adobe_cmyk_to_rgb(&stored), rgb, "CMYK {cmyk:?}");
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! Bytes → model input: decode under explicit limits, RGB8, resize to 416×416, /255, CHW.
+//! Bytes → model input: decode under explicit limits, RGB8 as displayed (EXIF orientation
+//! applied), resize to 416×416, /255, CHW.
 
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use serde::{Deserialize, Serialize};
 
 use super::DecodeError;
@@ -49,6 +51,12 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedFrame,
 
 /// Decodes to RGB8, checking the header's dimensions against `limits` first. JPEG
 /// pixels come from libjpeg-turbo (see `jpeg.rs`), other formats from the `image` crate.
+///
+/// The image is returned as it is displayed: an EXIF orientation (phones store portrait
+/// photos as landscape pixels plus a tag) is applied, so the model sees people upright
+/// and boxes are in the coordinates of the image a viewer shows. The reference decodes
+/// with Pillow's `Image.open`, which ignores the tag; parity is only defined for frames
+/// without one. A malformed EXIF block is ignored rather than the frame refused.
 pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
@@ -58,7 +66,8 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImag
     let Some(format) = reader.format() else {
         return Err(DecodeError::UnknownFormat);
     };
-    let (width, height) = reader.into_dimensions().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if width > limits.max_dimension_px || height > limits.max_dimension_px || pixels > limits.max_pixels {
         return Err(DecodeError::TooLarge {
@@ -69,22 +78,24 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImag
             max_dimension_px: limits.max_dimension_px,
         });
     }
-    if format == ImageFormat::Jpeg {
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = if format == ImageFormat::Jpeg {
         let (w, h, pixels) = super::jpeg::decode_rgb(bytes)?;
-        return image::RgbImage::from_raw(w, h, pixels)
-            .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short image".into()));
-    }
-    let mut reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    let mut image_limits = Limits::default();
-    image_limits.max_image_width = Some(limits.max_dimension_px);
-    image_limits.max_image_height = Some(limits.max_dimension_px);
-    image_limits.max_alloc = Some(limits.max_alloc_bytes);
-    reader.limits(image_limits);
-    let image = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => DecodeError::Corrupt(format!("decoder limit reached: {l}")),
-        other => DecodeError::Corrupt(other.to_string()),
-    })?;
+        DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(w, h, pixels)
+                .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short image".into()))?,
+        )
+    } else {
+        let mut image_limits = Limits::default();
+        image_limits.max_image_width = Some(limits.max_dimension_px);
+        image_limits.max_image_height = Some(limits.max_dimension_px);
+        image_limits.max_alloc = Some(limits.max_alloc_bytes);
+        decoder.set_limits(image_limits).and_then(|()| DynamicImage::from_decoder(decoder)).map_err(|e| match e {
+            image::ImageError::Limits(l) => DecodeError::Corrupt(format!("decoder limit reached: {l}")),
+            other => DecodeError::Corrupt(other.to_string()),
+        })?
+    };
+    image.apply_orientation(orientation);
     Ok(image.into_rgb8())
 }
 
