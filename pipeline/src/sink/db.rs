@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::error::StoreError;
-use super::store::{self, Batch, BatchOutcome, Store};
+use super::store::{self, Batch, BatchOutcome, DetectionRow, Store};
 use crate::thread_actor::{StartError, ThreadActor};
 
 /// Handle to the database thread. Dropping it stops the thread after the commands
@@ -45,6 +45,14 @@ impl DbWorker {
     pub(crate) async fn write(&self, batch: Batch) -> Result<BatchOutcome, StoreError> {
         self.actor
             .run(move |store: &mut Box<dyn Store>| store.write_batch(&batch))
+            .await
+            .map_err(|_| StoreError::WorkerGone)?
+    }
+
+    /// The rows the database refuses, by index, with the reason (nothing is stored).
+    pub(crate) async fn refused_rows(&self, rows: Vec<DetectionRow>) -> Result<Vec<(usize, String)>, StoreError> {
+        self.actor
+            .run(move |store: &mut Box<dyn Store>| store.refused_rows(&rows))
             .await
             .map_err(|_| StoreError::WorkerGone)?
     }

@@ -11,7 +11,7 @@ pub enum StoreError {
     Sqlite { context: &'static str, cause: rusqlite::Error },
     #[error("cannot connect to PostgreSQL: {cause}; check the URL, that the server runs and accepts this user")]
     PostgresConnect { cause: postgres::Error },
-    #[error("PostgreSQL error while {context}: {cause}")]
+    #[error("PostgreSQL error while {context}: {}", postgres_reason(.cause))]
     Postgres { context: &'static str, cause: postgres::Error },
     #[error("database schema is at version {found}, newer than this binary knows ({known}); upgrade vigil")]
     SchemaTooNew { found: i64, known: i64 },
@@ -34,6 +34,38 @@ impl StoreError {
             StoreError::PostgresConnect { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the database refused the data of a row (a value it cannot hold, a
+    /// constraint, a size limit) rather than failing as a whole: SQLite's constraint,
+    /// too-big and type-mismatch errors, PostgreSQL's SQLSTATE classes 22 (data
+    /// exception), 23 (integrity constraint) and 54 (program limit, e.g. an index entry
+    /// too large). Retrying such a row fails the same way every time, so the sink sets it
+    /// aside instead.
+    pub fn is_row_refused(&self) -> bool {
+        match self {
+            StoreError::Sqlite { cause, .. } => matches!(
+                cause.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::ConstraintViolation
+                        | rusqlite::ErrorCode::TooBig
+                        | rusqlite::ErrorCode::TypeMismatch
+                )
+            ),
+            StoreError::Postgres { cause, .. } => {
+                cause.code().is_some_and(|c| matches!(c.code().get(..2), Some("22" | "23" | "54")))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A PostgreSQL error with the server's message and SQLSTATE (the `postgres` crate's own
+/// text for a server error is just "db error").
+fn postgres_reason(cause: &postgres::Error) -> String {
+    match cause.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => cause.to_string(),
     }
 }
 

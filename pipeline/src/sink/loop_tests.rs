@@ -46,7 +46,11 @@ fn pending(result: DetectionResult, partition: i32, offset: i64) -> Pending {
     Pending {
         partition,
         offset,
-        item: Item::Row(to_row(&result, partition, offset), Box::new(result)),
+        item: Item::Row {
+            row: to_row(&result, partition, offset),
+            payload: result.encode().unwrap(),
+            result: Box::new(result),
+        },
         trace: Context::new(),
     }
 }

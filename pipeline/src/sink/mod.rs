@@ -3,7 +3,8 @@
 //!
 //! Exactly-once into the database, whatever the broker does:
 //! - every batch is ONE database transaction: rows (`ON CONFLICT (frame_id) DO
-//!   NOTHING`), undecodable records (`sink_rejects`) and
+//!   NOTHING`), undecodable records and rows the database refuses (`sink_rejects`,
+//!   `write::store`) and
 //!   `consumer_offsets(group, topic, partition) → next_offset`;
 //! - on assignment the consumer starts at the stored offsets (`consumer::SinkContext`),
 //!   so a sink killed at any point re-reads at most its uncommitted batch;
@@ -22,6 +23,7 @@ mod consumer;
 mod db;
 mod error;
 pub(crate) mod store;
+mod write;
 
 #[cfg(test)]
 mod loop_tests;
@@ -35,7 +37,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::SinkConfig;
 pub use error::{SinkError, StoreError};
@@ -43,14 +45,11 @@ pub use error::{SinkError, StoreError};
 use self::consumer::SinkContext;
 use self::db::DbWorker;
 use self::store::{Batch, DetectionRow, PartitionOffset, RejectRow};
-use crate::backoff::Backoff;
+use self::write::Outgoing;
 use crate::codec::{DetectedObject, DetectionResult};
 use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass, NextOffsets};
 use crate::settings::Settings;
 use crate::telemetry::{extract_context, spans, start_process_span};
-
-/// Wait before retrying a failed database write: 0.2 s doubling to 6.4 s.
-const DB_RETRY: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_millis(6400) };
 
 /// What a sink run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,7 +60,7 @@ pub struct SinkSummary {
     pub inserted: u64,
     /// Results skipped because their frame was already stored.
     pub duplicates: u64,
-    /// Undecodable records stored in `sink_rejects`.
+    /// Records stored in `sink_rejects`: undecodable, or refused by the database.
     pub rejected: u64,
 }
 
@@ -119,7 +118,13 @@ struct Pending {
 }
 
 enum Item {
-    Row(DetectionRow, Box<DetectionResult>),
+    /// A decoded result, with the record's bytes for `sink_rejects` should the database
+    /// refuse the row.
+    Row {
+        row: DetectionRow,
+        result: Box<DetectionResult>,
+        payload: Vec<u8>,
+    },
     Reject(RejectRow),
 }
 
@@ -200,7 +205,11 @@ impl SinkLoop<'_> {
         let trace = extract_context(message.headers());
         let payload = message.payload().unwrap_or_default();
         let item = match DetectionResult::decode(payload) {
-            Ok(result) => Item::Row(to_row(&result, partition, offset), Box::new(result)),
+            Ok(result) => Item::Row {
+                row: to_row(&result, partition, offset),
+                result: Box::new(result),
+                payload: payload.to_vec(),
+            },
             Err(e) => {
                 warn!(partition, offset, kind = e.kind(), error = %e, "undecodable result; storing it in sink_rejects");
                 Item::Reject(RejectRow {
@@ -226,46 +235,28 @@ impl SinkLoop<'_> {
         }
         let pending = std::mem::take(&mut self.pending);
         let mut next = NextOffsets::default();
-        let mut batch = Batch { group_id: self.group_id.clone(), topic: self.topic.clone(), ..Batch::default() };
-        let mut results = Vec::new();
+        let mut outgoing =
+            Outgoing::new(Batch { group_id: self.group_id.clone(), topic: self.topic.clone(), ..Batch::default() });
         let mut traces = Vec::with_capacity(pending.len());
         for p in pending {
             next.record(p.partition, p.offset);
             traces.push((p.trace, p.partition, p.offset));
             match p.item {
-                Item::Row(row, result) => {
-                    batch.rows.push(row);
-                    results.push(result);
-                }
-                Item::Reject(reject) => batch.rejects.push(reject),
+                Item::Row { row, result, payload } => outgoing.push_row(row, result, payload),
+                Item::Reject(reject) => outgoing.batch.rejects.push(reject),
             }
         }
-        batch.offsets =
+        outgoing.batch.offsets =
             next.iter().map(|(partition, next_offset)| PartitionOffset { partition, next_offset }).collect();
 
         let started = Instant::now();
-        let mut attempt = 0u32;
-        let outcome = loop {
-            match self.db.write(batch.clone()).await {
-                Ok(outcome) => break outcome,
-                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                    attempt += 1;
-                    let backoff = DB_RETRY.delay(attempt);
-                    warn!(attempt, error = %e, ?backoff, "database write failed; retrying the batch");
-                    tokio::time::sleep(backoff).await;
-                }
-                Err(e) => {
-                    error!(error = %e, "database write failed; the batch will be read again after a restart");
-                    return Err(e.into());
-                }
-            }
-        };
+        let outcome = write::store(self.db, &mut outgoing, shutdown).await?;
         self.summary.batches += 1;
         self.summary.inserted += outcome.inserted;
         self.summary.duplicates += outcome.duplicates;
         self.summary.rejected += outcome.rejected;
         debug!(
-            rows = batch.rows.len(),
+            rows = outgoing.batch.rows.len(),
             inserted = outcome.inserted,
             duplicates = outcome.duplicates,
             rejected = outcome.rejected,
@@ -288,7 +279,7 @@ impl SinkLoop<'_> {
         }
 
         if let Some(observer) = &self.observer {
-            for result in results {
+            for result in outgoing.into_results() {
                 // Full or gone: the observer misses a line, the sink never waits for it.
                 if observer.try_send(*result).is_err() {
                     debug!("observer not keeping up; result not shown");

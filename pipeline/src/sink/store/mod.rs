@@ -135,6 +135,11 @@ pub(crate) trait Store: Send {
     /// stored offset. Either all of it is stored or none.
     fn write_batch(&mut self, batch: &Batch) -> Result<BatchOutcome, StoreError>;
 
+    /// The rows of `rows` the database refuses, by index, each with the reason: every row
+    /// is tried in a transaction that is then rolled back, so nothing is stored. Called
+    /// only after a batch failed on a refused row, to set that row aside.
+    fn refused_rows(&mut self, rows: &[DetectionRow]) -> Result<Vec<(usize, String)>, StoreError>;
+
     /// The stored next offsets of `group_id` for `topic`, by partition.
     fn load_offsets(&mut self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError>;
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use postgres::{Client, NoTls};
 
-use super::{Batch, BatchOutcome, Store, StoreStats};
+use super::{Batch, BatchOutcome, DetectionRow, Store, StoreStats};
 use crate::codec::now_us;
 use crate::sink::error::StoreError;
 
@@ -60,6 +60,46 @@ const MIGRATIONS: &[&str] = &[
 
 /// Arbitrary constant key for `pg_advisory_xact_lock` around migrations.
 const MIGRATION_LOCK_KEY: i64 = 0x5649_4749_4c00_0001; // "VIGIL\0\0\x01"
+
+/// Inserts one detection row; `$18` is the time it is stored.
+const INSERT_ROW: &str = "INSERT INTO detections (frame_id, source, seq, captured_at_us, width, height, model_name,
+        model_version, detection_count, detections, processed_at_us, batch_size, inference_us,
+        source_partition, source_offset, result_partition, result_offset, stored_at_us)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10::TEXT AS JSONB), $11, $12, $13, $14, $15, $16, $17, $18)
+     ON CONFLICT (frame_id) DO NOTHING";
+
+/// Runs [`INSERT_ROW`] (prepared as `insert`) for `r`: 1 when stored, 0 when its frame
+/// already was.
+fn insert_row(
+    tx: &mut postgres::Transaction<'_>,
+    insert: &postgres::Statement,
+    r: &DetectionRow,
+    now: i64,
+) -> Result<u64, postgres::Error> {
+    tx.execute(
+        insert,
+        &[
+            &r.frame_id,
+            &r.source,
+            &r.seq,
+            &r.captured_at_us,
+            &r.width,
+            &r.height,
+            &r.model_name,
+            &r.model_version,
+            &r.detection_count,
+            &r.detections_json,
+            &r.processed_at_us,
+            &r.batch_size,
+            &r.inference_us,
+            &r.source_partition,
+            &r.source_offset,
+            &r.result_partition,
+            &r.result_offset,
+            &now,
+        ],
+    )
+}
 
 /// A PostgreSQL database.
 pub(crate) struct PostgresStore {
@@ -116,42 +156,9 @@ impl Store for PostgresStore {
         let now = now_us();
         let mut tx = self.client.transaction().map_err(err("starting a batch transaction"))?;
         let mut out = BatchOutcome::default();
-        let insert = tx
-            .prepare(
-                "INSERT INTO detections (frame_id, source, seq, captured_at_us, width, height, model_name,
-                    model_version, detection_count, detections, processed_at_us, batch_size, inference_us,
-                    source_partition, source_offset, result_partition, result_offset, stored_at_us)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10::TEXT AS JSONB), $11, $12, $13, $14, $15, $16, $17, $18)
-                 ON CONFLICT (frame_id) DO NOTHING",
-            )
-            .map_err(err("preparing the row insert"))?;
+        let insert = tx.prepare(INSERT_ROW).map_err(err("preparing the row insert"))?;
         for r in &batch.rows {
-            let n = tx
-                .execute(
-                    &insert,
-                    &[
-                        &r.frame_id,
-                        &r.source,
-                        &r.seq,
-                        &r.captured_at_us,
-                        &r.width,
-                        &r.height,
-                        &r.model_name,
-                        &r.model_version,
-                        &r.detection_count,
-                        &r.detections_json,
-                        &r.processed_at_us,
-                        &r.batch_size,
-                        &r.inference_us,
-                        &r.source_partition,
-                        &r.source_offset,
-                        &r.result_partition,
-                        &r.result_offset,
-                        &now,
-                    ],
-                )
-                .map_err(err("inserting a detection row"))?;
-            if n == 1 {
+            if insert_row(&mut tx, &insert, r, now).map_err(err("inserting a detection row"))? == 1 {
                 out.inserted += 1;
             } else {
                 out.duplicates += 1;
@@ -185,6 +192,30 @@ impl Store for PostgresStore {
         }
         tx.commit().map_err(err("committing a batch"))?;
         Ok(out)
+    }
+
+    fn refused_rows(&mut self, rows: &[DetectionRow]) -> Result<Vec<(usize, String)>, StoreError> {
+        let now = now_us();
+        // Dropped without commit: rolled back, savepoints and all.
+        let mut tx = self.client.transaction().map_err(err("starting a probe transaction"))?;
+        let insert = tx.prepare(INSERT_ROW).map_err(err("preparing the row insert"))?;
+        let mut refused = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            // A failed statement aborts a PostgreSQL transaction: each row gets a savepoint
+            // (rolled back when dropped), so the rows after a refused one are still tried.
+            let mut row_tx = tx.transaction().map_err(err("starting a savepoint"))?;
+            match insert_row(&mut row_tx, &insert, r, now) {
+                Ok(_) => row_tx.commit().map_err(err("releasing a savepoint"))?,
+                Err(cause) => {
+                    let e = StoreError::Postgres { context: "inserting a detection row", cause };
+                    if !e.is_row_refused() {
+                        return Err(e);
+                    }
+                    refused.push((i, e.to_string()));
+                }
+            }
+        }
+        Ok(refused)
     }
 
     fn load_offsets(&mut self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {

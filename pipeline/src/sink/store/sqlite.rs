@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Batch, BatchOutcome, Store, StoreStats};
+use super::{Batch, BatchOutcome, DetectionRow, Store, StoreStats};
 use crate::codec::now_us;
 use crate::sink::error::StoreError;
 
@@ -60,6 +60,37 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
 ];
+
+/// Inserts one detection row; `?18` is the time it is stored.
+const INSERT_ROW: &str = "INSERT INTO detections (frame_id, source, seq, captured_at_us, width, height, model_name,
+        model_version, detection_count, detections, processed_at_us, batch_size, inference_us,
+        source_partition, source_offset, result_partition, result_offset, stored_at_us)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+     ON CONFLICT (frame_id) DO NOTHING";
+
+/// Runs [`INSERT_ROW`] for `r`: 1 when stored, 0 when its frame already was.
+fn insert_row(insert: &mut rusqlite::CachedStatement<'_>, r: &DetectionRow, now: i64) -> rusqlite::Result<usize> {
+    insert.execute(params![
+        r.frame_id,
+        r.source,
+        r.seq,
+        r.captured_at_us,
+        r.width,
+        r.height,
+        r.model_name,
+        r.model_version,
+        r.detection_count,
+        r.detections_json,
+        r.processed_at_us,
+        r.batch_size,
+        r.inference_us,
+        r.source_partition,
+        r.source_offset,
+        r.result_partition,
+        r.result_offset,
+        now
+    ])
+}
 
 /// A SQLite database file.
 pub(crate) struct SqliteStore {
@@ -132,39 +163,9 @@ impl Store for SqliteStore {
             .map_err(err("starting a batch transaction"))?;
         let mut out = BatchOutcome::default();
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO detections (frame_id, source, seq, captured_at_us, width, height, model_name,
-                        model_version, detection_count, detections, processed_at_us, batch_size, inference_us,
-                        source_partition, source_offset, result_partition, result_offset, stored_at_us)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
-                     ON CONFLICT (frame_id) DO NOTHING",
-                )
-                .map_err(err("preparing the row insert"))?;
+            let mut insert = tx.prepare_cached(INSERT_ROW).map_err(err("preparing the row insert"))?;
             for r in &batch.rows {
-                let n = insert
-                    .execute(params![
-                        r.frame_id,
-                        r.source,
-                        r.seq,
-                        r.captured_at_us,
-                        r.width,
-                        r.height,
-                        r.model_name,
-                        r.model_version,
-                        r.detection_count,
-                        r.detections_json,
-                        r.processed_at_us,
-                        r.batch_size,
-                        r.inference_us,
-                        r.source_partition,
-                        r.source_offset,
-                        r.result_partition,
-                        r.result_offset,
-                        now
-                    ])
-                    .map_err(err("inserting a detection row"))?;
-                if n == 1 {
+                if insert_row(&mut insert, r, now).map_err(err("inserting a detection row"))? == 1 {
                     out.inserted += 1;
                 } else {
                     out.duplicates += 1;
@@ -198,6 +199,25 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(err("committing a batch"))?;
         Ok(out)
+    }
+
+    fn refused_rows(&mut self, rows: &[DetectionRow]) -> Result<Vec<(usize, String)>, StoreError> {
+        let now = now_us();
+        // Dropped without commit: rolled back. A failed insert undoes only itself (SQLite
+        // statements are atomic), so the rows after it are tried as in a real batch.
+        let tx = self.conn.transaction().map_err(err("starting a probe transaction"))?;
+        let mut insert = tx.prepare_cached(INSERT_ROW).map_err(err("preparing the row insert"))?;
+        let mut refused = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            if let Err(cause) = insert_row(&mut insert, r, now) {
+                let e = StoreError::Sqlite { context: "inserting a detection row", cause };
+                if !e.is_row_refused() {
+                    return Err(e);
+                }
+                refused.push((i, e.to_string()));
+            }
+        }
+        Ok(refused)
     }
 
     fn load_offsets(&mut self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {

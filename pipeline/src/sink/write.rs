@@ -1,0 +1,109 @@
+//! Storing one batch: the database transaction, retried while the failure is transient,
+//! and the reject path for rows the database refuses.
+//!
+//! A row the database will never take (U+0000 in a TEXT column, a value past an index
+//! entry limit, a constraint) fails its whole batch the same way on every retry and every
+//! restart. So when a batch fails on a refused row, the rows are tried one by one (nothing
+//! stored), the refused ones move to `sink_rejects` with the reason and their record bytes,
+//! and the batch is written again: the partition keeps moving, nothing is lost silently.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::db::DbWorker;
+use super::store::{Batch, BatchOutcome, DetectionRow, RejectRow};
+use super::SinkError;
+use crate::backoff::Backoff;
+use crate::codec::DetectionResult;
+
+/// Wait before retrying a failed database write: 0.2 s doubling to 6.4 s.
+const DB_RETRY: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_millis(6400) };
+
+/// `sink_rejects.kind` of a row the database refused.
+pub(super) const DB_REFUSED: &str = "db_refused";
+
+/// A batch on its way to the database, with what the loop keeps for each of its rows.
+#[derive(Default)]
+pub(super) struct Outgoing {
+    pub(super) batch: Batch,
+    /// For each row of `batch.rows`, in order: the decoded result (for the observer) and
+    /// the record's bytes (for a reject).
+    extras: Vec<(Box<DetectionResult>, Vec<u8>)>,
+}
+
+impl Outgoing {
+    pub(super) fn new(batch: Batch) -> Self {
+        Outgoing { batch, extras: Vec::new() }
+    }
+
+    pub(super) fn push_row(&mut self, row: DetectionRow, result: Box<DetectionResult>, payload: Vec<u8>) {
+        self.batch.rows.push(row);
+        self.extras.push((result, payload));
+    }
+
+    /// The results of the rows still in the batch.
+    pub(super) fn into_results(self) -> impl Iterator<Item = Box<DetectionResult>> {
+        self.extras.into_iter().map(|(result, _)| result)
+    }
+
+    /// Moves the rows at the `refused` indexes into the batch's rejects, with their reasons.
+    fn set_aside(&mut self, mut refused: Vec<(usize, String)>) {
+        refused.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
+        for (index, reason) in refused {
+            let row = self.batch.rows.remove(index);
+            let (_, payload) = self.extras.remove(index);
+            warn!(
+                partition = row.result_partition,
+                offset = row.result_offset,
+                frame_id = %row.frame_id.escape_debug(),
+                %reason,
+                "the database refuses this result; storing it in sink_rejects"
+            );
+            self.batch.rejects.push(RejectRow {
+                topic: self.batch.topic.clone(),
+                partition: row.result_partition,
+                offset: row.result_offset,
+                kind: DB_REFUSED.into(),
+                message: reason,
+                payload,
+            });
+        }
+    }
+}
+
+/// Writes `outgoing` in one database transaction. Transient failures are retried with
+/// backoff until shutdown; a failure caused by refused rows sets them aside and writes
+/// the rest (each round removes at least one row, so this ends).
+pub(super) async fn store(
+    db: &DbWorker,
+    outgoing: &mut Outgoing,
+    shutdown: &CancellationToken,
+) -> Result<BatchOutcome, SinkError> {
+    let mut attempt = 0u32;
+    loop {
+        let failure = match db.write(outgoing.batch.clone()).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if e.is_row_refused() => match db.refused_rows(outgoing.batch.rows.clone()).await {
+                Ok(refused) if !refused.is_empty() => {
+                    outgoing.set_aside(refused);
+                    continue;
+                }
+                // No single row to blame: the batch fails as a whole.
+                Ok(_) => e,
+                Err(probe) => probe,
+            },
+            Err(e) => e,
+        };
+        if failure.is_transient() && !shutdown.is_cancelled() {
+            attempt += 1;
+            let backoff = DB_RETRY.delay(attempt);
+            warn!(attempt, error = %failure, ?backoff, "database write failed; retrying the batch");
+            tokio::time::sleep(backoff).await;
+        } else {
+            error!(error = %failure, "database write failed; the batch will be read again after a restart");
+            return Err(failure.into());
+        }
+    }
+}
