@@ -92,8 +92,9 @@ fn stored(url: &str, topic: &str) -> (StoreStats, HashMap<i32, i64>) {
 pub(super) struct PgSchema {
     admin: Option<postgres::Client>,
     name: String,
-    /// A URL whose sessions use the schema.
+    /// A URL whose sessions use the schema and carry a unique `application_name`.
     pub(super) url: String,
+    pub(super) application_name: String,
 }
 
 impl PgSchema {
@@ -109,8 +110,34 @@ impl PgSchema {
                 postgres::Client::connect(&base, postgres::NoTls).expect("connect to VIGIL_TEST_DATABASE_URL");
             admin.batch_execute(&format!("CREATE SCHEMA {name}")).unwrap();
             let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-csearch_path%3D{name}");
-            Some(PgSchema { admin: Some(admin), name, url })
+            let application_name = format!("vigil-sink-test-{suffix}");
+            let url = format!("{base}{sep}options=-csearch_path%3D{name}&application_name={application_name}");
+            Some(PgSchema { admin: Some(admin), name, url, application_name })
+        })
+    }
+}
+
+impl PgSchema {
+    /// Ends the sessions that carry our `application_name`, as a database restart or a
+    /// network cut would, and waits until they are gone; returns how many there were.
+    pub(super) fn kill_sessions(&mut self) -> usize {
+        let admin = self.admin.as_mut().expect("the admin session lives until drop");
+        let sessions = "FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()";
+        tokio::task::block_in_place(|| {
+            let killed = admin
+                .query(&format!("SELECT pg_terminate_backend(pid) {sessions}"), &[&self.application_name])
+                .unwrap()
+                .len();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let left: i64 =
+                    admin.query_one(&format!("SELECT COUNT(*) {sessions}"), &[&self.application_name]).unwrap().get(0);
+                if left == 0 {
+                    return killed;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!("the terminated sessions did not go away");
         })
     }
 }
@@ -225,4 +252,33 @@ async fn records_of_revoked_partitions_are_not_stored() {
     let (stats, offsets) = stored(&url, &topic);
     assert_eq!(stats.rows, 0, "rows of revoked partitions were stored");
     assert!(offsets.is_empty(), "offsets of revoked partitions were stored: {offsets:?}");
+}
+
+/// The sink's database session is killed between two batches (a database restart, a
+/// failover, a cut connection): the next batch must be stored through a new connection,
+/// and every batch exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_losing_the_database_connection() {
+    let Some(mut schema) = PgSchema::create() else { return };
+    let topic = "detections";
+    let db = Arc::new(DbWorker::start(&schema.url).await.unwrap());
+    let consumer = offline_consumer(&db, topic);
+    let mut sink = sink_loop(&db, &consumer, topic);
+    let batch = |offsets: std::ops::Range<i64>| -> Vec<Pending> {
+        offsets.map(|o| pending(result(&format!("f{o}"), "cam"), 0, o)).collect()
+    };
+    sink.pending = batch(0..3);
+    sink.flush(&CancellationToken::new()).await.unwrap();
+    for (round, offsets) in [(1, 3..6), (2, 6..9)] {
+        assert_eq!(schema.kill_sessions(), 1, "round {round}: the sink's session");
+        sink.pending = batch(offsets.clone());
+        tokio::time::timeout(Duration::from_secs(30), sink.flush(&CancellationToken::new()))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: still retrying after 30 s"))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let (stats, offsets_stored) = stored(&schema.url, topic);
+        assert_eq!((stats.rows, stats.distinct_frames), (offsets.end as u64, offsets.end as u64), "round {round}");
+        assert_eq!(offsets_stored, HashMap::from([(0, offsets.end)]), "round {round}");
+    }
+    assert_eq!((sink.summary.inserted, sink.summary.duplicates, sink.summary.batches), (9, 0, 3));
 }
