@@ -18,6 +18,10 @@ pub struct SinkConfig {
     pub max_wait_ms: u64,
     /// Kafka `session.timeout.ms` of the consumer.
     pub session_timeout_ms: u64,
+    /// How long the sink keeps retrying an unavailable database (reconnecting with
+    /// backoff) before it stops with an error, milliseconds: long enough for a database
+    /// restart or failover, short enough that a restart policy sees a lasting outage.
+    pub db_outage_limit_ms: u64,
 }
 
 impl Default for SinkConfig {
@@ -28,6 +32,7 @@ impl Default for SinkConfig {
             max_batch: 500,
             max_wait_ms: 200,
             session_timeout_ms: 10_000,
+            db_outage_limit_ms: 240_000,
         }
     }
 }
@@ -36,6 +41,11 @@ impl SinkConfig {
     /// `max_wait_ms` as a duration.
     pub fn max_wait(&self) -> Duration {
         Duration::from_millis(self.max_wait_ms)
+    }
+
+    /// `db_outage_limit_ms` as a duration.
+    pub fn db_outage_limit(&self) -> Duration {
+        Duration::from_millis(self.db_outage_limit_ms)
     }
 
     /// Checks values; errors name the key.
@@ -57,6 +67,9 @@ impl SinkConfig {
         }
         if self.session_timeout_ms < 1_000 {
             return Err(("sink.session_timeout_ms", format!("{} is below 1000", self.session_timeout_ms)));
+        }
+        if self.db_outage_limit_ms < 1_000 {
+            return Err(("sink.db_outage_limit_ms", format!("{} is below 1000", self.db_outage_limit_ms)));
         }
         Ok(())
     }

@@ -1,8 +1,15 @@
 //! The database thread: owns the [`Store`] and runs every blocking database call, so
 //! the async runtime never waits on I/O it does not drive (and the `postgres` crate's
 //! internal runtime never nests inside tokio's).
+//!
+//! The thread also owns reconnection: a call that finds the connection lost drops the
+//! store, and the next call opens a new one (the caller's retry supplies the backoff).
+//! Retrying on the dead connection would fail forever, and a process that never exits is
+//! one no restart policy can help.
 
 use std::collections::HashMap;
+
+use tracing::{info, warn};
 
 use super::error::StoreError;
 use super::store::{self, Batch, BatchOutcome, DetectionRow, Store};
@@ -11,8 +18,37 @@ use crate::thread_actor::{StartError, ThreadActor};
 /// Handle to the database thread. Dropping it stops the thread after the commands
 /// already queued.
 pub(crate) struct DbWorker {
-    actor: ThreadActor<Box<dyn Store>>,
+    actor: ThreadActor<Connection>,
     kind: &'static str,
+}
+
+/// The thread's state: the database URL and, while connected, the open store.
+struct Connection {
+    url: String,
+    store: Option<Box<dyn Store>>,
+}
+
+impl Connection {
+    /// Runs `op` on the store, opening one first when the last was lost; forgets the
+    /// store when `op` finds its connection lost.
+    fn with<R>(&mut self, op: impl FnOnce(&mut dyn Store) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let store = match &mut self.store {
+            Some(store) => store,
+            None => {
+                let store = store::open(&self.url)?;
+                info!(kind = store.kind(), "database connection re-established");
+                self.store.insert(store)
+            }
+        };
+        let result = op(store.as_mut());
+        if let Err(e) = &result {
+            if e.is_connection_lost() || store.is_closed() {
+                warn!(error = %e, "database connection lost; the next attempt reconnects");
+                self.store = None;
+            }
+        }
+        result
+    }
 }
 
 impl DbWorker {
@@ -22,7 +58,7 @@ impl DbWorker {
         let open = move || {
             store::open(&url).map(|s| {
                 let kind = s.kind();
-                (s, kind)
+                (Connection { url, store: Some(s) }, kind)
             })
         };
         // Small and bounded: the sink has at most one write in flight, plus a rebalance lookup.
@@ -44,7 +80,7 @@ impl DbWorker {
     /// Writes one batch in one database transaction.
     pub(crate) async fn write(&self, batch: Batch) -> Result<BatchOutcome, StoreError> {
         self.actor
-            .run(move |store: &mut Box<dyn Store>| store.write_batch(&batch))
+            .run(move |c: &mut Connection| c.with(|store| store.write_batch(&batch)))
             .await
             .map_err(|_| StoreError::WorkerGone)?
     }
@@ -52,7 +88,7 @@ impl DbWorker {
     /// The rows the database refuses, by index, with the reason (nothing is stored).
     pub(crate) async fn refused_rows(&self, rows: Vec<DetectionRow>) -> Result<Vec<(usize, String)>, StoreError> {
         self.actor
-            .run(move |store: &mut Box<dyn Store>| store.refused_rows(&rows))
+            .run(move |c: &mut Connection| c.with(|store| store.refused_rows(&rows)))
             .await
             .map_err(|_| StoreError::WorkerGone)?
     }
@@ -62,7 +98,7 @@ impl DbWorker {
     pub(crate) fn load_offsets_blocking(&self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
         let (group_id, topic) = (group_id.to_owned(), topic.to_owned());
         self.actor
-            .run_blocking(move |store: &mut Box<dyn Store>| store.load_offsets(&group_id, &topic))
+            .run_blocking(move |c: &mut Connection| c.with(|store| store.load_offsets(&group_id, &topic)))
             .map_err(|_| StoreError::WorkerGone)?
     }
 }

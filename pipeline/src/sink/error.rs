@@ -30,7 +30,24 @@ impl StoreError {
                 cause.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
-            StoreError::Postgres { cause, .. } => cause.is_closed() || cause.code().is_none(),
+            StoreError::Postgres { cause, .. } => cause.code().is_none() || self.is_connection_lost(),
+            StoreError::PostgresConnect { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the connection to the database is gone, so that only a new one can go on:
+    /// a closed socket, SQLSTATE class 08 (connection exception), or the server ending the
+    /// session (57P01 admin shutdown, as `pg_terminate_backend` or a fast shutdown send;
+    /// 57P02 crash shutdown; 57P03 cannot connect now).
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            StoreError::Postgres { cause, .. } => {
+                cause.is_closed()
+                    || cause
+                        .code()
+                        .is_some_and(|c| c.code().starts_with("08") || matches!(c.code(), "57P01" | "57P02" | "57P03"))
+            }
             StoreError::PostgresConnect { .. } => true,
             _ => false,
         }
@@ -78,6 +95,8 @@ pub enum SinkError {
     Consumer(rdkafka::error::KafkaError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaPlumbingError),
+    #[error("the database has been unavailable for {} s (last error: {last}); the sink stops so that a restart policy or an operator can act", waited.as_secs())]
+    DatabaseUnavailable { waited: std::time::Duration, last: StoreError },
     #[error("could not read the stored offsets for the assigned partitions: {0}; the sink stops rather than read from a wrong position")]
     AssignOffsets(String),
 }

@@ -75,6 +75,7 @@ fn sink_loop<'a>(db: &'a DbWorker, consumer: &'a StreamConsumer<SinkContext>, to
         pending: Vec::new(),
         observer: None,
         summary: SinkSummary::default(),
+        db_outage_limit: Duration::from_secs(60),
     }
 }
 

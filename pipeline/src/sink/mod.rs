@@ -94,6 +94,7 @@ pub async fn run(
         pending: Vec::new(),
         observer,
         summary: SinkSummary::default(),
+        db_outage_limit: cfg.db_outage_limit(),
     };
     let result = sink.run(cfg.max_batch, cfg.max_wait(), &shutdown).await;
     let summary = sink.summary;
@@ -136,6 +137,8 @@ struct SinkLoop<'a> {
     pending: Vec<Pending>,
     observer: Option<mpsc::Sender<DetectionResult>>,
     summary: SinkSummary,
+    /// How long a batch waits for an unavailable database before the sink stops.
+    db_outage_limit: Duration,
 }
 
 impl SinkLoop<'_> {
@@ -226,7 +229,7 @@ impl SinkLoop<'_> {
     }
 
     /// Writes the pending records in one database transaction (retrying transient
-    /// database errors until it works or shutdown), then commits the same offsets to
+    /// database errors, reconnecting, until it works, shutdown or the outage limit), then commits the same offsets to
     /// Kafka for lag monitoring.
     async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
         self.drop_revoked();
@@ -250,7 +253,7 @@ impl SinkLoop<'_> {
             next.iter().map(|(partition, next_offset)| PartitionOffset { partition, next_offset }).collect();
 
         let started = Instant::now();
-        let outcome = write::store(self.db, &mut outgoing, shutdown).await?;
+        let outcome = write::store(self.db, &mut outgoing, self.db_outage_limit, shutdown).await?;
         self.summary.batches += 1;
         self.summary.inserted += outcome.inserted;
         self.summary.duplicates += outcome.duplicates;

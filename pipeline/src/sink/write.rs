@@ -6,11 +6,16 @@
 //! restart. So when a batch fails on a refused row, the rows are tried one by one (nothing
 //! stored), the refused ones move to `sink_rejects` with the reason and their record bytes,
 //! and the batch is written again: the partition keeps moving, nothing is lost silently.
+//!
+//! While the database is unreachable the sink is not ready: it says so once, keeps
+//! retrying (the database thread reconnects) and, past `sink.db_outage_limit_ms`, stops
+//! with an error, so that a restart policy or an operator sees the outage instead of a
+//! process that hangs forever.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::db::DbWorker;
 use super::store::{Batch, BatchOutcome, DetectionRow, RejectRow};
@@ -73,18 +78,39 @@ impl Outgoing {
     }
 }
 
+/// How long the database has been failing, and when that is too long.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    limit: Duration,
+}
+
+impl Outage {
+    /// Whether the outage has lasted past its limit at `now`.
+    fn exceeded(&self, now: Instant) -> bool {
+        now.duration_since(self.since) > self.limit
+    }
+}
+
 /// Writes `outgoing` in one database transaction. Transient failures are retried with
-/// backoff until shutdown; a failure caused by refused rows sets them aside and writes
-/// the rest (each round removes at least one row, so this ends).
+/// backoff until shutdown or for `outage_limit`; a failure caused by refused rows sets
+/// them aside and writes the rest (each round removes at least one row, so this ends).
 pub(super) async fn store(
     db: &DbWorker,
     outgoing: &mut Outgoing,
+    outage_limit: Duration,
     shutdown: &CancellationToken,
 ) -> Result<BatchOutcome, SinkError> {
     let mut attempt = 0u32;
+    let mut outage: Option<Outage> = None;
     loop {
         let failure = match db.write(outgoing.batch.clone()).await {
-            Ok(outcome) => return Ok(outcome),
+            Ok(outcome) => {
+                if let Some(outage) = outage {
+                    info!(after_s = outage.since.elapsed().as_secs(), "database reachable again; the sink is ready");
+                }
+                return Ok(outcome);
+            }
             Err(e) if e.is_row_refused() => match db.refused_rows(outgoing.batch.rows.clone()).await {
                 Ok(refused) if !refused.is_empty() => {
                     outgoing.set_aside(refused);
@@ -97,6 +123,14 @@ pub(super) async fn store(
             Err(e) => e,
         };
         if failure.is_transient() && !shutdown.is_cancelled() {
+            let outage = outage.get_or_insert_with(|| {
+                warn!(error = %failure, "database unavailable; the sink is not ready and retries until it is back");
+                Outage { since: Instant::now(), limit: outage_limit }
+            });
+            if outage.exceeded(Instant::now()) {
+                error!(error = %failure, limit = ?outage_limit, "database unavailable for too long; the sink stops");
+                return Err(SinkError::DatabaseUnavailable { waited: outage.since.elapsed(), last: failure });
+            }
             attempt += 1;
             let backoff = DB_RETRY.delay(attempt);
             warn!(attempt, error = %failure, ?backoff, "database write failed; retrying the batch");
@@ -105,5 +139,19 @@ pub(super) async fn store(
             error!(error = %failure, "database write failed; the batch will be read again after a restart");
             return Err(failure.into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_too_long_only_past_its_limit() {
+        let since = Instant::now();
+        let outage = Outage { since, limit: Duration::from_secs(60) };
+        assert!(!outage.exceeded(since));
+        assert!(!outage.exceeded(since + Duration::from_secs(60)));
+        assert!(outage.exceeded(since + Duration::from_secs(61)));
     }
 }

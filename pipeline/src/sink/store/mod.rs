@@ -140,6 +140,10 @@ pub(crate) trait Store: Send {
     /// only after a batch failed on a refused row, to set that row aside.
     fn refused_rows(&mut self, rows: &[DetectionRow]) -> Result<Vec<(usize, String)>, StoreError>;
 
+    /// Whether the connection is gone for good (the server ended the session, the socket
+    /// closed): only a new store can go on. Always false for an embedded database.
+    fn is_closed(&self) -> bool;
+
     /// The stored next offsets of `group_id` for `topic`, by partition.
     fn load_offsets(&mut self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError>;
 

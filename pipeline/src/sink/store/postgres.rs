@@ -218,6 +218,10 @@ impl Store for PostgresStore {
         Ok(refused)
     }
 
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     fn load_offsets(&mut self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
         let rows = self
             .client

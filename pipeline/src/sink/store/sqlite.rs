@@ -220,6 +220,10 @@ impl Store for SqliteStore {
         Ok(refused)
     }
 
+    fn is_closed(&self) -> bool {
+        false
+    }
+
     fn load_offsets(&mut self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
         let mut stmt = self
             .conn
