@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::consumer::SinkContext;
 use super::db::DbWorker;
 use super::store::{self, StoreStats};
-use super::{to_row, Item, Pending, SinkLoop, SinkSummary};
+use super::{to_row, Item, Pending, SinkError, SinkLoop, SinkSummary};
 use crate::codec::DetectionResult;
 use crate::kafka::{client_config, consumer_config, DevBroker, KafkaConfig, TopicConfig};
 
@@ -282,4 +282,70 @@ async fn reconnects_after_losing_the_database_connection() {
         assert_eq!(offsets_stored, HashMap::from([(0, offsets.end)]), "round {round}");
     }
     assert_eq!((sink.summary.inserted, sink.summary.duplicates, sink.summary.batches), (9, 0, 3));
+}
+
+/// A TCP forwarder on 127.0.0.1 to `target`, for cutting a database off: dropping it stops
+/// accepting and ends every forwarded connection.
+struct Proxy {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        tokio::io::copy_bidirectional(&mut client, &mut server).await.ok();
+                    }
+                });
+            }
+        });
+        Proxy { port, task }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every connection.
+        self.task.abort();
+    }
+}
+
+/// A database that stays unreachable: the sink retries for `sink.db_outage_limit_ms`, then
+/// stops with an error, so that a restart policy sees the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_when_the_database_stays_unreachable() {
+    let Some(schema) = PgSchema::create() else { return };
+    let config: postgres::Config = schema.url.parse().unwrap();
+    let (host, port) = match (&config.get_hosts()[0], config.get_ports().first()) {
+        (postgres::config::Host::Tcp(host), port) => (host.clone(), *port.unwrap_or(&5432)),
+        _ => panic!("VIGIL_TEST_DATABASE_URL must name a TCP host"),
+    };
+    let proxy = Proxy::start(format!("{host}:{port}")).await;
+    let url = schema.url.replacen(&format!("{host}:{port}"), &format!("127.0.0.1:{}", proxy.port), 1);
+    assert_ne!(url, schema.url, "VIGIL_TEST_DATABASE_URL must spell out host:port");
+    let topic = "detections";
+    let db = Arc::new(DbWorker::start(&url).await.unwrap());
+    let consumer = offline_consumer(&db, topic);
+    let mut sink = sink_loop(&db, &consumer, topic);
+    sink.db_outage_limit = Duration::from_secs(2);
+    sink.pending = vec![pending(result("f0", "cam"), 0, 0)];
+    sink.flush(&CancellationToken::new()).await.unwrap();
+
+    drop(proxy);
+    sink.pending = vec![pending(result("f1", "cam"), 0, 1)];
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), sink.flush(&CancellationToken::new()))
+        .await
+        .expect("still retrying after 30 s");
+    assert!(matches!(outcome, Err(SinkError::DatabaseUnavailable { .. })), "{outcome:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "gave up before the limit: {:?}", started.elapsed());
+    let (stats, offsets) = stored(&schema.url, topic);
+    assert_eq!((stats.rows, offsets), (1, HashMap::from([(0, 1)])));
 }
