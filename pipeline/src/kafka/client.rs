@@ -38,7 +38,11 @@ pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeo
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", session_timeout_ms.to_string())
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // A topic created just before the group forms may be missing from the metadata of
+        // the broker the leader asks (brokers learn of new topics asynchronously): the group
+        // then assigns nothing for it until the next refresh, 5 minutes by default.
+        .set("topic.metadata.refresh.interval.ms", "5000");
     config
 }
 
