@@ -73,6 +73,18 @@ fn assert_stopped_fenced(worker: &mut Proc) {
     assert!(log.contains("this worker was fenced") && log.contains("--instance-id"), "says why and what to do:\n{log}");
 }
 
+/// Waits until the detector's log shows a non-empty assignment.
+fn wait_assigned(detector: &mut Proc) {
+    let deadline = Instant::now() + LONG;
+    let assigned =
+        |d: &Proc| d.stderr().lines().any(|l| l.contains("partitions assigned") && !l.contains("partitions=[]"));
+    while !assigned(detector) {
+        assert!(detector.is_running(), "{} exited:\n{}", detector.label, detector.stderr());
+        assert!(Instant::now() < deadline, "{} got no partitions:\n{}", detector.label, detector.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// kill -9 after the results were produced, after the offsets were sent, and during the
 /// commit; each time the worker restarts with the same instance id (which aborts the dead
 /// worker's open transaction at once) while a second worker keeps going.
@@ -88,7 +100,7 @@ fn kill_nine_at_each_step_of_a_transaction() {
     let mut frames = 0;
     for point in ["kill-after-produce", "kill-after-offsets", "kill-during-commit"] {
         let mut armed = p.detector_with_failpoint(&format!("detector-a-{point}"), "points-a", &format!("{point}:3"));
-        assert!(armed.wait_for_log("partitions assigned", LONG), "no partitions for {}", armed.label);
+        wait_assigned(&mut armed);
         // Fresh frames each round, from enough cameras to reach every partition, so the
         // armed worker has transactions to run.
         frames += p.produce_cameras(12, 8);
@@ -140,7 +152,8 @@ fn a_frozen_zombie_is_fenced_and_stops() {
         &[("VIGIL_FAILPOINT", "pause-before-commit:3"), ("VIGIL__DETECTOR__TRANSACTION_TIMEOUT_MS", "8000")],
     );
     let mut other = p.detector("detector-b", Some("zombie-b"));
-    let frames = p.produce_cameras(6, 20);
+    wait_assigned(&mut zombie);
+    let frames = p.produce_cameras(12, 10);
     assert!(
         zombie.wait_for_log("failpoint pause-before-commit reached", LONG),
         "the zombie never reached its failpoint:\n{}",
@@ -253,11 +266,18 @@ fn every_group_protocol_hands_over_exactly_once() {
         let mut sink = p.sink("sink");
         let mut first = p.detector("detector-1", Some("member-1"));
         let mut second = p.detector("detector-2", Some("member-2"));
-        let frames = p.produce_cameras(6, 12);
-        p.wait_rows(frames / 4, LONG, &mut [&mut sink, &mut first, &mut second]);
+        // Frames come in three waves, each once the group has settled, so that every
+        // member has partitions and work whatever the protocol's timing.
+        wait_assigned(&mut first);
+        wait_assigned(&mut second);
+        let mut frames = p.produce_cameras(12, 3);
+        p.wait_rows(frames, LONG, &mut [&mut sink, &mut first, &mut second]);
         let mut third = p.detector("detector-3", Some("member-3"));
-        p.wait_rows(frames / 2, LONG, &mut [&mut sink, &mut first, &mut second, &mut third]);
+        wait_assigned(&mut third);
+        frames += p.produce_cameras(12, 3);
+        p.wait_rows(frames, LONG, &mut [&mut sink, &mut first, &mut second, &mut third]);
         stop(&mut first);
+        frames += p.produce_cameras(12, 2);
         p.wait_rows(frames, LONG, &mut [&mut sink, &mut second, &mut third]);
         stop(&mut second);
         stop(&mut third);
