@@ -154,6 +154,11 @@ impl SinkLoop<'_> {
                 return Err(SinkError::AssignOffsets(reason));
             }
             self.drop_revoked();
+            if self.pending.is_empty() {
+                // Nothing left to wait for (a revocation may have emptied the batch): a
+                // deadline kept past its time would make the loop spin without polling.
+                deadline = None;
+            }
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             if self.pending.len() >= max_batch || (due && !self.pending.is_empty()) {
                 self.flush(shutdown).await?;
