@@ -4,6 +4,7 @@
 //! called from inside a tokio runtime: the sink calls it from its database thread.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
@@ -112,8 +113,21 @@ fn err(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
 
 impl PostgresStore {
     /// Connects (no TLS) and migrates.
+    ///
+    /// Bounded waits on the socket: a server that vanished without closing the connection
+    /// (host down, packets dropped) must surface as an error within seconds, so that the
+    /// sink's outage limit (`sink.db_outage_limit_ms`) is what decides when it gives up.
+    /// Values in the URL win over these defaults.
     pub(crate) fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = Client::connect(url, NoTls).map_err(|cause| StoreError::PostgresConnect { cause })?;
+        let mut config: postgres::Config = url.parse().map_err(|cause| StoreError::PostgresConnect { cause })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        config.keepalives(true).keepalives_idle(Duration::from_secs(15));
+        let client = config.connect(NoTls).map_err(|cause| StoreError::PostgresConnect { cause })?;
         let mut store = PostgresStore { client };
         store.migrate()?;
         Ok(store)
