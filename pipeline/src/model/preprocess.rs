@@ -90,7 +90,13 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<image::RgbImag
         image_limits.max_image_width = Some(limits.max_dimension_px);
         image_limits.max_image_height = Some(limits.max_dimension_px);
         image_limits.max_alloc = Some(limits.max_alloc_bytes);
-        decoder.set_limits(image_limits).and_then(|()| DynamicImage::from_decoder(decoder)).map_err(|e| match e {
+        // `set_limits` checks the dimensions only: the output buffer is reserved against
+        // `max_alloc` here, as `ImageReader::decode` does.
+        let decoded = image_limits
+            .reserve(decoder.total_bytes())
+            .and_then(|()| decoder.set_limits(image_limits))
+            .and_then(|()| DynamicImage::from_decoder(decoder));
+        decoded.map_err(|e| match e {
             image::ImageError::Limits(l) => DecodeError::Corrupt(format!("decoder limit reached: {l}")),
             other => DecodeError::Corrupt(other.to_string()),
         })?
@@ -195,6 +201,18 @@ mod tests {
         let err = decode_image(&crate::testing::png_bomb(50_000, 50_000), &DecodeLimits::default()).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { width: 50_000, height: 50_000, .. }), "{err:?}");
         assert_eq!(err.kind(), "too_large");
+    }
+
+    #[test]
+    fn max_alloc_bounds_the_decoded_image_of_every_format() {
+        let mut png = Vec::new();
+        image::RgbImage::from_pixel(100, 100, image::Rgb([1, 2, 3]))
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let tight = DecodeLimits { max_alloc_bytes: 10_000, ..DecodeLimits::default() };
+        let err = decode_rgb8(&png, &tight).unwrap_err();
+        assert!(err.to_string().contains("limit"), "30 kB of pixels past a 10 kB limit: {err}");
+        assert!(decode_rgb8(&png, &DecodeLimits::default()).is_ok());
     }
 
     #[test]
