@@ -114,7 +114,7 @@ pub async fn run(
     let consumer: StreamConsumer<DetectorContext> = consumer_cfg
         .create_with_context(DetectorContext::new(&topics.images.name))
         .map_err(|cause| DetectorError::Client { role: "consumer", cause })?;
-    let committer = Committer::create(settings, &transactional_id).await?;
+    let committer = Committer::create(settings, &transactional_id, shutdown.clone()).await?;
     consumer.subscribe(&[&topics.images.name]).map_err(DetectorError::Consumer)?;
     info!(
         group = %cfg.group_id,

@@ -61,21 +61,32 @@ fn is_fenced(e: &KafkaError) -> bool {
 }
 
 /// How long a transactional call is retried while librdkafka calls its error retriable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Retries {
     /// At most this many retries, then the transaction is aborted.
     Limited(u32),
-    /// Until the outcome is known. For the commit: while it is retriable its outcome is
-    /// open, an abort is refused, and a new producer would complete it while the batch is
-    /// redone, committing the batch twice.
-    UntilResolved,
+    /// Until the outcome is known, or [`SHUTDOWN_RETRIES`] more attempts once the token is
+    /// cancelled. For the commit: while it is retriable its outcome is open, an abort is
+    /// refused, and a new producer would complete it while the batch is redone, committing
+    /// the batch twice. On shutdown the worker may leave it open instead: the next
+    /// `init_transactions` with its id, or the transaction timeout, settles it.
+    UntilResolved(CancellationToken),
 }
 
+/// Retries of an unresolved commit left once shutdown is asked (about 15 s with the backoff).
+const SHUTDOWN_RETRIES: u32 = 10;
+
 impl Retries {
-    fn allow(self, attempt: u32) -> bool {
+    /// Whether retry number `attempt` may go ahead; `after_shutdown` counts those made
+    /// since the token was cancelled.
+    fn allow(&self, attempt: u32, after_shutdown: &mut u32) -> bool {
         match self {
-            Retries::Limited(limit) => attempt < limit,
-            Retries::UntilResolved => true,
+            Retries::Limited(limit) => attempt < *limit,
+            Retries::UntilResolved(shutdown) if shutdown.is_cancelled() => {
+                *after_shutdown += 1;
+                *after_shutdown <= SHUTDOWN_RETRIES
+            }
+            Retries::UntilResolved(_) => true,
         }
     }
 }
@@ -94,17 +105,23 @@ pub(crate) struct Committer {
     transactional_id: String,
     /// Timeout of each blocking transactional call.
     timeout: Duration,
+    /// The worker's shutdown: bounds the retries of an unresolved commit.
+    shutdown: CancellationToken,
 }
 
 impl Committer {
     /// Creates the producer; in exactly-once mode also initialises transactions, which
     /// fences any predecessor with the same `transactional.id`.
-    pub(crate) async fn create(settings: &Settings, transactional_id: &str) -> Result<Self, DetectorError> {
+    pub(crate) async fn create(
+        settings: &Settings,
+        transactional_id: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, DetectorError> {
         let config = producer_config(settings, transactional_id);
         let delivery = settings.detector.delivery;
         let timeout = settings.kafka.operation_timeout().max(Duration::from_secs(10));
         let producer = new_producer(&config, delivery, transactional_id, timeout).await?;
-        Ok(Committer { producer, config, delivery, transactional_id: transactional_id.to_owned(), timeout })
+        Ok(Committer { producer, config, delivery, transactional_id: transactional_id.to_owned(), timeout, shutdown })
     }
 
     /// Commits `batch` in the configured delivery mode.
@@ -192,7 +209,7 @@ impl Committer {
         failpoint::kill_soon(Point::KillDuringCommit, Duration::from_millis(2));
         let p = self.producer.clone();
         let lose_reply = AtomicBool::new(failpoint::reached(Point::CommitReplyLost));
-        retry_call("commit_transaction", Retries::UntilResolved, move || {
+        retry_call("commit_transaction", Retries::UntilResolved(self.shutdown.clone()), move || {
             let result = p.commit_transaction(timeout);
             if result.is_ok() && lose_reply.swap(false, Ordering::Relaxed) {
                 // The broker committed; the detector only hears a timeout, as when the reply is lost.
@@ -329,7 +346,7 @@ where
     F: Fn() -> KafkaResult<()> + Send + Sync + 'static,
 {
     let call = Arc::new(call);
-    let mut attempt = 0u32;
+    let (mut attempt, mut after_shutdown) = (0u32, 0u32);
     loop {
         let c = call.clone();
         let result = tokio::task::spawn_blocking(move || c())
@@ -337,7 +354,7 @@ where
             .map_err(|e| Failure::Fatal(format!("{what}: blocking task failed: {e}")))?;
         match result {
             Ok(()) => return Ok(()),
-            Err(e) if classify(&e) == ErrorClass::Retriable && retries.allow(attempt) => {
+            Err(e) if classify(&e) == ErrorClass::Retriable && retries.allow(attempt, &mut after_shutdown) => {
                 attempt += 1;
                 warn!(attempt, error = %e, "{what} failed; retrying");
                 tokio::time::sleep(RETRY_BACKOFF.delay(attempt)).await;
@@ -360,8 +377,13 @@ mod tests {
             0..=7 => Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut)),
             _ => Ok(()),
         };
-        assert!(retry_call("commit_transaction", Retries::UntilResolved, commit).await.is_ok());
+        let shutdown = CancellationToken::new();
+        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown.clone()), commit).await.is_ok());
         assert_eq!(calls.load(Ordering::Relaxed), 9);
+        // Once shutdown is asked, a commit that never resolves is given up, boundedly.
+        shutdown.cancel();
+        let never = || Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown), never).await.is_err());
         let limited = retry_call("send_offsets_to_transaction", Retries::Limited(2), || {
             Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
         });
