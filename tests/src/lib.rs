@@ -593,8 +593,9 @@ impl Pipeline {
     /// Records of aborted transactions in `topic`: written, never visible to
     /// read_committed readers (control markers are not records and count in neither).
     pub fn aborted_records(&self, topic: &str) -> usize {
+        let committed = self.read_topic(topic).len();
         let all = read_topic_with(&self.bootstrap, topic, "read_uncommitted").len();
-        all - self.read_topic(topic).len()
+        all.saturating_sub(committed)
     }
 
     /// Produces raw bytes to `images` (records that `vigil produce` would never write).

@@ -419,10 +419,10 @@ fn injected_broker_errors_abort_retry_and_end_exact() {
     // 5. EndTxn says the producer is fenced: another producer owns the transactional.id.
     //    Re-initialising would fence that one in turn: the worker must stop instead, with
     //    exit status 1 and a message that says what to do; its restart finishes the work.
+    //    The error is armed before the worker starts, so its first commit meets it.
     frames += p.produce_cameras(4, 8);
-    let mut detector = p.detector("detector-fenced", Some("errors"));
-    p.wait_rows(p.rows() + 1, Duration::from_secs(300), &mut [&mut sink, &mut detector]);
     mock.request_errors(RDKafkaApiKey::EndTxn, &[RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
+    let mut detector = p.detector("detector-fenced", Some("errors"));
     let status = detector.wait(Duration::from_secs(120)).expect("a fenced detector stops");
     let log = detector.stderr();
     assert_eq!(status.code(), Some(1), "fenced: exit 1:\n{log}");
