@@ -50,6 +50,10 @@ pub(super) struct Backpressure {
     sizes: Vec<BTreeMap<i64, u64>>,
     /// Per partition: the reader's next offset.
     next: Vec<i64>,
+    /// Per partition: an upper bound of its unconsumed bytes plus this producer's in flight,
+    /// from the last measurement plus what was admitted since (consumers only shrink it).
+    /// Frames are admitted against it without asking the broker until it reaches the budget.
+    bound: Vec<Option<u64>>,
 }
 
 /// How many bytes a record takes in the count.
@@ -90,7 +94,28 @@ impl Backpressure {
             group,
             sizes: vec![BTreeMap::new(); n],
             next: vec![0; n],
+            bound: vec![None; n],
         }))
+    }
+
+    /// Admits `bytes` to `partition` on the bound alone, when it stays within the budget.
+    pub(super) fn admit_within_bound(&mut self, partition: i32, bytes: u64) -> bool {
+        let slot = usize::try_from(partition).ok().and_then(|i| self.bound.get_mut(i));
+        match slot {
+            Some(Some(bound)) if *bound + bytes <= BUDGET => {
+                *bound += bytes;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a measurement: `held` bytes (unconsumed plus in flight, including an
+    /// admitted frame), or `None` to measure again next time.
+    pub(super) fn set_bound(&mut self, partition: i32, held: Option<u64>) {
+        if let Some(slot) = usize::try_from(partition).ok().and_then(|i| self.bound.get_mut(i)) {
+            *slot = held;
+        }
     }
 
     /// The detector group whose committed offsets free room.

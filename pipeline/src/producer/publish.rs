@@ -314,18 +314,24 @@ async fn wait_for_room(
 ) -> Result<bool, ProducerError> {
     let started = Instant::now();
     let mut warned = false;
+    // Cheap path: no broker round trip while the bound from the last measurement has room.
+    if guard.as_mut().is_some_and(|g| g.admit_within_bound(room.partition, room.bytes)) {
+        return Ok(true);
+    }
     loop {
         let Some(mut g) = guard.take() else { return Ok(true) };
-        let (g, unconsumed) = tokio::task::spawn_blocking(move || {
+        let (mut g, unconsumed) = tokio::task::spawn_blocking(move || {
             let unconsumed = g.unconsumed(room.partition);
             (g, unconsumed)
         })
         .await
         .map_err(ProducerError::BackpressureTask)?;
         let group = g.group_id().to_string();
-        *guard = Some(g);
         let in_flight_bytes = pending.get(&room.partition).copied().unwrap_or(0);
-        if unconsumed.is_some_and(|u| admits(u, in_flight_bytes, room.bytes)) {
+        let admitted = unconsumed.filter(|u| admits(*u, in_flight_bytes, room.bytes));
+        g.set_bound(room.partition, admitted.map(|u| u + in_flight_bytes + room.bytes));
+        *guard = Some(g);
+        if admitted.is_some() {
             return Ok(true);
         }
         if let Some(done) = in_flight.pop_front() {
