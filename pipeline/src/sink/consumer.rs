@@ -55,6 +55,12 @@ impl SinkContext {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Notes `partitions` as revoked, as the rebalance callback does (for tests of the loop).
+    #[cfg(test)]
+    pub(super) fn note_revoked(&self, partitions: &[i32]) {
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(partitions);
+    }
+
     /// The partitions revoked since the last call; the loop must not store what it read
     /// from them.
     pub(super) fn take_revoked(&self) -> Vec<i32> {

@@ -349,3 +349,56 @@ async fn stops_when_the_database_stays_unreachable() {
     let (stats, offsets) = stored(&schema.url, topic);
     assert_eq!((stats.rows, offsets), (1, HashMap::from([(0, 1)])));
 }
+
+/// A revocation that takes every buffered record away while the batch waits for its
+/// deadline: the loop must go on polling (it once spun on the expired deadline and never
+/// polled again, so nothing it read afterwards was stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_polling_after_a_revocation_empties_the_batch() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let kafka = KafkaConfig { bootstrap_servers: broker.bootstrap_servers().into(), ..KafkaConfig::default() };
+    let topic = format!("detections-{}", uuid::Uuid::new_v4().simple());
+    broker.create_topic(&TopicConfig { name: topic.clone(), partitions: 1, replication_factor: 1 }).unwrap();
+    let producer: FutureProducer = client_config(&kafka).create().unwrap();
+    let send = |i: usize| {
+        let value = result(&format!("f{i}"), "cam").encode().unwrap();
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            producer.send(FutureRecord::<(), _>::to(&topic).partition(0).payload(&value), Duration::from_secs(5)).await
+        }
+    };
+    for i in 0..3 {
+        send(i).await.unwrap();
+    }
+    let url = sqlite_url("spin");
+    let db = Arc::new(DbWorker::start(&url).await.unwrap());
+    let sink_consumer = Arc::new(consumer(&kafka, &db, &topic));
+    sink_consumer.subscribe(&[&topic]).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = {
+        let (db, shutdown, topic, sink_consumer) = (db.clone(), shutdown.clone(), topic.clone(), sink_consumer.clone());
+        tokio::spawn(async move {
+            let mut sink = sink_loop(&db, &sink_consumer, &topic);
+            sink.run(1000, Duration::from_secs(2), &shutdown).await
+        })
+    };
+    // The three records are read and wait for the batch deadline; the rebalance callback
+    // then notes the partition revoked (the loop drops the three), and the deadline passes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sink_consumer.context().note_revoked(&[0]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 3..5 {
+        send(i).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rows = 0;
+    while rows < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rows = stored(&url, &topic).0.rows;
+    }
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(rows, 2, "the records read after the revocation were stored: the loop kept polling");
+}
