@@ -21,18 +21,7 @@ fn options(topics_exact: bool) -> VerifyOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audits_topics_and_database() {
-    let broker = DevBroker::start(1).unwrap();
-    let mut settings = Settings::default();
-    settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    settings.kafka.topics.images.name = format!("images-{suffix}");
-    settings.kafka.topics.detections.name = format!("detections-{suffix}");
-    settings.kafka.topics.dlq.name = format!("dlq-{suffix}");
-    for t in settings.kafka.topics.all() {
-        broker.create_topic(&crate::kafka::TopicConfig { partitions: 2, ..t.clone() }).unwrap();
-    }
-    let db_path = std::env::temp_dir().join(format!("vigil-verify-{suffix}.sqlite"));
-    settings.sink.database_url = format!("sqlite://{}", db_path.display());
+    let (_broker, mut settings, db_path) = dev_pipeline(2);
 
     settings.producer.source_id = "cam-v".into();
     let request = ProduceRequest { synthetic: 5, ..Default::default() };
@@ -160,8 +149,8 @@ async fn audits_topics_and_database() {
     std::fs::remove_file(&db_path).ok();
 }
 
-/// A fresh broker with one-partition topics of their own, and a SQLite path for them.
-fn one_partition_pipeline() -> (DevBroker, Settings, std::path::PathBuf) {
+/// A fresh broker with topics of their own (`partitions` each), and a SQLite path for them.
+fn dev_pipeline(partitions: i32) -> (DevBroker, Settings, std::path::PathBuf) {
     let broker = DevBroker::start(1).unwrap();
     let mut settings = Settings::default();
     settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
@@ -170,7 +159,7 @@ fn one_partition_pipeline() -> (DevBroker, Settings, std::path::PathBuf) {
     settings.kafka.topics.detections.name = format!("detections-{suffix}");
     settings.kafka.topics.dlq.name = format!("dlq-{suffix}");
     for t in settings.kafka.topics.all() {
-        broker.create_topic(&crate::kafka::TopicConfig { partitions: 1, ..t.clone() }).unwrap();
+        broker.create_topic(&crate::kafka::TopicConfig { partitions, ..t.clone() }).unwrap();
     }
     let db_path = std::env::temp_dir().join(format!("vigil-verify-{suffix}.sqlite"));
     settings.sink.database_url = format!("sqlite://{}", db_path.display());
@@ -265,7 +254,7 @@ fn store_rows(settings: &Settings, rows: Vec<DetectionRow>, next: i64) {
 /// verdict: the database holds one outcome per frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_topic_duplicates_apart_from_input_resends() {
-    let (_broker, settings, db_path) = one_partition_pipeline();
+    let (_broker, settings, db_path) = dev_pipeline(1);
     let topics = &settings.kafka.topics;
     let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
     let frames: Vec<Frame> = (0..3).map(test_frame).collect();
@@ -302,7 +291,7 @@ async fn counts_topic_duplicates_apart_from_input_resends() {
 /// holds them any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_deleted_before_they_were_read_are_missing() {
-    let (_broker, settings, db_path) = one_partition_pipeline();
+    let (_broker, settings, db_path) = dev_pipeline(1);
     let images = &settings.kafka.topics.images.name;
     let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
     // 10 frames of 700 kB into one partition: more than the 5 MiB the mock keeps.
