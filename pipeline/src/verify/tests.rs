@@ -45,88 +45,16 @@ async fn audits_topics_and_database() {
     // Results for the first four frames (the second one twice: a redelivery), and a
     // dead letter for the fifth.
     let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
-    let result = |i: usize| DetectionResult {
-        frame_id: ids[i].clone(),
-        source: "cam-v".into(),
-        seq: i as i64,
-        captured_at_us: 1,
-        width: 320,
-        height: 240,
-        model_name: "m".into(),
-        model_version: "v".into(),
-        detections: vec![],
-        processed_at_us: 2,
-        batch_size: 1,
-        inference_ms: 1.0,
-        source_partition: 0,
-        source_offset: i as i64,
-    };
+    let topics = &settings.kafka.topics;
+    let frame = |i: usize| Frame { frame_id: ids[i].clone(), ..test_frame(i as i64) };
     for i in [0, 1, 1, 2, 3] {
-        let bytes = result(i).encode().unwrap();
-        producer
-            .send(
-                FutureRecord::to(&settings.kafka.topics.detections.name).key("cam-v").payload(&bytes),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+        send(&producer, &topics.detections.name, &test_result(&frame(i), 0, i as i64).encode().unwrap(), None).await;
     }
-    let fifth = Frame {
-        frame_id: ids[4].clone(),
-        source: "cam-v".into(),
-        seq: 4,
-        captured_at_us: 0,
-        encoding: Default::default(),
-        width: None,
-        height: None,
-        data: b"not an image".to_vec(),
-        attributes: Default::default(),
-        session: None,
-    };
-    let headers = dlq::error_headers("bad_image", "test", 0, 4)
-        .iter()
-        .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_str()) }));
-    producer
-        .send(
-            FutureRecord::to(&settings.kafka.topics.dlq.name)
-                .key("cam-v")
-                .payload(&fifth.encode().unwrap())
-                .headers(headers),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let fifth = Frame { data: b"not an image".to_vec(), ..frame(4) };
+    send(&producer, &topics.dlq.name, &fifth.encode().unwrap(), Some(dead_letter_headers(0, 4))).await;
 
-    let row = |i: usize| DetectionRow {
-        frame_id: ids[i].clone(),
-        source: "cam-v".into(),
-        seq: i as i64,
-        captured_at_us: 1,
-        width: 320,
-        height: 240,
-        model_name: "m".into(),
-        model_version: "v".into(),
-        detection_count: 0,
-        detections_json: "[]".into(),
-        processed_at_us: 2,
-        batch_size: 1,
-        inference_us: 1000,
-        source_partition: 0,
-        source_offset: i as i64,
-        result_partition: 0,
-        result_offset: i as i64,
-    };
-    let write = |rows: Vec<DetectionRow>, next: i64| {
-        let mut db = store::open(&settings.sink.database_url).unwrap();
-        db.write_batch(&Batch {
-            group_id: "g".into(),
-            topic: settings.kafka.topics.detections.name.clone(),
-            rows,
-            rejects: vec![],
-            offsets: vec![PartitionOffset { partition: 0, next_offset: next }],
-        })
-        .unwrap();
-    };
+    let row = |i: usize| test_row(&frame(i), 0, i as i64);
+    let write = |rows: Vec<DetectionRow>, next: i64| store_rows(&settings, rows, next);
     write(vec![row(0), row(1), row(2)], 3);
 
     let report = verify(&settings, &options(false), CancellationToken::new()).await.unwrap();
