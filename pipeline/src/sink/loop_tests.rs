@@ -213,23 +213,35 @@ fn sqlite_url(name: &str) -> String {
     format!("sqlite://{}", path.display())
 }
 
+/// A fresh in-memory broker (groups form without delay) with a `detections` topic of
+/// `partitions`: the broker (keep it alive), its client settings and the topic's name.
+fn broker_with_topic(partitions: i32) -> (DevBroker, KafkaConfig, String) {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let kafka = KafkaConfig { bootstrap_servers: broker.bootstrap_servers().into(), ..KafkaConfig::default() };
+    let topic = format!("detections-{}", uuid::Uuid::new_v4().simple());
+    broker.create_topic(&TopicConfig { name: topic.clone(), partitions, replication_factor: 1 }).unwrap();
+    (broker, kafka, topic)
+}
+
+/// Sends the result of frame `f{i}` to `partition` of `topic`.
+async fn send_result(producer: &FutureProducer, topic: &str, i: usize, partition: i32) {
+    let value = result(&format!("f{i}"), "cam").encode().unwrap();
+    producer
+        .send(FutureRecord::<(), _>::to(topic).partition(partition).payload(&value), Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
 /// Records read before a revocation belong to the partition's next owner, which reads
 /// them again from the stored offset: the sink must not store them (nor their offsets)
 /// after the revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_revoked_partitions_are_not_stored() {
-    let broker = DevBroker::start(1).unwrap();
-    broker.group_initial_rebalance_delay(Duration::ZERO);
-    let kafka = KafkaConfig { bootstrap_servers: broker.bootstrap_servers().into(), ..KafkaConfig::default() };
-    let topic = format!("detections-{}", uuid::Uuid::new_v4().simple());
-    broker.create_topic(&TopicConfig { name: topic.clone(), partitions: 2, replication_factor: 1 }).unwrap();
+    let (_broker, kafka, topic) = broker_with_topic(2);
     let producer: FutureProducer = client_config(&kafka).create().unwrap();
     for i in 0..4 {
-        let value = result(&format!("f{i}"), "cam").encode().unwrap();
-        producer
-            .send(FutureRecord::<(), _>::to(&topic).partition(i % 2).payload(&value), Duration::from_secs(5))
-            .await
-            .unwrap();
+        send_result(&producer, &topic, i, (i % 2) as i32).await;
     }
 
     let url = sqlite_url("revoked");
@@ -355,22 +367,10 @@ async fn stops_when_the_database_stays_unreachable() {
 /// polled again, so nothing it read afterwards was stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_polling_after_a_revocation_empties_the_batch() {
-    let broker = DevBroker::start(1).unwrap();
-    broker.group_initial_rebalance_delay(Duration::ZERO);
-    let kafka = KafkaConfig { bootstrap_servers: broker.bootstrap_servers().into(), ..KafkaConfig::default() };
-    let topic = format!("detections-{}", uuid::Uuid::new_v4().simple());
-    broker.create_topic(&TopicConfig { name: topic.clone(), partitions: 1, replication_factor: 1 }).unwrap();
+    let (_broker, kafka, topic) = broker_with_topic(1);
     let producer: FutureProducer = client_config(&kafka).create().unwrap();
-    let send = |i: usize| {
-        let value = result(&format!("f{i}"), "cam").encode().unwrap();
-        let producer = producer.clone();
-        let topic = topic.clone();
-        async move {
-            producer.send(FutureRecord::<(), _>::to(&topic).partition(0).payload(&value), Duration::from_secs(5)).await
-        }
-    };
     for i in 0..3 {
-        send(i).await.unwrap();
+        send_result(&producer, &topic, i, 0).await;
     }
     let url = sqlite_url("spin");
     let db = Arc::new(DbWorker::start(&url).await.unwrap());
@@ -390,7 +390,7 @@ async fn keeps_polling_after_a_revocation_empties_the_batch() {
     sink_consumer.context().note_revoked(&[0]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 3..5 {
-        send(i).await.unwrap();
+        send_result(&producer, &topic, i, 0).await;
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut rows = 0;
