@@ -182,13 +182,18 @@ impl Proc {
 
     /// Waits until its stderr contains `needle`; false when `timeout` passes or it exits first.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_log_where(|log| log.contains(needle), timeout)
+    }
+
+    /// Waits until `found` holds for its stderr; false when `timeout` passes or it exits first.
+    pub fn wait_for_log_where(&mut self, found: impl Fn(&str) -> bool, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.stderr().contains(needle) {
+            if found(&self.stderr()) {
                 return true;
             }
             if !self.is_running() {
-                return self.stderr().contains(needle);
+                return found(&self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

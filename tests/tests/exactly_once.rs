@@ -75,13 +75,10 @@ fn assert_stopped_fenced(worker: &mut Proc) {
 
 /// Waits until the detector's log shows a non-empty assignment.
 fn wait_assigned(detector: &mut Proc) {
-    let deadline = Instant::now() + LONG;
-    let assigned =
-        |d: &Proc| d.stderr().lines().any(|l| l.contains("partitions assigned") && !l.contains("partitions=[]"));
-    while !assigned(detector) {
-        assert!(detector.is_running(), "{} exited:\n{}", detector.label, detector.stderr());
-        assert!(Instant::now() < deadline, "{} got no partitions:\n{}", detector.label, detector.stderr());
-        std::thread::sleep(Duration::from_millis(100));
+    let assigned = |log: &str| log.lines().any(|l| l.contains("partitions assigned") && !l.contains("partitions=[]"));
+    if !detector.wait_for_log_where(assigned, LONG) {
+        let running = detector.is_running();
+        panic!("{} got no partitions (running: {running}):\n{}", detector.label, detector.stderr());
     }
 }
 
