@@ -526,8 +526,14 @@ impl Pipeline {
     /// Runs `vigil verify` (with `--topics-exact` on a real Kafka with exactly-once
     /// detectors, where a duplicate in a topic is a failure) and returns its JSON report.
     pub fn verify(&self) -> Value {
+        self.verify_with(self.topics_exact())
+    }
+
+    /// Runs `vigil verify`, with `--topics-exact` when `topics_exact` (for a real Kafka
+    /// reached otherwise than through `VIGIL_TEST_BOOTSTRAP`), and returns its JSON report.
+    pub fn verify_with(&self, topics_exact: bool) -> Value {
         let mut args = vec!["verify", "--database", &self.database_url];
-        if self.topics_exact() {
+        if topics_exact {
             args.push("--topics-exact");
         }
         let out = self.command(&args).output().expect("run vigil verify");

@@ -213,13 +213,8 @@ fn vigil_up_with_a_bootstrap_runs_exactly_once_on_the_cluster() {
     );
     assert!(!up.stderr().contains("in-memory broker up"), "no in-memory broker:\n{}", up.stderr());
     assert_eq!(count_rows(&db), 7, "{out}");
-    let verify = p
-        .command(&["--bootstrap", &cluster.bootstrap, "verify", "--database", &db, "--topics-exact"])
-        .output()
-        .expect("run vigil verify");
-    let report = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success(), "vigil verify --topics-exact ({}):\n{report}", verify.status);
-    let report: Value = serde_json::from_str(report.lines().last().unwrap_or_default()).expect("verify prints JSON");
+    let report = p.verify_with(true);
+    assert_eq!(report["exact"], true, "vigil verify --topics-exact: {report}");
     assert_eq!((report["frames"].as_u64(), report["rows"].as_u64()), (Some(7), Some(7)), "{report}");
     assert_eq!(report["topics"]["detections_redelivered"], 0, "{report}");
     eprintln!("[up] vigil up --bootstrap: 7 frames, 7 rows, exact, {:.1} s", started.elapsed().as_secs_f64());

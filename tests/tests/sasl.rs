@@ -29,14 +29,8 @@ fn sasl_or_skip() -> Option<Sasl> {
 /// `vigil verify --topics-exact`, logged in like the stages: a duplicate or an open
 /// transaction in the topics fails it too.
 fn verify_topics_exact(p: &Pipeline) -> Value {
-    let out =
-        p.command(&["verify", "--database", &p.database_url, "--topics-exact"]).output().expect("run vigil verify");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-        panic!("vigil verify printed no report ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr))
-    });
-    let report: Value = serde_json::from_str(report).expect("verify prints JSON");
-    assert!(out.status.success(), "vigil verify --topics-exact ({}): {report}", out.status);
+    let report = p.verify_with(true);
+    assert_eq!(report["exact"], true, "vigil verify --topics-exact: {report}");
     report
 }
 
