@@ -94,7 +94,7 @@ mod tests {
     use super::*;
 
     fn rec(partition: i32, offset: i64) -> InputRecord {
-        InputRecord { partition, offset, key: None, payload: None, headers: vec![], epoch: 0 }
+        InputRecord { partition, offset, key: None, payload: None, headers: vec![], epoch: 0, timestamp_ms: None }
     }
 
     #[test]

@@ -86,6 +86,13 @@ pub struct DetectorConfig {
     pub max_record_bytes: usize,
     /// Image decoding limits (decompression-bomb guard) applied before any pixel is decoded.
     pub decode: DecodeLimits,
+    /// A record whose Kafka timestamp is older than this when its batch reaches the model
+    /// is dead-lettered as `expired` instead of inferred, milliseconds; 0: off. For live
+    /// cameras; keep it off for replays and backfills (see `overload`).
+    pub max_frame_age_ms: u64,
+    /// Most records of one source (record key) inferred per batch: the oldest extras are
+    /// dead-lettered as `shed`, so one busy camera cannot crowd the others out; 0: off.
+    pub max_frames_per_source: usize,
 }
 
 impl Default for DetectorConfig {
@@ -104,6 +111,8 @@ impl Default for DetectorConfig {
             max_poll_interval_ms: 300_000,
             max_record_bytes: 20 * 1024 * 1024,
             decode: DecodeLimits::default(),
+            max_frame_age_ms: 0,
+            max_frames_per_source: 0,
         }
     }
 }

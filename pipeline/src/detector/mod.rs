@@ -36,6 +36,8 @@ mod transaction;
 #[cfg(test)]
 mod loop_tests;
 #[cfg(test)]
+mod overload_tests;
+#[cfg(test)]
 mod test_support;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};

@@ -27,6 +27,8 @@ pub(crate) struct InputRecord {
     pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
     /// The partition's assignment epoch when the record was read (see `DetectorContext`).
     pub(crate) epoch: u64,
+    /// The record's Kafka timestamp, milliseconds since the epoch (`detector.max_frame_age_ms`).
+    pub(crate) timestamp_ms: Option<i64>,
 }
 
 impl InputRecord {
@@ -42,6 +44,7 @@ impl InputRecord {
                 .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
                 .unwrap_or_default(),
             epoch,
+            timestamp_ms: message.timestamp().to_millis(),
         }
     }
 

@@ -69,7 +69,15 @@ pub(crate) fn frame_bytes(id: &str, data: Vec<u8>) -> Vec<u8> {
 }
 
 pub(crate) fn record(offset: i64, payload: Option<Vec<u8>>) -> InputRecord {
-    InputRecord { partition: 2, offset, key: Some(b"cam-1".to_vec()), payload, headers: vec![], epoch: 1 }
+    InputRecord {
+        partition: 2,
+        offset,
+        key: Some(b"cam-1".to_vec()),
+        payload,
+        headers: vec![],
+        epoch: 1,
+        timestamp_ms: None,
+    }
 }
 
 pub(crate) fn limits_of(cfg: &super::DetectorConfig) -> InputLimits {
