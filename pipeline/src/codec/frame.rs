@@ -59,9 +59,11 @@ impl fmt::Display for ImageEncoding {
 /// One frame as published to `images` (schema `schemas/Frame.avsc`; key = `source`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Frame {
-    /// Globally unique id (UUID v4): the idempotency key downstream.
+    /// Globally unique id (a UUID: name-based for a file, so that sending the same file
+    /// again gives the same id; random for a generated image): the idempotency key
+    /// downstream. Must satisfy the input contract ([`super::contract`]).
     pub frame_id: String,
-    /// Camera / source id; also the record key.
+    /// Camera / source id; also the record key. Must satisfy the input contract.
     pub source: String,
     /// Per-source sequence number.
     pub seq: i64,
@@ -98,7 +100,7 @@ impl Frame {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::{fingerprint_of, RecordType};
 

@@ -6,13 +6,17 @@
 //! rejects non-Avro bytes and unknown schemas with a typed [`CodecError`] whose
 //! [`kind`](CodecError::kind) goes into the dead-letter headers ([`dlq`]).
 //!
-//! Schema evolution rules: `schemas/README.md`.
+//! Schema evolution rules: `schemas/README.md`. What a frame must satisfy beyond its
+//! schema: [`contract`]. Every dead-letter kind: [`kinds`].
 
+pub(crate) mod contract;
 pub(crate) mod dlq;
 mod frame;
+pub(crate) mod kinds;
 mod result;
 mod schema;
 
+pub use contract::ContractError;
 pub(crate) use frame::{Frame, ImageEncoding};
 pub(crate) use result::{DetectedObject, DetectionResult};
 #[cfg(test)]
@@ -39,14 +43,21 @@ pub enum CodecError {
 
 impl CodecError {
     /// Stable, low-cardinality name of the error, used as the `vigil.error.kind` DLQ
-    /// header and as a metric label. Never change an existing value.
+    /// header and as a metric label ([`kinds`]).
     pub fn kind(&self) -> &'static str {
         match self {
-            CodecError::NotAvro { .. } => "not_avro",
-            CodecError::UnknownSchema { .. } => "unknown_schema",
-            CodecError::BadRecord { .. } => "bad_record",
-            CodecError::Encode { .. } => "encode",
+            CodecError::NotAvro { .. } => kinds::NOT_AVRO,
+            CodecError::UnknownSchema { .. } => kinds::UNKNOWN_SCHEMA,
+            CodecError::BadRecord { .. } => kinds::BAD_RECORD,
+            CodecError::Encode { .. } => kinds::ENCODE,
         }
+    }
+}
+
+impl ContractError {
+    /// The dead-letter kind of every contract violation: [`kinds::INVALID_FIELD`].
+    pub fn kind(&self) -> &'static str {
+        kinds::INVALID_FIELD
     }
 }
 

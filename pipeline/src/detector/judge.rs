@@ -40,21 +40,9 @@ impl InputLimits {
     }
 }
 
-/// Dead-letter kinds the detector itself assigns (codec and image kinds come from
-/// [`crate::codec::CodecError::kind`] and [`crate::model::DecodeError::kind`]).
-pub(crate) mod kinds {
-    /// The record is larger than `detector.max_record_bytes`.
-    pub(crate) const OVERSIZED: &str = "oversized";
-    /// The model failed on this frame alone (after the batch failed and was split).
-    pub(crate) const INFERENCE_FAILED: &str = "inference_failed";
-    /// The result could not be encoded (a bug, kept rather than lost).
-    pub(crate) const ENCODE: &str = "encode";
-    /// Same kind as [`crate::model::DecodeError::Corrupt`]: used for truncated JPEGs, which
-    /// the decoder would otherwise fill with grey.
-    pub(crate) const CORRUPT_IMAGE: &str = "corrupt_image";
-    /// Judging the record panicked: a bug (in a decoder, say) that this input triggers.
-    pub(crate) const PANIC: &str = "panic";
-}
+/// Dead-letter kinds, defined once in [`crate::codec::kinds`] (codec and image kinds come
+/// from [`crate::codec::CodecError::kind`] and [`crate::model::DecodeError::kind`]).
+pub(crate) use crate::codec::kinds;
 
 /// A JPEG whose last scan (SOS, `FF DA`) is not followed by an end-of-image marker
 /// (`FF D9`) was cut short: the decoder would pad the missing rows with grey and the

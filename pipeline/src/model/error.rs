@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::codec::kinds;
+
 /// Why a frame's bytes could not become a model input. These are properties of the
 /// input, not of the worker: the frame goes to the dead-letter topic.
 #[derive(Debug, thiserror::Error)]
@@ -18,13 +20,13 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// Stable, low-cardinality name used in DLQ headers and metrics.
+    /// Stable, low-cardinality name used in DLQ headers and metrics (`codec::kinds`).
     pub fn kind(&self) -> &'static str {
         match self {
-            DecodeError::Empty => "empty",
-            DecodeError::UnknownFormat => "unknown_format",
-            DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::Corrupt(_) => "corrupt_image",
+            DecodeError::Empty => kinds::EMPTY,
+            DecodeError::UnknownFormat => kinds::UNKNOWN_FORMAT,
+            DecodeError::TooLarge { .. } => kinds::TOO_LARGE,
+            DecodeError::Corrupt(_) => kinds::CORRUPT_IMAGE,
         }
     }
 }
