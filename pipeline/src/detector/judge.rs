@@ -345,6 +345,29 @@ mod tests {
         assert_eq!(out.inferred, corpus.len());
     }
 
+    /// A frame that decodes but breaks the input contract (`codec::contract`) is an
+    /// `invalid_field` dead letter: stored, its U+0000 would make the database refuse it.
+    #[test]
+    fn a_frame_breaking_the_input_contract_is_an_invalid_field() {
+        let mut model = FakeModel { calls: 0 };
+        let with_source = |source: &str| {
+            let mut frame = Frame::decode(&frame_bytes("f", png(8, 8, [0, 0, 255]))).unwrap();
+            frame.source = source.into();
+            frame.encode().unwrap()
+        };
+        let records = vec![
+            record(0, Some(with_source("cam\u{0}7"))),
+            record(1, Some(with_source(&"c".repeat(256)))),
+            record(2, Some(with_source("cam-7"))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(kinds, ["invalid_field", "invalid_field", "result"]);
+        let Verdict::DeadLetter { message, .. } = &out.verdicts[0] else { panic!() };
+        assert!(message.contains("source") && message.contains("control character"), "{message}");
+        assert_eq!(out.inferred, 1);
+    }
+
     #[test]
     fn decompression_bomb_is_dead_lettered() {
         let mut model = FakeModel { calls: 0 };
