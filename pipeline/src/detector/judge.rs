@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::model_thread::{InputRecord, Processed};
 use super::DetectorConfig;
-use crate::codec::{now_us, DetectedObject, DetectionResult, Frame};
+use crate::codec::{contract, now_us, DetectedObject, DetectionResult, Frame};
 use crate::model::{decode_image, DecodeLimits, DecodedFrame, Detection, Detector};
 use crate::thread_actor::panic_message;
 
@@ -170,6 +170,7 @@ fn judge(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFr
         });
     }
     let frame = Frame::decode(bytes).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
+    contract::check_frame(&frame).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
     #[cfg(test)]
     if frame.frame_id == PANICKING_FRAME {
         panic!("injected panic while judging frame {}", frame.frame_id);
