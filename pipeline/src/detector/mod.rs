@@ -31,6 +31,7 @@ mod failpoint;
 mod judge;
 mod model_thread;
 mod output;
+mod overload;
 mod transaction;
 
 #[cfg(test)]

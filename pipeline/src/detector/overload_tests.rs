@@ -50,7 +50,8 @@ async fn send(settings: &Settings, frames: &[(&str, i64)]) {
     }
 }
 
-/// Results as (source key, processed_at_us); dead letters as (source key, kind).
+/// Results as (source, processed_at_us), the source from the frame id; dead letters as
+/// (record key, kind).
 type Outcomes = (Vec<(String, i64)>, Vec<(String, String)>);
 
 fn outcomes(settings: &Settings) -> Outcomes {
@@ -61,7 +62,8 @@ fn outcomes(settings: &Settings) -> Outcomes {
     let mut results = Vec::new();
     let read = read_topic_to_end(&settings.kafka, &topics.detections.name, Duration::from_secs(10), &stop, |m| {
         let result = DetectionResult::decode(m.payload().unwrap()).unwrap();
-        results.push((key(m), result.processed_at_us));
+        let source = result.frame_id.rsplit_once('-').map_or("", |(source, _)| source).to_owned();
+        results.push((source, result.processed_at_us));
     });
     read.ok(); // empty so far: read again on the next round
     let mut dead = Vec::new();

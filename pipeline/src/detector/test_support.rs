@@ -6,6 +6,7 @@ use std::io::Cursor;
 
 use super::judge::InputLimits;
 use super::model_thread::InputRecord;
+use super::overload::Overload;
 use crate::codec::{Frame, ImageEncoding};
 use crate::model::{DecodeLimits, DecodedFrame, Detection, Detector, ModelError, INPUT_SIZE};
 
@@ -85,5 +86,5 @@ pub(crate) fn limits_of(cfg: &super::DetectorConfig) -> InputLimits {
 }
 
 pub(crate) fn limits() -> InputLimits {
-    InputLimits { max_record_bytes: 100_000, decode: DecodeLimits::default() }
+    InputLimits { max_record_bytes: 100_000, decode: DecodeLimits::default(), overload: Overload::default() }
 }
