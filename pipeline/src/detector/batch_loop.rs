@@ -187,7 +187,8 @@ impl<'a> BatchLoop<'a> {
             return Ok(());
         }
         let started = Instant::now();
-        let batch = Outputs { dest: &self.dest, records: &records, verdicts: &verdicts };
+        let failed_attempts = self.consecutive_failures;
+        let batch = Outputs { dest: &self.dest, records: &records, verdicts: &verdicts, failed_attempts };
         match self.committer.commit(self.consumer, &batch).await {
             Ok(()) => {
                 self.consecutive_failures = 0;
@@ -301,7 +302,14 @@ impl<'a> BatchLoop<'a> {
                 continue; // revoked meanwhile: its next owner starts at the committed offset
             }
             let images = &self.dest.images;
-            match blocking(|| self.consumer.seek(images, partition, Offset::Offset(offset), Duration::from_secs(10))) {
+            let sought = blocking(|| {
+                #[cfg(test)]
+                if seek_faults::take(images) {
+                    return Err(rdkafka::error::KafkaError::Seek("injected seek failure".into()));
+                }
+                self.consumer.seek(images, partition, Offset::Offset(offset), Duration::from_secs(10))
+            });
+            match sought {
                 Ok(()) => debug!(partition, offset, "rewound"),
                 Err(e) => {
                     // Without the seek the records would be skipped: give the partition up
@@ -325,6 +333,33 @@ impl<'a> BatchLoop<'a> {
                 assigned = ?self.consumer.context().assigned(),
                 "progress"
             );
+        }
+    }
+}
+
+/// Test-only: make the next seek on a topic fail (nothing outside the process can make
+/// librdkafka refuse a seek on an assigned partition on demand). Keyed by topic, so that
+/// tests running in parallel do not meet each other's faults.
+#[cfg(test)]
+pub(crate) mod seek_faults {
+    use std::sync::Mutex;
+
+    static TOPICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// The next seek on `topic` fails.
+    pub(crate) fn fail_next(topic: &str) {
+        TOPICS.lock().unwrap().push(topic.to_owned());
+    }
+
+    /// Whether a seek on `topic` is to fail now (consumes the fault).
+    pub(super) fn take(topic: &str) -> bool {
+        let mut topics = TOPICS.lock().unwrap();
+        match topics.iter().position(|t| t == topic) {
+            Some(i) => {
+                topics.remove(i);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -82,6 +82,16 @@ pub struct DetectorConfig {
     pub session_timeout_ms: u64,
     /// Kafka `max.poll.interval.ms`: longest gap between polls before the worker is evicted.
     pub max_poll_interval_ms: u64,
+    /// How long the model backend may keep failing (every batch, and a known-good probe
+    /// image, fail: a lost or broken device) before the worker exits 1, milliseconds.
+    /// Meanwhile it commits nothing, says it is not ready and retries the batch with
+    /// backoff; after the exit a restart, or another worker, takes the partitions.
+    pub backend_failure_limit_ms: u64,
+    /// Longest wait, after SIGTERM or Ctrl-C, for the batch in flight to commit (or abort)
+    /// and for the consumer to leave the group, milliseconds. Past it the worker exits 1
+    /// without waiting further (a broker that is gone): the uncommitted batch is read
+    /// again by the partitions' next owner.
+    pub shutdown_timeout_ms: u64,
     /// Records larger than this go to the dead-letter topic undecoded, bytes.
     pub max_record_bytes: usize,
     /// Image decoding limits (decompression-bomb guard) applied before any pixel is decoded.
@@ -109,6 +119,8 @@ impl Default for DetectorConfig {
             transaction_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
+            backend_failure_limit_ms: 60_000,
+            shutdown_timeout_ms: 10_000,
             max_record_bytes: 20 * 1024 * 1024,
             decode: DecodeLimits::default(),
             max_frame_age_ms: 0,
@@ -133,6 +145,16 @@ impl DetectorConfig {
         if self.static_membership {
             config.set("group.instance.id", instance);
         }
+    }
+
+    /// `backend_failure_limit_ms` as a duration.
+    pub fn backend_failure_limit(&self) -> Duration {
+        Duration::from_millis(self.backend_failure_limit_ms)
+    }
+
+    /// `shutdown_timeout_ms` as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 
     /// `max_wait_ms` as a duration.
@@ -170,6 +192,12 @@ impl DetectorConfig {
                 "detector.transaction_timeout_ms",
                 format!("{} must exceed detector.max_wait_ms ({})", self.transaction_timeout_ms, self.max_wait_ms),
             ));
+        }
+        if self.backend_failure_limit_ms == 0 {
+            return Err(("detector.backend_failure_limit_ms", "must be > 0".into()));
+        }
+        if self.shutdown_timeout_ms == 0 {
+            return Err(("detector.shutdown_timeout_ms", "must be > 0".into()));
         }
         if self.max_record_bytes == 0 {
             return Err(("detector.max_record_bytes", "must be > 0".into()));

@@ -152,4 +152,38 @@ mod tests {
         assert_eq!(ctx.assigned(), vec![0]);
         assert_eq!(ctx.rebalances(), 3);
     }
+
+    /// On a rebalance error rdkafka gives the partitions up (it unassigns them between
+    /// the two callbacks): records read from them before must no longer count as owned,
+    /// or the batch in the model would commit them as this worker's.
+    #[test]
+    fn a_rebalance_error_ends_the_ownership_of_the_partitions_given_up() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        use rdkafka::ClientConfig;
+
+        let broker = crate::kafka::DevBroker::start(1).unwrap();
+        let consumer: BaseConsumer<DetectorContext> = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("group.id", "rebalance-error")
+            .create_with_context(DetectorContext::new("images"))
+            .unwrap();
+        let ctx = consumer.context();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("images", 0);
+        tpl.add_partition("images", 1);
+        // What rdkafka does for an assignment: pre, assign, post.
+        let assign = Rebalance::Assign(&tpl);
+        ctx.pre_rebalance(&consumer, &assign);
+        consumer.assign(&tpl).unwrap();
+        ctx.post_rebalance(&consumer, &assign);
+        let (e0, e1) = (ctx.epoch(0), ctx.epoch(1));
+        assert!(ctx.is_current(0, e0) && ctx.is_current(1, e1));
+        // And for an error: pre, unassign everything, post.
+        let error = Rebalance::Error(KafkaError::Rebalance(RDKafkaErrorCode::Fail));
+        ctx.pre_rebalance(&consumer, &error);
+        consumer.unassign().unwrap();
+        ctx.post_rebalance(&consumer, &error);
+        assert!(!ctx.is_current(0, e0) && !ctx.is_current(1, e1), "records of dropped partitions are stale");
+        assert!(ctx.assigned().is_empty());
+    }
 }

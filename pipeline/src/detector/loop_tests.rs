@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::{Duration, Instant};
 
 use super::model_thread::preloaded;
-use super::test_support::{frame_bytes, limits_of, png, FakeModel};
+use super::test_support::{frame_bytes, limits_of, png, BrokenModel, FakeModel, PanickingModel, SlowModel};
 use super::*;
 use crate::codec::DetectionResult;
 use crate::kafka::idempotent_producer_config;
@@ -164,4 +164,225 @@ async fn injected_errors_abort_rewind_and_redo() {
     assert_eq!((results.len(), dead.len()), (GOOD, 1), "{summary:?}");
     assert!(summary.aborts >= 2, "{summary:?}");
     assert_eq!(summary.results, GOOD as u64, "each frame committed once: {summary:?}");
+}
+
+/// Starts a detector worker with `model`; returns its shutdown token and task.
+async fn start(
+    settings: &Settings,
+    model: Box<dyn crate::model::Detector>,
+) -> (CancellationToken, tokio::task::JoinHandle<Result<DetectorSummary, DetectorError>>) {
+    let worker = ModelThread::start(preloaded(model), limits_of(&settings.detector)).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let task = {
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { run(&settings, worker, shutdown).await })
+    };
+    (shutdown, task)
+}
+
+/// Distinct result frame ids, and the kind of every dead letter, in the output topics now.
+fn results_and_dead_letter_kinds(settings: &Settings) -> (HashSet<String>, Vec<String>) {
+    let stop = CancellationToken::new();
+    let kafka = &settings.kafka;
+    let mut results = HashSet::new();
+    let read = read_topic_to_end(kafka, &kafka.topics.detections.name, Duration::from_secs(10), &stop, |m| {
+        results.insert(DetectionResult::decode(m.payload().unwrap()).unwrap().frame_id);
+    });
+    if let Err(e) = read {
+        eprintln!("reading detections: {e}");
+    }
+    let mut kinds = Vec::new();
+    let read = read_topic_to_end(kafka, &kafka.topics.dlq.name, Duration::from_secs(10), &stop, |m| {
+        let kind = m.headers().and_then(|h| h.iter().find(|h| h.key == "vigil.error.kind").and_then(|h| h.value));
+        kinds.push(String::from_utf8_lossy(kind.unwrap_or_default()).into_owned());
+    });
+    if let Err(e) = read {
+        eprintln!("reading the DLQ: {e}");
+    }
+    (results, kinds)
+}
+
+/// Polls the outputs until `done` holds for them or `timeout` passes; returns the last read.
+async fn wait_for_outputs(
+    settings: &Settings,
+    timeout: Duration,
+    done: impl Fn(&HashSet<String>, &[String]) -> bool,
+) -> (HashSet<String>, Vec<String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = settings.clone();
+        let (results, kinds) = tokio::task::spawn_blocking(move || results_and_dead_letter_kinds(&s)).await.unwrap();
+        if done(&results, &kinds) || Instant::now() >= deadline {
+            return (results, kinds);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits up to `timeout` for the worker to stop by itself; stops it otherwise. Returns its
+/// outcome and whether it stopped by itself.
+async fn outcome_within(
+    shutdown: &CancellationToken,
+    mut task: tokio::task::JoinHandle<Result<DetectorSummary, DetectorError>>,
+    timeout: Duration,
+) -> (Result<DetectorSummary, DetectorError>, bool) {
+    match tokio::time::timeout(timeout, &mut task).await {
+        Ok(outcome) => (outcome.unwrap(), true),
+        Err(_) => {
+            shutdown.cancel();
+            (task.await.unwrap(), false)
+        }
+    }
+}
+
+/// A lost device: every model call fails. The worker must not turn the frames into
+/// `inference_failed` dead letters and commit them; it commits nothing, retries, and
+/// after `detector.backend_failure_limit_ms` stops with an error, so that another worker
+/// (here: the next one, with a healthy model) gets every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_backend_commits_nothing_and_stops_the_worker() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let mut settings = settings_for(&broker, Delivery::AtLeastOnce);
+    settings.detector.backend_failure_limit_ms = 2_000;
+    produce_frames(&settings, 0..GOOD, false).await;
+    let started = Instant::now();
+    let broken = BrokenModel { healthy_at: None, inner: FakeModel { calls: 0 } };
+    let (shutdown, task) = start(&settings, Box::new(broken)).await;
+    let (outcome, by_itself) = outcome_within(&shutdown, task, Duration::from_secs(30)).await;
+    let stopped_after = started.elapsed();
+    let (results, kinds) = results_and_dead_letter_kinds(&settings);
+    assert_eq!((results.len(), kinds.as_slice()), (0, &[][..]), "nothing may be committed: {outcome:?}");
+    assert!(by_itself, "the worker must stop by itself after the limit: {outcome:?}");
+    let err = outcome.expect_err("a worker whose backend stays broken fails");
+    assert!(err.to_string().contains("detector.backend_failure_limit_ms"), "{err}");
+    assert!(stopped_after < Duration::from_secs(20), "{stopped_after:?}");
+
+    let (shutdown, task) = start(&settings, Box::new(FakeModel { calls: 0 })).await;
+    let (results, kinds) =
+        wait_for_outputs(&settings, Duration::from_secs(60), |results, _| results.len() == GOOD).await;
+    shutdown.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((results.len(), kinds.len()), (GOOD, 0), "{summary:?}");
+}
+
+/// A backend that fails for a while and comes back: no frame is dead-lettered, every
+/// frame gets its result once the device is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_recovers_loses_no_frame() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let settings = settings_for(&broker, Delivery::ExactlyOnce);
+    produce_inputs(&settings).await;
+    let flaky =
+        BrokenModel { healthy_at: Some(Instant::now() + Duration::from_secs(3)), inner: FakeModel { calls: 0 } };
+    let (shutdown, task) = start(&settings, Box::new(flaky)).await;
+    let (results, kinds) = wait_for_outputs(&settings, Duration::from_secs(60), |results, kinds| {
+        results.len() == GOOD && !kinds.is_empty()
+    })
+    .await;
+    shutdown.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((results.len(), kinds.as_slice()), (GOOD, &["not_avro".to_owned()][..]), "{summary:?}");
+    assert_eq!((summary.results, summary.dead_letters), (GOOD as u64, 1), "{summary:?}");
+}
+
+/// A model whose forward pass panics on one frame: that frame alone is dead-lettered as
+/// `inference_failed`, the others get results, and the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_forward_pass_fails_only_its_frame() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let settings = settings_for(&broker, Delivery::ExactlyOnce);
+    produce_frames(&settings, 0..GOOD, false).await;
+    let producer: FutureProducer = idempotent_producer_config(&settings.kafka).create().unwrap();
+    let red = frame_bytes("red", png(8, 8, [255, 0, 0]));
+    let images = &settings.kafka.topics.images.name;
+    producer.send(FutureRecord::to(images).key("cam-0").payload(&red), Duration::from_secs(10)).await.unwrap();
+    let (shutdown, task) = start(&settings, Box::new(PanickingModel { inner: FakeModel { calls: 0 } })).await;
+    let (results, kinds) = wait_for_outputs(&settings, Duration::from_secs(60), |results, kinds| {
+        results.len() == GOOD && !kinds.is_empty()
+    })
+    .await;
+    assert!(!task.is_finished(), "the worker goes on");
+    shutdown.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((results.len(), kinds.as_slice()), (GOOD, &["inference_failed".to_owned()][..]), "{summary:?}");
+}
+
+/// A frame of a marked kind fails in the model every time, alone or not (a model bug
+/// that one input triggers): it alone is `inference_failed`; the backend is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_fails_alone_is_its_own_dead_letter() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let settings = settings_for(&broker, Delivery::ExactlyOnce);
+    produce_frames(&settings, 0..GOOD, false).await;
+    let producer: FutureProducer = idempotent_producer_config(&settings.kafka).create().unwrap();
+    let red = frame_bytes("red", png(8, 8, [255, 0, 0]));
+    let images = &settings.kafka.topics.images.name;
+    producer.send(FutureRecord::to(images).key("cam-0").payload(&red), Duration::from_secs(10)).await.unwrap();
+    let (shutdown, task) = start(&settings, Box::new(FakeModel { calls: 0 })).await;
+    let (results, kinds) = wait_for_outputs(&settings, Duration::from_secs(60), |results, kinds| {
+        results.len() == GOOD && !kinds.is_empty()
+    })
+    .await;
+    shutdown.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((results.len(), kinds.as_slice()), (GOOD, &["inference_failed".to_owned()][..]), "{summary:?}");
+}
+
+/// A batch whose commit fails is redone by seeking back to its first offsets. If that
+/// seek fails, the consumer's position stays past the batch: the worker must not go on
+/// (its next commit would skip the batch for good) but stop, so that the partitions'
+/// next owner starts from the committed offsets and every frame gets its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_seek_stops_the_worker_instead_of_skipping_records() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let settings = settings_for(&broker, Delivery::AtLeastOnce);
+    produce_inputs(&settings).await;
+    // The first delivery fails (the batch is redone), and so does the seek back.
+    broker.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED]);
+    super::batch_loop::seek_faults::fail_next(&settings.kafka.topics.images.name);
+    let (shutdown, task) = start(&settings, Box::new(FakeModel { calls: 0 })).await;
+    let (outcome, by_itself) = outcome_within(&shutdown, task, Duration::from_secs(15)).await;
+    assert!(by_itself, "the worker must stop after a failed seek: {outcome:?}");
+    let err = outcome.expect_err("a failed seek stops the worker");
+    assert!(err.to_string().contains("seek"), "{err}");
+
+    let (shutdown, task) = start(&settings, Box::new(FakeModel { calls: 0 })).await;
+    let (results, kinds) = wait_for_outputs(&settings, Duration::from_secs(30), |results, kinds| {
+        results.len() == GOOD && !kinds.is_empty()
+    })
+    .await;
+    shutdown.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((results.len(), kinds.len()), (GOOD, 1), "no frame skipped: {summary:?}");
+}
+
+/// SIGTERM while the broker is gone: the batch in flight can neither commit nor abort,
+/// and the consumer cannot leave the group. The worker must still return within
+/// `detector.shutdown_timeout_ms` (plus a little), with an error saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_the_broker_is_gone() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let mut settings = settings_for(&broker, Delivery::ExactlyOnce);
+    settings.detector.shutdown_timeout_ms = 2_000;
+    produce_inputs(&settings).await;
+    let slow = SlowModel { delay: Duration::from_millis(200), inner: FakeModel { calls: 0 } };
+    let (shutdown, task) = start(&settings, Box::new(slow)).await;
+    wait_for_outputs(&settings, Duration::from_secs(60), |results, _| !results.is_empty()).await;
+    broker.broker_down(-1).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = Instant::now();
+    shutdown.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), task).await;
+    let took = asked.elapsed();
+    eprintln!("shutdown with the broker gone took {took:?}");
+    assert!(took < Duration::from_millis(2_000 + 3_000), "took {took:?}: {outcome:?}");
+    let err = outcome.expect("returned").unwrap().expect_err("not a clean drain");
+    assert!(err.to_string().contains("detector.shutdown_timeout_ms"), "{err}");
 }
