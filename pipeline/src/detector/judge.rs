@@ -238,7 +238,7 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
-    use crate::detector::test_support::{frame_bytes, limits, png, record, FakeModel};
+    use crate::detector::test_support::{frame_bytes, limits, png, record, BrokenModel, FakeModel, PanickingModel};
 
     fn kind(v: &Verdict) -> &str {
         match v {

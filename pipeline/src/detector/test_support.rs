@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
+use std::time::Instant;
 
 use super::judge::InputLimits;
 use super::model_thread::InputRecord;
@@ -41,6 +42,68 @@ impl Detector for FakeModel {
                 }]
             })
             .collect())
+    }
+}
+
+/// A model whose backend is broken (every call fails, as on a lost GPU) until
+/// `healthy_at`, forever when `None`; then it answers as [`FakeModel`].
+pub(crate) struct BrokenModel {
+    pub(crate) healthy_at: Option<Instant>,
+    pub(crate) inner: FakeModel,
+}
+
+impl Detector for BrokenModel {
+    fn model_name(&self) -> &str {
+        "broken"
+    }
+    fn model_version(&self) -> &str {
+        "0"
+    }
+    fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
+        match self.healthy_at {
+            Some(at) if Instant::now() >= at => self.inner.detect(frames),
+            _ => Err(ModelError::Inference("device lost".into())),
+        }
+    }
+}
+
+/// [`FakeModel`], but its forward pass panics where that one fails (a red frame): a bug
+/// in the model that one input triggers.
+pub(crate) struct PanickingModel {
+    pub(crate) inner: FakeModel,
+}
+
+impl Detector for PanickingModel {
+    fn model_name(&self) -> &str {
+        "panicking"
+    }
+    fn model_version(&self) -> &str {
+        "0"
+    }
+    fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
+        match self.inner.detect(frames) {
+            Err(e) => panic!("injected panic in the forward pass: {e}"),
+            ok => ok,
+        }
+    }
+}
+
+/// [`FakeModel`] taking `delay` per call, so that batches are in flight for a while.
+pub(crate) struct SlowModel {
+    pub(crate) delay: std::time::Duration,
+    pub(crate) inner: FakeModel,
+}
+
+impl Detector for SlowModel {
+    fn model_name(&self) -> &str {
+        "slow"
+    }
+    fn model_version(&self) -> &str {
+        "0"
+    }
+    fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
+        std::thread::sleep(self.delay);
+        self.inner.detect(frames)
     }
 }
 
