@@ -314,6 +314,37 @@ mod tests {
         assert_eq!(kind(&out.verdicts[0]), "corrupt_image");
     }
 
+    /// A panic in the model's forward pass is a failed batch call, not the model
+    /// thread's end: the batch is split and only the frame that panics alone fails.
+    #[test]
+    fn a_panic_in_the_forward_pass_fails_only_its_frame() {
+        let mut model = PanickingModel { inner: FakeModel { calls: 0 } };
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
+            record(1, Some(frame_bytes("red", png(8, 8, [255, 0, 0])))),
+            record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(kinds, ["result", "inference_failed", "result"]);
+        let Verdict::DeadLetter { message, .. } = &out.verdicts[1] else { panic!() };
+        assert!(message.contains("injected panic in the forward pass"), "{message}");
+    }
+
+    /// A backend that fails every call (a lost device) says nothing about the frames:
+    /// none of them is dead-lettered.
+    #[test]
+    fn a_broken_backend_dead_letters_no_frame() {
+        let mut model = BrokenModel { healthy_at: None, inner: FakeModel { calls: 0 } };
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
+            record(1, Some(frame_bytes("b", png(8, 8, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let failed = out.verdicts.iter().filter(|v| kind(v) == kinds::INFERENCE_FAILED).count();
+        assert_eq!(failed, 0, "{:?}", out.verdicts);
+    }
+
     #[test]
     fn a_failing_frame_is_isolated() {
         let mut model = FakeModel { calls: 0 };
