@@ -6,8 +6,10 @@
 //! returning a summary; the `vigil` binary parses the command line and calls them.
 
 mod backoff;
+pub mod chaos;
 mod codec;
 pub mod detector;
+mod failpoint;
 pub mod kafka;
 pub mod model;
 pub mod producer;

@@ -57,6 +57,7 @@ classified!(
     vigil::tail::TailError,
     vigil::verify::VerifyError,
     vigil::kafka::KafkaPlumbingError,
+    vigil::chaos::ChaosError,
 );
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 mod bench;
 mod broker;
+mod chaos;
 mod detect_image;
 mod failure;
 mod model_flags;
@@ -74,6 +75,7 @@ enum Command {
     Detect(pipeline::DetectArgs),
     Sink(pipeline::SinkArgs),
     Up(pipeline::UpArgs),
+    Chaos(chaos::ChaosArgs),
     DetectImage(detect_image::DetectImageArgs),
     /// Measure throughput (`vigil bench model`).
     #[command(subcommand)]
@@ -96,7 +98,7 @@ impl Command {
             Command::Up(args) => args.overrides(),
             Command::DetectImage(args) => args.model.overrides(),
             Command::Bench(bench::BenchCommand::Model(args)) => args.model.overrides(),
-            Command::Broker(_) | Command::Tail(_) | Command::Config => Vec::new(),
+            Command::Broker(_) | Command::Tail(_) | Command::Chaos(_) | Command::Config => Vec::new(),
         }
     }
 }
@@ -176,6 +178,7 @@ async fn run_command(
         Command::Detect(_) => pipeline::detect(settings, shutdown).await,
         Command::Sink(_) => pipeline::sink(settings, shutdown).await,
         Command::Up(args) => pipeline::up(settings, args, shutdown).await,
+        Command::Chaos(args) => chaos::run(settings, args, shutdown).await,
         Command::DetectImage(args) => detect_image::run(settings, args).await,
         Command::Bench(bench::BenchCommand::Model(args)) => bench::model::run(settings, args).await,
         Command::Config => unreachable!("handled before the runtime starts"),

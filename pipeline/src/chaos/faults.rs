@@ -1,0 +1,571 @@
+//! What each scenario does to the running pipeline, while frames stream. Every fault is
+//! recorded with its time and whether it took hold (see the `chaos` module docs for what
+//! counts as effective); the drivers wait for the pipeline to recover before the next
+//! fault, so that each time to recovery is measured on its own.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use super::fleet::{self, ProcId};
+use super::{ChaosError, Run, Scenario, SESSION_TIMEOUT_MS, STOP_TIMEOUT};
+
+/// How long a restarted or joining detector may take to own partitions.
+const OWN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for a batch in flight before injecting anyway.
+const FLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an armed process may take to reach its failpoint.
+const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long after a fault its effect (a rebalance, a warning) may take to show.
+const EFFECT_WINDOW: Duration = Duration::from_secs(20);
+
+/// One injected fault.
+#[derive(Debug, Clone)]
+pub(crate) struct Fault {
+    pub kind: &'static str,
+    pub at_ms: u64,
+    pub effective: bool,
+}
+
+/// Runs the scenario's faults; returns when they are done (the stream then ends).
+pub(crate) fn drive(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    match run.scenario {
+        Scenario::Baseline | Scenario::Poison => Ok(()),
+        Scenario::DetectorKill => {
+            for _ in 0..run.size.rounds {
+                run.pause(Duration::from_millis(1_500))?;
+                detector_kill(run)?;
+            }
+            Ok(())
+        }
+        Scenario::RollingSigterm => rolling(run),
+        Scenario::Zombie => zombie(run),
+        Scenario::Storm => {
+            for cycle in 0..run.size.rounds {
+                storm_cycle(run, cycle, 2)?;
+            }
+            Ok(())
+        }
+        Scenario::SinkKill => sink_kills(run),
+        Scenario::TxnFailpoints => txn_failpoints(run),
+        Scenario::SlowBatch => slow_batch(run),
+        Scenario::BrokerFaults => broker_faults(run),
+        Scenario::DbRestart => db_restart(run),
+        Scenario::Soak => soak(run),
+    }
+}
+
+/// A small random number (xorshift over the clock): which detector to kill.
+fn random_below(n: usize) -> usize {
+    let mut x = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x % n.max(1) as u64) as usize
+}
+
+/// kill -9 of a random detector that owns partitions, restarted under its instance id.
+fn detector_kill(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let owners: Vec<usize> =
+        (0..run.slots.len()).filter(|i| fleet::owns_partitions(&run.fleet.log(run.slots[*i].proc))).collect();
+    let i = if owners.is_empty() { random_below(run.slots.len()) } else { owners[random_below(owners.len())] };
+    let victim = run.slots[i].proc;
+    let owned = fleet::owns_partitions(&run.fleet.log(victim));
+    let at = run.now_ms();
+    run.fleet.kill9(victim);
+    let back = run.restart_slot(i, &[])?;
+    let recovered = run.wait_owns(back, OWN_TIMEOUT);
+    run.fault("detector-kill9", at, owned && recovered);
+    Ok(())
+}
+
+/// SIGTERM of every detector in turn (it commits its batch and leaves), restarted.
+fn rolling(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    for _ in 0..run.size.rounds {
+        for i in 0..run.slots.len() {
+            run.pause(Duration::from_millis(1_000))?;
+            run.wait_in_flight(FLIGHT_TIMEOUT)?;
+            let victim = run.slots[i].proc;
+            let owned = fleet::owns_partitions(&run.fleet.log(victim));
+            let at = run.now_ms();
+            let clean = run.fleet.terminate(victim, STOP_TIMEOUT).is_some_and(|s| s.success());
+            if !clean {
+                run.notes.push(format!("{} did not stop cleanly on SIGTERM", run.fleet.label(victim)));
+            }
+            let back = run.restart_slot(i, &[])?;
+            let recovered = run.wait_owns(back, OWN_TIMEOUT);
+            run.fault("sigterm", at, owned && clean && recovered);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the assignment lines of all detectors exceed `before`.
+fn wait_rebalance(run: &mut Run<'_>, before: usize, timeout: Duration) -> Result<bool, ChaosError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if run.assignments() > before {
+            return Ok(true);
+        }
+        run.pause(Duration::from_millis(100))?;
+    }
+    Ok(false)
+}
+
+/// A detector frozen (SIGSTOP) past the session timeout, then thawed. On a cluster it
+/// freezes itself inside a transaction, right before the commit (failpoint
+/// `pause-before-commit`), past the transaction timeout too: it must be fenced and stop.
+fn zombie(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    let freeze = Duration::from_millis(SESSION_TIMEOUT_MS + 4_000);
+    if run.env.broker.is_none() {
+        let zombie = run.spawn_detector(
+            "zombie",
+            "zombie",
+            &[("VIGIL_FAILPOINT", "pause-before-commit:3"), ("VIGIL__DETECTOR__TRANSACTION_TIMEOUT_MS", "8000")],
+        )?;
+        let stop = run.stop.clone();
+        let reached = run.fleet.wait_for_log(
+            zombie,
+            |l| l.contains("failpoint pause-before-commit reached"),
+            FAILPOINT_TIMEOUT,
+            &stop,
+        );
+        let at = run.now_ms();
+        let before = run.assignments();
+        // Past the session timeout (its partitions move) and the transaction timeout 8 s.
+        run.pause(Duration::from_secs(15))?;
+        let moved = run.assignments() > before;
+        run.fleet.signal(zombie, libc::SIGCONT);
+        let exited = run.fleet.wait(zombie, Duration::from_secs(120)).is_some();
+        if !exited {
+            run.notes.push("the thawed zombie did not stop".into());
+            run.fleet.terminate(zombie, STOP_TIMEOUT);
+        }
+        let fenced = run.fleet.log(zombie).contains("this worker was fenced");
+        if reached && !fenced {
+            run.notes.push("the thawed zombie was not fenced".into());
+        }
+        run.fault("zombie-sigstop", at, reached && moved && fenced);
+        return Ok(());
+    }
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let owners: Vec<usize> =
+        (0..run.slots.len()).filter(|i| fleet::owns_partitions(&run.fleet.log(run.slots[*i].proc))).collect();
+    let i = owners.first().copied().unwrap_or(0);
+    let victim = run.slots[i].proc;
+    let owned = fleet::owns_partitions(&run.fleet.log(victim));
+    let before = run.assignments();
+    let at = run.now_ms();
+    run.fleet.signal(victim, libc::SIGSTOP);
+    run.pause(freeze)?;
+    let moved = run.assignments() > before;
+    run.fleet.signal(victim, libc::SIGCONT);
+    // Thawed, it finds itself out of the group and rejoins (or exits: then restart it).
+    if run.fleet.wait(victim, Duration::from_secs(5)).is_some() {
+        run.restart_slot(i, &[])?;
+    }
+    run.fault("zombie-sigstop", at, owned && moved);
+    Ok(())
+}
+
+/// One cycle of the rebalance storm: `joiners` detectors join (1 → 1 + joiners), own
+/// partitions, and leave with SIGTERM (→ 1).
+fn storm_cycle(run: &mut Run<'_>, cycle: u32, joiners: usize) -> Result<(), ChaosError> {
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let at = run.now_ms();
+    let mut ids: Vec<ProcId> = Vec::new();
+    for j in 0..joiners {
+        let name = format!("storm-{cycle}-{j}");
+        ids.push(run.spawn_detector(&name, &name, &[])?);
+    }
+    let mut joined = true;
+    for id in &ids {
+        joined &= run.wait_owns(*id, OWN_TIMEOUT);
+    }
+    run.fault("rebalance-join", at, joined);
+    run.pause(Duration::from_secs(2))?;
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let before = run.assignments();
+    let at = run.now_ms();
+    for id in &ids {
+        run.fleet.terminate(*id, STOP_TIMEOUT);
+    }
+    let rebalanced = wait_rebalance(run, before, EFFECT_WINDOW)?;
+    run.fault("rebalance-leave", at, rebalanced);
+    Ok(())
+}
+
+/// kill -9 of the sink, in turn: anywhere, right before its database COMMIT and right
+/// after it (the sink's failpoints `sink-kill-before-db-commit`, `sink-kill-after-db-commit`).
+fn sink_kills(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    const POINTS: [&str; 2] = ["sink-kill-before-db-commit", "sink-kill-after-db-commit"];
+    for round in 0..run.size.rounds {
+        run.pause(Duration::from_millis(1_500))?;
+        let point = match round % 3 {
+            0 => None,
+            k => Some(POINTS[k as usize - 1]),
+        };
+        // The sink that runs now was started armed when this round has a failpoint.
+        let sink = run.sink;
+        let (at, effective) = match point {
+            None => {
+                run.wait_in_flight(FLIGHT_TIMEOUT)?;
+                let stored = run.sampler.rows() > run.sink_rows_at_start;
+                let at = run.now_ms();
+                run.fleet.kill9(sink);
+                (at, stored)
+            }
+            Some(point) => {
+                let stop = run.stop.clone();
+                let needle = format!("failpoint {point} reached");
+                let reached = run.fleet.wait_for_log(sink, |l| l.contains(&needle), FAILPOINT_TIMEOUT, &stop);
+                let died = run.fleet.wait(sink, Duration::from_secs(10)).is_some();
+                let at = run.now_ms();
+                if !(reached && died) {
+                    run.notes.push(format!("the sink never reached {point} (does this binary have it?)"));
+                    run.fleet.kill9(sink);
+                }
+                (at, reached && died)
+            }
+        };
+        let next = match (round + 1) % 3 {
+            0 => None,
+            k => Some(POINTS[k as usize - 1]),
+        };
+        let armed = next.filter(|_| round + 1 < run.size.rounds).map(|p| format!("{p}:2"));
+        match &armed {
+            Some(spec) => run.restart_sink(&[("VIGIL_FAILPOINT", spec)])?,
+            None => run.restart_sink(&[])?,
+        };
+        run.fault(if point.is_some() { "sink-failpoint-kill9" } else { "sink-kill9" }, at, effective);
+    }
+    Ok(())
+}
+
+/// kill -9 of a detector at each failpoint of a transaction (cluster only), restarted
+/// under the same instance id, which aborts the dead worker's open transaction.
+fn txn_failpoints(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    const POINTS: [&str; 3] = ["kill-after-produce", "kill-after-offsets", "kill-during-commit"];
+    for round in 0..run.size.rounds {
+        for point in POINTS {
+            let spec = format!("{point}:3");
+            let armed =
+                run.spawn_detector(&format!("armed-{point}-{round}"), "armed", &[("VIGIL_FAILPOINT", &spec)])?;
+            let stop = run.stop.clone();
+            let needle = format!("failpoint {point} reached");
+            let reached = run.fleet.wait_for_log(armed, |l| l.contains(&needle), FAILPOINT_TIMEOUT, &stop);
+            let status = run.fleet.wait(armed, Duration::from_secs(10));
+            let at = run.now_ms();
+            use std::os::unix::process::ExitStatusExt;
+            let killed = status.is_some_and(|s| s.signal() == Some(libc::SIGKILL));
+            if !(reached && killed) {
+                run.notes.push(format!("{point} was not reached"));
+                run.fleet.kill9(armed);
+            }
+            run.fault("failpoint-kill9", at, reached && killed);
+        }
+    }
+    // The last armed worker's successor: aborts what it left open and works on.
+    let last = run.spawn_detector("armed-final", "armed", &[])?;
+    run.wait_owns(last, OWN_TIMEOUT);
+    Ok(())
+}
+
+/// A batch slower than `transaction.timeout.ms` (cluster only): a worker frozen before its
+/// commit for longer than its 5 s transaction timeout, within its session timeout; the
+/// coordinator aborts the transaction, the worker's commit fails and the batch is redone
+/// (by it, or by its successor if it was fenced).
+fn slow_batch(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    let slow = run.spawn_detector(
+        "slow",
+        "slow",
+        &[
+            ("VIGIL_FAILPOINT", "pause-before-commit:3"),
+            ("VIGIL__DETECTOR__TRANSACTION_TIMEOUT_MS", "5000"),
+            ("VIGIL__DETECTOR__SESSION_TIMEOUT_MS", "45000"),
+            ("VIGIL__DETECTOR__MAX_POLL_INTERVAL_MS", "60000"),
+        ],
+    )?;
+    let stop = run.stop.clone();
+    let reached =
+        run.fleet.wait_for_log(slow, |l| l.contains("failpoint pause-before-commit reached"), FAILPOINT_TIMEOUT, &stop);
+    let at = run.now_ms();
+    run.pause(Duration::from_secs(10))?;
+    run.fleet.signal(slow, libc::SIGCONT);
+    let effect = |l: &str| l.contains("abort") || l.contains("fenced");
+    let noticed = reached && run.fleet.wait_for_log(slow, effect, Duration::from_secs(60), &stop);
+    if run.fleet.wait(slow, Duration::ZERO).is_some() {
+        let next = run.spawn_detector("slow-r1", "slow", &[])?;
+        run.wait_owns(next, OWN_TIMEOUT);
+    }
+    run.fault("slow-batch", at, noticed);
+    Ok(())
+}
+
+/// Warning and error lines, and assignment lines, in every log: a fault that makes no
+/// stage warn or rebalance went unnoticed.
+fn disturbances(run: &Run<'_>) -> usize {
+    run.fleet
+        .all()
+        .into_iter()
+        .map(|id| run.fleet.log(id).lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).count())
+        .sum::<usize>()
+        + run.assignments()
+}
+
+/// Waits up to [`EFFECT_WINDOW`] for a new warning, error or rebalance.
+fn wait_disturbed(run: &mut Run<'_>, before: usize) -> Result<bool, ChaosError> {
+    let deadline = Instant::now() + EFFECT_WINDOW;
+    while Instant::now() < deadline {
+        if disturbances(run) > before {
+            return Ok(true);
+        }
+        run.pause(Duration::from_millis(200))?;
+    }
+    Ok(false)
+}
+
+fn broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    if run.env.broker.is_some() {
+        embedded_broker_faults(run)
+    } else {
+        cluster_broker_faults(run)
+    }
+}
+
+/// The embedded broker's injected errors, one kind at a time while batches are in
+/// flight, and coordinator moves.
+fn embedded_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    use RDKafkaRespErr::*;
+    let broker = run.env.broker.expect("called for the embedded broker");
+    let group = run.detector_group.clone();
+    let steps: [(&'static str, RDKafkaApiKey, &[RDKafkaRespErr]); 5] = [
+        ("produce-errors", RDKafkaApiKey::Produce, &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 5]),
+        ("txn-offset-commit-errors", RDKafkaApiKey::TxnOffsetCommit, &[RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 3]),
+        ("end-txn-errors", RDKafkaApiKey::EndTxn, &[RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 3]),
+        ("joingroup-errors", RDKafkaApiKey::JoinGroup, &[RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 3]),
+        ("heartbeat-errors", RDKafkaApiKey::Heartbeat, &[RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 3]),
+    ];
+    for (kind, api, errors) in steps {
+        run.pause(Duration::from_secs(2))?;
+        run.wait_in_flight(FLIGHT_TIMEOUT)?;
+        let before = disturbances(run);
+        let at = run.now_ms();
+        broker.request_errors(api, errors);
+        if api == RDKafkaApiKey::JoinGroup {
+            // A join happens only in a rebalance: start one.
+            broker.request_errors(RDKafkaApiKey::Heartbeat, &[RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS]);
+        }
+        let effective = wait_disturbed(run, before)?;
+        broker.clear_request_errors(api);
+        run.fault(kind, at, effective);
+    }
+    for target in [2, 3] {
+        run.pause(Duration::from_secs(2))?;
+        run.wait_in_flight(FLIGHT_TIMEOUT)?;
+        let before = disturbances(run);
+        let at = run.now_ms();
+        broker.group_coordinator(&group, target)?;
+        // Clients notice a moved coordinator on their next request to the old one.
+        let effective = wait_disturbed(run, before)?;
+        run.fault("coordinator-move", at, effective);
+    }
+    Ok(())
+}
+
+/// `--kafka-script ARGS… --dir DIR`: its stdout, or why it failed.
+fn kafka_script(run: &Run<'_>, args: &[&str]) -> Result<String, String> {
+    let (Some(script), Some(dir)) = (&run.env.config.kafka_script, &run.env.config.kafka_dir) else {
+        return Err("no --kafka-script".into());
+    };
+    let out = Command::new(script)
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{} {args:?}: {} {}", script.display(), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Leader broker id of every partition of `images`.
+fn leaders(run: &Run<'_>) -> HashMap<i32, i32> {
+    let Ok(client) = crate::kafka::metadata_client(&run.kafka) else { return HashMap::new() };
+    let Ok(md) = client.fetch_metadata(Some(&run.images_topic), Duration::from_secs(10)) else {
+        return HashMap::new();
+    };
+    md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader()))).collect()
+}
+
+/// The active KRaft controller, through the script's `tool` command.
+fn controller(run: &Run<'_>) -> Option<i32> {
+    let out = kafka_script(
+        run,
+        &["tool", "kafka-metadata-quorum.sh", "--bootstrap-server", run.env.bootstrap, "describe", "--status"],
+    )
+    .ok()?;
+    out.lines().find_map(|l| l.trim().strip_prefix("LeaderId:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// On a cluster: kill -9 of the leader of a busy partition, of the controller, and a
+/// broker stopped (SIGSTOP) for 30 s; each node started again afterwards.
+fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    // kill -9 of a leader.
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let before = leaders(run);
+    if let Some(&leader) = before.get(&0) {
+        let at = run.now_ms();
+        let killed = kafka_script(run, &["kill", &leader.to_string()]);
+        run.pause(Duration::from_secs(10))?;
+        let moved = leaders(run).get(&0).is_some_and(|l| *l != leader);
+        if let Err(e) = &killed {
+            run.notes.push(e.clone());
+        }
+        if let Err(e) = kafka_script(run, &["start", &leader.to_string()]) {
+            run.notes.push(e);
+        }
+        run.fault("broker-kill9", at, killed.is_ok() && moved);
+    }
+    // kill -9 of the controller.
+    run.pause(Duration::from_secs(3))?;
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    match controller(run) {
+        Some(id) => {
+            let at = run.now_ms();
+            let killed = kafka_script(run, &["kill", &id.to_string()]);
+            run.pause(Duration::from_secs(10))?;
+            let moved = controller(run).is_some_and(|now| now != id);
+            if let Err(e) = kafka_script(run, &["start", &id.to_string()]) {
+                run.notes.push(e);
+            }
+            run.fault("controller-kill9", at, killed.is_ok() && moved);
+        }
+        None => run.notes.push("could not find the controller (kafka-metadata-quorum.sh)".into()),
+    }
+    // SIGSTOP of a broker (the leader of partition 0 now) for 30 s.
+    run.pause(Duration::from_secs(3))?;
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    if let Some(&leader) = leaders(run).get(&0) {
+        let pid = kafka_script(run, &["pid", &leader.to_string()]).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let before = disturbances(run);
+            let at = run.now_ms();
+            // SAFETY: kill(2) on the pid the script reports for its node; SIGSTOP/SIGCONT only.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            let paused = run.pause(Duration::from_secs(30));
+            // SAFETY: as above; the node must be thawed even when interrupted.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            paused?;
+            let effective = disturbances(run) > before || leaders(run).get(&0).is_some_and(|l| *l != leader);
+            run.fault("broker-sigstop", at, effective);
+        } else {
+            run.notes.push(format!("no pid for node {leader}"));
+        }
+    }
+    Ok(())
+}
+
+/// The database server restarted (`--db-restart-command`) while batches are stored.
+fn db_restart(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    let Some(cmd) = run.env.config.db_restart_command.clone() else { return Ok(()) };
+    run.pause(Duration::from_secs(3))?;
+    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let before = disturbances(run);
+    let at = run.now_ms();
+    let status = Command::new("sh").arg("-c").arg(&cmd).stdin(std::process::Stdio::null()).status();
+    let ok = status.as_ref().is_ok_and(|s| s.success());
+    if !ok {
+        run.notes.push(format!("{cmd:?} failed: {status:?}"));
+    }
+    let effective = ok && wait_disturbed(run, before)?;
+    run.fault("db-restart", at, effective);
+    Ok(())
+}
+
+/// Kills, rebalances and broker faults mixed for the soak's duration; the RSS of every
+/// process that lives through it is sampled, and growth after the warm-up (the first
+/// third of its life) reported.
+fn soak(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    let until = Instant::now() + run.size.soak;
+    let mut rss: HashMap<ProcId, Vec<u64>> = HashMap::new();
+    let mut step = 0u32;
+    let mut next_fault = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        for id in run.fleet.all() {
+            if let Some(kib) = run.fleet.rss_kib(id) {
+                rss.entry(id).or_default().push(kib);
+            }
+        }
+        if Instant::now() >= next_fault {
+            match step % 3 {
+                0 => detector_kill(run)?,
+                1 => storm_cycle(run, step, 1)?,
+                _ => {
+                    if run.env.broker.is_some() {
+                        let broker = run.env.broker.expect("checked");
+                        run.wait_in_flight(FLIGHT_TIMEOUT)?;
+                        let before = run.assignments();
+                        let at = run.now_ms();
+                        broker.request_errors(
+                            RDKafkaApiKey::Heartbeat,
+                            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 2],
+                        );
+                        let effective = wait_rebalance(run, before, EFFECT_WINDOW)?;
+                        run.fault("heartbeat-errors", at, effective);
+                    } else if run.env.config.kafka_script.is_some() {
+                        let leader = leaders(run).get(&0).copied();
+                        if let Some(leader) = leader {
+                            run.wait_in_flight(FLIGHT_TIMEOUT)?;
+                            let at = run.now_ms();
+                            let killed = kafka_script(run, &["kill", &leader.to_string()]).is_ok();
+                            run.pause(Duration::from_secs(5))?;
+                            let moved = leaders(run).get(&0).is_some_and(|l| *l != leader);
+                            if let Err(e) = kafka_script(run, &["start", &leader.to_string()]) {
+                                run.notes.push(e);
+                            }
+                            run.fault("broker-kill9", at, killed && moved);
+                        }
+                    } else {
+                        detector_kill(run)?;
+                    }
+                }
+            }
+            step += 1;
+            next_fault = Instant::now() + Duration::from_secs(10);
+        }
+        run.pause(Duration::from_secs(1))?;
+    }
+    let long_lived = rss.values().filter(|v| v.len() >= 20);
+    run.rss_growth_pct = long_lived.filter_map(|v| rss_growth_pct(v)).reduce(f64::max);
+    Ok(())
+}
+
+/// Growth of the RSS from the end of the warm-up (the first third of the samples) to the
+/// end, percent.
+pub(crate) fn rss_growth_pct(samples: &[u64]) -> Option<f64> {
+    let warm = *samples.get(samples.len() / 3)?;
+    let last = *samples.last()?;
+    (warm > 0).then(|| (last as f64 - warm as f64) * 100.0 / warm as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_growth_is_measured_after_the_warm_up() {
+        // Warm-up growth (100 → 200) does not count; 200 → 210 is 5%.
+        assert_eq!(rss_growth_pct(&[100, 150, 200, 200, 205, 210]), Some(5.0));
+        assert_eq!(rss_growth_pct(&[]), None);
+        assert_eq!(rss_growth_pct(&[0, 0, 0]), None);
+        assert!(rss_growth_pct(&[300, 300, 300, 250]).unwrap() < 0.0);
+    }
+}
