@@ -22,6 +22,7 @@ mod config;
 mod consumer;
 mod db;
 mod error;
+mod failpoint;
 pub(crate) mod store;
 mod write;
 

@@ -11,6 +11,7 @@ use postgres::{Client, NoTls};
 use super::{Batch, BatchOutcome, DetectionRow, Store, StoreStats};
 use crate::codec::now_us;
 use crate::sink::error::StoreError;
+use crate::sink::failpoint::{self, Point};
 
 /// Schema migrations, applied in order under an advisory lock (several sinks may start
 /// at once); `schema_migrations` records the last one. Append, never edit.
@@ -167,6 +168,7 @@ impl Store for PostgresStore {
     }
 
     fn write_batch(&mut self, batch: &Batch) -> Result<BatchOutcome, StoreError> {
+        failpoint::batch_begun();
         let now = now_us();
         let mut tx = self.client.transaction().map_err(err("starting a batch transaction"))?;
         let mut out = BatchOutcome::default();
@@ -204,7 +206,9 @@ impl Store for PostgresStore {
             tx.execute(&upsert, &[&batch.group_id, &batch.topic, &o.partition, &o.next_offset, &now])
                 .map_err(err("upserting an offset"))?;
         }
+        failpoint::kill_at(Point::SinkKillBeforeDbCommit);
         tx.commit().map_err(err("committing a batch"))?;
+        failpoint::kill_at(Point::SinkKillAfterDbCommit);
         Ok(out)
     }
 

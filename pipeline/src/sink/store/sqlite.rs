@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::{Batch, BatchOutcome, DetectionRow, Store, StoreStats};
 use crate::codec::now_us;
 use crate::sink::error::StoreError;
+use crate::sink::failpoint::{self, Point};
 
 /// Schema migrations, applied in order; `schema_migrations` records the last one.
 /// Never edit a released migration: append a new one.
@@ -156,6 +157,7 @@ impl Store for SqliteStore {
     }
 
     fn write_batch(&mut self, batch: &Batch) -> Result<BatchOutcome, StoreError> {
+        failpoint::batch_begun();
         let now = now_us();
         let tx = self
             .conn
@@ -197,7 +199,9 @@ impl Store for SqliteStore {
                     .map_err(err("upserting an offset"))?;
             }
         }
+        failpoint::kill_at(Point::SinkKillBeforeDbCommit);
         tx.commit().map_err(err("committing a batch"))?;
+        failpoint::kill_at(Point::SinkKillAfterDbCommit);
         Ok(out)
     }
 
