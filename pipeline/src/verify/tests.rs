@@ -103,7 +103,11 @@ async fn send(producer: &FutureProducer, topic: &str, payload: &[u8], headers: O
 }
 
 fn dead_letter_headers(partition: i32, offset: i64) -> OwnedHeaders {
-    dlq::error_headers("bad_image", "test", partition, offset)
+    dead_letter_headers_of("bad_image", partition, offset)
+}
+
+fn dead_letter_headers_of(kind: &str, partition: i32, offset: i64) -> OwnedHeaders {
+    dlq::error_headers(kind, "test", partition, offset)
         .iter()
         .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_str()) }))
 }
@@ -250,5 +254,37 @@ async fn frames_deleted_before_they_were_read_are_missing() {
     assert_eq!(report.missing, lost as u64, "{report:?}");
     assert_eq!(report.frames, sent as u64, "{report:?}");
     assert!(!report.exact, "{report:?}");
+    std::fs::remove_file(&db_path).ok();
+}
+
+/// Dead letters are reported by kind, one per frame (a redelivered dead letter counts
+/// once), and frames the overload policy dead-lettered (`expired`, `shed`) are accounted
+/// for: the run stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_dead_letters_by_kind() {
+    let (_broker, settings, db_path) = dev_pipeline(1);
+    let topics = &settings.kafka.topics;
+    let producer: FutureProducer = crate::kafka::client_config(&settings.kafka).create().unwrap();
+    let frames: Vec<Frame> = (0..5).map(test_frame).collect();
+    for f in &frames {
+        send(&producer, &topics.images.name, &f.encode().unwrap(), None).await;
+    }
+    send(&producer, &topics.detections.name, &test_result(&frames[0], 0, 0).encode().unwrap(), None).await;
+    store_rows(&settings, vec![test_row(&frames[0], 0, 0)], 1);
+    // Frames 1 and 2 expired (2 twice: a redelivery), 3 shed, 4 a bad image.
+    for (i, kind) in [(1, "expired"), (2, "expired"), (2, "expired"), (3, "shed"), (4, "corrupt_image")] {
+        let headers = dead_letter_headers_of(kind, 0, i as i64);
+        send(&producer, &topics.dlq.name, &frames[i].encode().unwrap(), Some(headers)).await;
+    }
+
+    let report = verify(&settings, &options(false), CancellationToken::new()).await.unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!((report.frames, report.rows, report.dlq, report.missing), (5, 1, 4, 0), "{json}");
+    assert_eq!(
+        json["dead_letters_by_kind"],
+        serde_json::json!({"corrupt_image": 1, "expired": 2, "shed": 1}),
+        "{json}"
+    );
+    assert!(report.exact, "{json}");
     std::fs::remove_file(&db_path).ok();
 }
