@@ -204,8 +204,7 @@ fn die_with_parent(cmd: &mut Command) {
 /// names some and no revocation followed it.
 pub(crate) fn owns_partitions(log: &str) -> bool {
     log.lines()
-        .filter(|l| l.contains("partitions assigned") || l.contains("partitions revoked"))
-        .next_back()
+        .rfind(|l| l.contains("partitions assigned") || l.contains("partitions revoked"))
         .is_some_and(|l| l.contains("partitions assigned") && !l.contains("partitions=[]"))
 }
 
