@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn deleted_records_need_an_outcome_that_names_them() {
         // Offsets 0..5 deleted from partition 0; 0 and 2 have results, 3 a dead letter.
-        let outcome = |frame: &str, offset| TopicOutcome { frame: frame.into(), source: Some((0, offset)) };
+        let outcome = |frame: &str, offset| TopicOutcome { frame: frame.into(), source: Some((0, offset)), kind: None };
         let e = Evidence {
             images: vec![image(5, "cam-a", "s1", 5), image(6, "cam-a", "s1", 6)],
             results: vec![outcome("f0", 0), outcome("f2", 2), outcome("f2", 2), outcome("f5", 5)],

@@ -6,7 +6,10 @@
 //! - results: distinct `frame_id`s in `detections` (read_committed);
 //! - rows: rows in the sink database's `detections` table;
 //! - dlq: distinct frames in `images.dlq` (identified by the original record's
-//!   `frame_id`, else by its `vigil.source.partition`/`vigil.source.offset` headers);
+//!   `frame_id`, else by its `vigil.source.partition`/`vigil.source.offset` headers),
+//!   also counted by their `vigil.error.kind` (`dead_letters_by_kind`): bad input apart
+//!   from frames the overload policy did not infer (`expired`, `shed`), which are
+//!   accounted-for outcomes like any dead letter;
 //! - duplicates: frames with more than one final outcome (a row and a dead letter; two
 //!   rows cannot happen, `frame_id` is the table's primary key);
 //! - missing: frames with no outcome (neither a row nor a dead letter), including frames

@@ -189,5 +189,8 @@ pub(super) fn verify_blocking(
     report.sink_rejects = stats.rejects;
     report.topics.detections_records = detections.records;
     report.topics.dlq_records = dlq.records;
+    if !report.dead_letters_by_kind.is_empty() {
+        info!(dlq = report.dlq, by_kind = ?report.dead_letters_by_kind, "dead letters by kind");
+    }
     Ok(report)
 }

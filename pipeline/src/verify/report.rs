@@ -1,6 +1,6 @@
 //! The audit's report and its set computation, and how records are identified as frames.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
@@ -53,6 +53,11 @@ pub struct VerifyReport {
     pub open_transactions: u64,
     /// Results the sink could not decode and set aside (`sink_rejects`).
     pub sink_rejects: u64,
+    /// The frames of `dlq` by their dead letter's `vigil.error.kind` (`unknown` without
+    /// one); the counts add up to `dlq`. Bad input (`not_avro`, `corrupt_image`, …) apart
+    /// from frames the detector chose not to infer (`expired`, `shed`: the overload
+    /// policy), which are accounted for like any other dead letter.
+    pub dead_letters_by_kind: BTreeMap<String, u64>,
     pub topics: TopicCounts,
     /// Up to 10 missing frames, for diagnosis: frame ids, `images/<partition>/<offset>`
     /// (deleted before it was read) or `<source>/<session>/<seq>` (never in `images`).
@@ -87,6 +92,8 @@ pub(super) struct TopicOutcome {
     pub frame: String,
     /// The `images` record it is the outcome of, when the record says.
     pub source: Option<Position>,
+    /// A dead letter's `vigil.error.kind`.
+    pub kind: Option<String>,
 }
 
 /// What the audit reads, separated from I/O so the computation can be tested.
@@ -156,6 +163,13 @@ pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
         beyond_one(positions(&evidence.results).into_iter().chain(positions(&evidence.dead_letters)));
     twice.sort();
     let (input_resends, _) = beyond_one(evidence.images.iter().map(|r| r.frame.as_str()));
+    // One kind per frame (its last dead letter's), so that the counts add up to `dlq`.
+    let kind_of: HashMap<&str, &str> =
+        evidence.dead_letters.iter().map(|d| (d.frame.as_str(), d.kind.as_deref().unwrap_or("unknown"))).collect();
+    let mut dead_letters_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for kind in kind_of.values() {
+        *dead_letters_by_kind.entry(kind.to_string()).or_default() += 1;
+    }
 
     let missing = missing_ids.len() as u64 - lost.sample.len() as u64 + lost.head + lost.gaps;
     let mut report = VerifyReport {
@@ -169,6 +183,7 @@ pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
         topic_duplicates,
         input_resends,
         open_transactions: evidence.open_transactions,
+        dead_letters_by_kind,
         topics: TopicCounts {
             images_records: evidence.images.len() as u64,
             detections_redelivered,
@@ -209,7 +224,11 @@ pub(super) fn image_record(message: &BorrowedMessage<'_>) -> ImageRecord {
 /// A `detections` record, when it is a `DetectionResult`.
 pub(super) fn result_outcome(message: &BorrowedMessage<'_>) -> Option<TopicOutcome> {
     let result = DetectionResult::decode(message.payload()?).ok()?;
-    Some(TopicOutcome { frame: result.frame_id, source: Some((result.source_partition, result.source_offset)) })
+    Some(TopicOutcome {
+        frame: result.frame_id,
+        source: Some((result.source_partition, result.source_offset)),
+        kind: None,
+    })
 }
 
 /// An `images.dlq` record: the original record's `frame_id` when it is a `Frame`, else its
@@ -233,7 +252,7 @@ pub(super) fn dead_letter(message: &BorrowedMessage<'_>) -> TopicOutcome {
         (_, Some((p, o))) => format!("images/{p}/{o}"),
         _ => format!("dlq/{}/{}", message.partition(), message.offset()),
     };
-    TopicOutcome { frame, source }
+    TopicOutcome { frame, source, kind: header(dlq::HEADER_ERROR_KIND) }
 }
 
 #[cfg(test)]
@@ -245,7 +264,7 @@ mod tests {
     }
 
     fn outcome(frame: &str, offset: i64) -> TopicOutcome {
-        TopicOutcome { frame: frame.into(), source: Some((0, offset)) }
+        TopicOutcome { frame: frame.into(), source: Some((0, offset)), kind: None }
     }
 
     /// Frames a, b, c at images 0/0..0/2; results and rows for `rows`, dead letters for `dead`.
@@ -360,6 +379,7 @@ mod tests {
             "topic_duplicates",
             "input_resends",
             "open_transactions",
+            "dead_letters_by_kind",
             "topics_exact",
             "exact",
         ] {
