@@ -102,7 +102,9 @@ pub(crate) async fn produce(
         duplicates); use it only where transactions do not work, such as the in-memory broker.\n\n\
         The model weights come from model.dir and are fetched there on first use unless model.fetch = never.\n\n\
         Start as many workers as there are cores/GPUs; partitions are shared through the consumer group. \
-        SIGTERM or Ctrl-C finishes and commits the current batch, then leaves the group. On exit it prints \
+        SIGTERM or Ctrl-C finishes and commits the current batch, then leaves the group, within \
+        detector.shutdown_timeout_ms (else exit 1: a broker that is gone). A model backend that keeps failing \
+        (a lost GPU) commits nothing and exits 1 after detector.backend_failure_limit_ms. On exit it prints \
         one `summary: {json}` line on stdout.",
     after_help = "Examples:\n  \
         vigil detect                                    # model on the GPU if there is one, else CPU\n  \

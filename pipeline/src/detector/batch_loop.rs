@@ -4,6 +4,16 @@
 //! One batch is in the model at a time while the next one fills ([`Batcher`]). A
 //! finished batch is committed for the partitions still owned (epochs, see
 //! [`super::context`]); a failed commit rewinds those partitions and redoes the records.
+//!
+//! A batch the model backend could not process (see `judge`) is not committed at all:
+//! the worker is not ready ([`Readiness`]), rewinds and redoes it with backoff, and
+//! stops with [`DetectorError::BackendUnavailable`] once the backend has failed for
+//! `detector.backend_failure_limit_ms`, so that a restart or another worker takes over.
+//!
+//! A rewind that fails stops the worker ([`DetectorError::Seek`]): the consumer's
+//! position would stay past the uncommitted records and the next commit would skip
+//! them. Giving the partitions to a fresh assignment, which starts from the committed
+//! offsets, is the one way back that needs no further trust in this consumer's state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,6 +29,7 @@ use super::context::DetectorContext;
 use super::judge::Verdict;
 use super::model_thread::{InputRecord, ModelThread, Processed};
 use super::output::Destinations;
+use super::readiness::Readiness;
 use super::transaction::{blocking, Committer, Failure, Outputs};
 use super::{Delivery, DetectorConfig, DetectorError, DetectorSummary};
 use crate::backoff::Backoff;
@@ -48,6 +59,11 @@ pub(crate) struct BatchLoop<'a> {
     pub(crate) summary: DetectorSummary,
     consecutive_failures: u32,
     last_report: Instant,
+    readiness: Readiness,
+    /// Since when every batch has been a backend failure (`None`: the backend works).
+    backend_down_since: Option<Instant>,
+    /// Backend failures in a row, for the backoff.
+    backend_failures: u32,
 }
 
 impl<'a> BatchLoop<'a> {
@@ -58,6 +74,7 @@ impl<'a> BatchLoop<'a> {
         model: &'a ModelThread,
         dest: Destinations,
         summary: DetectorSummary,
+        readiness: Readiness,
     ) -> Self {
         BatchLoop {
             cfg,
@@ -68,6 +85,9 @@ impl<'a> BatchLoop<'a> {
             summary,
             consecutive_failures: 0,
             last_report: Instant::now(),
+            readiness,
+            backend_down_since: None,
+            backend_failures: 0,
         }
     }
 
@@ -76,7 +96,12 @@ impl<'a> BatchLoop<'a> {
         let mut batcher = Batcher::new(self.cfg.max_batch, self.cfg.max_wait());
         let mut in_flight: Option<oneshot::Receiver<Processed>> = None;
         let mut phase = Phase::Consuming;
+        self.readiness.set_ready();
         while phase != Phase::Done {
+            if let Some(reason) = self.consumer.context().ownership_uncertain() {
+                error!(%reason, "partition ownership uncertain after a rebalance; stopping");
+                return Err(DetectorError::Assignment(reason));
+            }
             if in_flight.is_none() {
                 self.drop_stale(&mut batcher);
                 if phase == Phase::Draining {
@@ -100,8 +125,16 @@ impl<'a> BatchLoop<'a> {
                 }
                 processed = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
-                    let processed = processed.map_err(|_| DetectorError::ModelThread(None))?;
-                    self.complete(processed, &mut batcher, shutdown).await?;
+                    let mut processed = processed.map_err(|_| DetectorError::ModelThread(None))?;
+                    match processed.backend_failure.take() {
+                        Some(reason) => self.backend_failed(processed.records, reason, &mut batcher, shutdown).await?,
+                        None => {
+                            if processed.inferred > 0 {
+                                self.backend_works();
+                            }
+                            self.complete(processed, &mut batcher, shutdown).await?;
+                        }
+                    }
                     if batcher.paused() {
                         self.resume();
                         batcher.set_paused(false);
@@ -122,6 +155,52 @@ impl<'a> BatchLoop<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A batch the backend could not process: commit nothing, say not ready, rewind and
+    /// redo it after a backoff; stop once the backend has failed for longer than
+    /// `detector.backend_failure_limit_ms`.
+    async fn backend_failed(
+        &mut self,
+        records: Vec<InputRecord>,
+        reason: String,
+        batcher: &mut Batcher,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DetectorError> {
+        let limit = self.cfg.backend_failure_limit();
+        let since = *self.backend_down_since.get_or_insert_with(|| {
+            warn!(%reason, limit_ms = limit.as_millis() as u64, "model backend failing: not ready; nothing is committed, the batch is retried");
+            Instant::now()
+        });
+        self.readiness.set_not_ready(format!("model backend failing: {reason}"));
+        self.backend_failures += 1;
+        if since.elapsed() >= limit {
+            error!(%reason, failing_s = since.elapsed().as_secs(), "model backend failing for too long; stopping");
+            return Err(DetectorError::BackendUnavailable { waited: since.elapsed(), last: reason });
+        }
+        if shutdown.is_cancelled() {
+            return Err(DetectorError::Unfinished(format!("model backend failing: {reason}")));
+        }
+        let ctx = self.consumer.context();
+        let owned: Vec<InputRecord> = records.into_iter().filter(|r| ctx.is_current(r.partition, r.epoch)).collect();
+        let from = batcher.rewind_from(&owned);
+        self.seek(from)?;
+        let backoff = REDO_BACKOFF.delay(self.backend_failures);
+        warn!(attempt = self.backend_failures, ?backoff, %reason, "batch not processed: model backend failing; redoing it");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    /// A batch reached the model and came back judged: the backend works (again).
+    fn backend_works(&mut self) {
+        self.backend_failures = 0;
+        if let Some(since) = self.backend_down_since.take() {
+            info!(after_s = since.elapsed().as_secs(), "model backend answers again; ready");
+            self.readiness.set_ready();
+        }
     }
 
     /// Drops pending records whose partition has been revoked since they were read.
@@ -230,6 +309,10 @@ impl<'a> BatchLoop<'a> {
                     warn!(failures = self.consecutive_failures, "repeated failures; recreating the producer");
                     new_producer = true;
                 }
+                if shutdown.is_cancelled() {
+                    // Leaving: the partitions' next owner starts from the committed offsets.
+                    return Err(DetectorError::Unfinished(format!("{} frames not committed", records.len())));
+                }
                 let from = batcher.rewind_from(&records);
                 if new_producer {
                     self.recreate_producer(shutdown).await?;
@@ -237,9 +320,9 @@ impl<'a> BatchLoop<'a> {
                     // unknown, or the new producer's init completed it): the batch's first
                     // offsets are no longer a safe place to restart; the group's are.
                     let committed = self.committed_offsets(&from, shutdown).await?;
-                    self.seek(from.into_iter().map(|(p, first)| (p, committed.get(&p).copied().unwrap_or(first))));
+                    self.seek(from.into_iter().map(|(p, first)| (p, committed.get(&p).copied().unwrap_or(first))))?;
                 } else {
-                    self.seek(from);
+                    self.seek(from)?;
                 }
                 // Back off when failures repeat (broker down).
                 tokio::select! {
@@ -294,8 +377,9 @@ impl<'a> BatchLoop<'a> {
     }
 
     /// Seeks partitions (those still assigned) back to the given offsets, so that what
-    /// was read after them is read and processed again.
-    fn seek(&self, targets: impl IntoIterator<Item = (i32, i64)>) {
+    /// was read after them is read and processed again. A failed seek of a partition
+    /// still assigned stops the worker (see the module doc).
+    fn seek(&self, targets: impl IntoIterator<Item = (i32, i64)>) -> Result<(), DetectorError> {
         let ctx = self.consumer.context();
         for (partition, offset) in targets {
             if !ctx.assigned().contains(&partition) {
@@ -311,13 +395,17 @@ impl<'a> BatchLoop<'a> {
             });
             match sought {
                 Ok(()) => debug!(partition, offset, "rewound"),
-                Err(e) => {
-                    // Without the seek the records would be skipped: give the partition up
-                    // instead, by leaving the decision to a fresh assignment.
-                    error!(partition, offset, error = %e, "seek failed; re-reading from the committed offset after the next rebalance");
+                // Revoked during the seek: its next owner starts at the committed offset.
+                Err(e) if !ctx.assigned().contains(&partition) => {
+                    debug!(partition, error = %e, "seek of a revoked partition failed")
+                }
+                Err(cause) => {
+                    error!(partition, offset, error = %cause, "seek failed; stopping rather than skip the uncommitted records");
+                    return Err(DetectorError::Seek { partition, offset, cause });
                 }
             }
         }
+        Ok(())
     }
 
     /// A progress line every 10 s.

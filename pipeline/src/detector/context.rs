@@ -13,6 +13,15 @@
 //! partitions are revoked no transaction is open; the batch still in the model is
 //! filtered by epoch when it comes back ("aborted" for the revoked partitions; the
 //! rest is committed).
+//!
+//! Ownership follows what librdkafka actually holds, not what the callback was told:
+//! after every rebalance event the context compares itself with the consumer's
+//! assignment. A rebalance error (rdkafka then gives partitions up), or an assign that
+//! did not take, ends the ownership of the partitions librdkafka no longer holds, so
+//! their in-flight records are dropped, never committed as owned. A revoke that did not
+//! take (librdkafka still fetching a partition whose in-flight records were dropped,
+//! its position past them) cannot be repaired here: the loop stops the worker
+//! ([`DetectorContext::ownership_uncertain`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,6 +41,8 @@ struct Ownership {
     counter: u64,
     /// Rebalances seen (assign or revoke events).
     rebalances: u64,
+    /// Set when librdkafka holds a partition whose ownership ended here (see the module doc).
+    uncertain: Option<String>,
 }
 
 /// Consumer context of a detector worker.
@@ -66,6 +77,11 @@ impl DetectorContext {
         self.state().assigned.iter().copied().collect()
     }
 
+    /// Why partition ownership can no longer be trusted, if it cannot.
+    pub(super) fn ownership_uncertain(&self) -> Option<String> {
+        self.state().uncertain.clone()
+    }
+
     /// Number of assignment changes so far.
     pub(super) fn rebalances(&self) -> u64 {
         self.state().rebalances
@@ -89,12 +105,46 @@ impl DetectorContext {
     fn revoke(&self, partitions: &[i32]) {
         let mut state = self.state();
         state.rebalances += 1;
-        for &p in partitions {
-            state.counter += 1;
-            let epoch = state.counter;
-            state.epochs.insert(p, epoch);
-            state.assigned.remove(&p);
+        end_ownership(&mut state, partitions);
+    }
+
+    /// Brings ownership in line with librdkafka's assignment after a rebalance event
+    /// (`actual`: its partitions of the input topic, or why it cannot be read): what it
+    /// no longer holds is no longer owned; what it holds but is not owned here makes
+    /// ownership uncertain.
+    fn settle(&self, actual: Result<Vec<i32>, String>) {
+        let mut state = self.state();
+        let actual = match actual {
+            Ok(actual) => actual,
+            Err(reason) => {
+                let owned: Vec<i32> = state.assigned.iter().copied().collect();
+                end_ownership(&mut state, &owned);
+                state.uncertain.get_or_insert(format!("cannot read the consumer's assignment: {reason}"));
+                return;
+            }
+        };
+        let given_up: Vec<i32> = state.assigned.iter().copied().filter(|p| !actual.contains(p)).collect();
+        if !given_up.is_empty() {
+            warn!(topic = %self.topic, partitions = ?given_up, "partitions dropped by the consumer outside a revoke (a rebalance error?); their in-flight records will not be committed");
+            end_ownership(&mut state, &given_up);
         }
+        let unowned: Vec<i32> = actual.iter().copied().filter(|p| !state.assigned.contains(p)).collect();
+        if !unowned.is_empty() && state.uncertain.is_none() {
+            state.uncertain = Some(format!(
+                "the consumer still holds partitions {unowned:?} of {} that this worker gave up (a revoke that did not take effect)",
+                self.topic
+            ));
+        }
+    }
+}
+
+/// Ends the current ownership of `partitions`: new epochs, not assigned.
+fn end_ownership(state: &mut Ownership, partitions: &[i32]) {
+    for &p in partitions {
+        state.counter += 1;
+        let epoch = state.counter;
+        state.epochs.insert(p, epoch);
+        state.assigned.remove(&p);
     }
 }
 
@@ -127,6 +177,8 @@ impl ConsumerContext for DetectorContext {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
+        let actual = base_consumer.assignment().map(|tpl| self.partitions(&tpl)).map_err(|e| e.to_string());
+        self.settle(actual);
     }
 }
 
@@ -185,5 +237,30 @@ mod tests {
         ctx.post_rebalance(&consumer, &error);
         assert!(!ctx.is_current(0, e0) && !ctx.is_current(1, e1), "records of dropped partitions are stale");
         assert!(ctx.assigned().is_empty());
+    }
+
+    /// A revoke that librdkafka did not carry out leaves it fetching a partition whose
+    /// in-flight records were dropped: ownership is uncertain, and says why.
+    #[test]
+    fn a_revoke_that_did_not_take_makes_ownership_uncertain() {
+        let broker = crate::kafka::DevBroker::start(1).unwrap();
+        let consumer: BaseConsumer<DetectorContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("group.id", "revoke-not-taken")
+            .create_with_context(DetectorContext::new("images"))
+            .unwrap();
+        let ctx = consumer.context();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("images", 0);
+        let assign = Rebalance::Assign(&tpl);
+        consumer.assign(&tpl).unwrap();
+        ctx.post_rebalance(&consumer, &assign);
+        assert_eq!(ctx.ownership_uncertain(), None);
+        let revoke = Rebalance::Revoke(&tpl);
+        ctx.pre_rebalance(&consumer, &revoke);
+        // (no unassign: the revoke did not take)
+        ctx.post_rebalance(&consumer, &revoke);
+        let reason = ctx.ownership_uncertain().expect("uncertain");
+        assert!(reason.contains("[0]"), "{reason}");
     }
 }

@@ -35,6 +35,16 @@ pub enum DetectorError {
     Consumer(KafkaError),
     #[error("invalid configuration: `{key}`: {reason}")]
     Config { key: &'static str, reason: String },
+    #[error("the model backend has been failing for {} s, longer than detector.backend_failure_limit_ms (last: {last}). Nothing of the failed batches was committed; their records are read again by the partitions' next owner. Check the device: GPU driver and memory (nvidia-smi), the wgpu adapter (detector.backend), or run with --backend cpu", .waited.as_secs())]
+    BackendUnavailable { waited: std::time::Duration, last: String },
+    #[error("cannot rewind partition {partition} to offset {offset} to redo an uncommitted batch: {cause}. The worker stops rather than skip those records: the partition's next owner starts from the group's committed offsets")]
+    Seek { partition: i32, offset: i64, cause: KafkaError },
+    #[error("partition ownership is uncertain after a rebalance ({0}). The worker stops rather than commit records it may not own or skip records it dropped: a restart rejoins the group from the committed offsets")]
+    Assignment(String),
+    #[error("did not stop within detector.shutdown_timeout_ms ({timeout_ms} ms) while {waiting_for}; is the Kafka cluster reachable (kafka.bootstrap_servers)? Nothing uncommitted is lost: the partitions' next owner reads it again")]
+    ShutdownTimeout { timeout_ms: u64, waiting_for: &'static str },
+    #[error("stopped with an uncommitted batch ({0}); its records are read again by the partitions' next owner")]
+    Unfinished(String),
 }
 
 impl DetectorError {

@@ -3,8 +3,16 @@
 //! record (in parallel: on a GPU, decoding a batch frame after frame takes longer than its
 //! inference), then one model call covers every frame that decoded. A panic while
 //! judging a record is that record's dead letter, not the worker's end.
+//!
+//! A failed model call (an error, a wrong number of results, a panic in the forward
+//! pass) is either the input's fault or the backend's: a known-good probe image tells
+//! them apart. Probe passes: the batch is retried frame by frame and only a frame that
+//! fails alone is `inference_failed`. Probe fails: the backend is broken (a lost GPU),
+//! the batch gets no verdicts at all, and the loop commits nothing, retries, and stops
+//! the worker after `detector.backend_failure_limit_ms` (see `batch_loop`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -14,7 +22,7 @@ use super::model_thread::{InputRecord, Processed};
 use super::overload::Overload;
 use super::DetectorConfig;
 use crate::codec::{now_us, DetectedObject, DetectionResult, Frame};
-use crate::model::{decode_image, DecodeLimits, DecodedFrame, Detection, Detector};
+use crate::model::{decode_image, resize_to_input, DecodeLimits, DecodedFrame, Detection, Detector};
 use crate::thread_actor::panic_message;
 
 /// What becomes of one input record.
@@ -89,8 +97,39 @@ struct Ready {
 /// Judges every record of a batch: size, Avro, image, then one model call for all the
 /// frames that decoded. Records are decoded in parallel (rayon): on a GPU, decoding and
 /// resizing a batch one frame after the other takes longer than its inference.
+///
+/// When the backend fails (see [`Judged`]) or judging panics outside one record's
+/// decoding, the batch comes back without verdicts and with the reason: nothing of it is
+/// to be committed, and the model thread goes on.
 pub(crate) fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limits: &InputLimits) -> Processed {
-    let early = limits.overload.verdicts(&records, now_us() / 1000);
+    // AssertUnwindSafe: after a panic the model's state is suspect, and the next batch
+    // (after the loop's backoff) probes it like any failed batch.
+    let judged = catch_unwind(AssertUnwindSafe(|| judge_batch(model, &records, limits))).unwrap_or_else(|panic| {
+        let reason = format!("the model thread panicked while processing the batch: {}", panic_message(panic));
+        warn!(%reason, frames = records.len(), "batch not processed");
+        Judged::BackendFailed(reason)
+    });
+    match judged {
+        Judged::Verdicts { verdicts, inferred, inference_ms } => {
+            Processed { records, verdicts, inferred, inference_ms, backend_failure: None }
+        }
+        Judged::BackendFailed(reason) => {
+            Processed { records, verdicts: Vec::new(), inferred: 0, inference_ms: 0.0, backend_failure: Some(reason) }
+        }
+    }
+}
+
+/// What judging a batch came to.
+enum Judged {
+    /// One verdict per record, in order.
+    Verdicts { verdicts: Vec<Verdict>, inferred: usize, inference_ms: f64 },
+    /// The model backend itself fails: the batch failed and so does a known-good probe
+    /// image ([`probe`]). Nothing is known about the frames; none gets a verdict.
+    BackendFailed(String),
+}
+
+fn judge_batch(model: &mut dyn Detector, records: &[InputRecord], limits: &InputLimits) -> Judged {
+    let early = limits.overload.verdicts(records, now_us() / 1000);
     let judged: Vec<Result<(Frame, DecodedFrame), Verdict>> = records
         .par_iter()
         .zip(early)
@@ -113,21 +152,22 @@ pub(crate) fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limit
     if !ready.is_empty() {
         let images: Vec<DecodedFrame> = ready.iter().map(|r| r.image.clone()).collect();
         let started = Instant::now();
-        let outcome = model.detect(&images);
+        let outcome = detect(model, &images);
         inference_ms = started.elapsed().as_secs_f64() * 1000.0;
         let per_frame: Vec<Result<Vec<Detection>, String>> = match outcome {
-            Ok(detections) if detections.len() == images.len() => detections.into_iter().map(Ok).collect(),
-            Ok(detections) => {
-                warn!(
-                    expected = images.len(),
-                    got = detections.len(),
-                    "model returned the wrong number of results; retrying frame by frame"
-                );
-                one_by_one(model, &images)
-            }
-            Err(e) => {
-                warn!(error = %e, frames = images.len(), "batch inference failed; retrying frame by frame");
-                one_by_one(model, &images)
+            Ok(detections) => detections.into_iter().map(Ok).collect(),
+            Err(failure) => {
+                if let Err(probe_failure) = probe(model) {
+                    return Judged::BackendFailed(format!(
+                        "a batch of {} frames failed ({failure}), and so did a known-good probe image ({probe_failure})",
+                        images.len()
+                    ));
+                }
+                warn!(error = %failure, frames = images.len(), "batch inference failed, the backend answers a probe image; retrying frame by frame");
+                match one_by_one(model, &images) {
+                    Ok(per_frame) => per_frame,
+                    Err(reason) => return Judged::BackendFailed(reason),
+                }
             }
         };
         let batch_size = images.len() as i32;
@@ -162,7 +202,7 @@ pub(crate) fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limit
         }
     }
     let verdicts = verdicts.into_iter().map(|v| v.expect("every record has a verdict")).collect();
-    Processed { records, verdicts, inferred, inference_ms }
+    Judged::Verdicts { verdicts, inferred, inference_ms }
 }
 
 /// [`judge`], with a panic turned into the record's dead letter. Left to unwind, it would
@@ -209,16 +249,54 @@ fn judge(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFr
 #[cfg(test)]
 pub(crate) const PANICKING_FRAME: &str = "panic-while-judging";
 
-/// After a failed batch: each frame alone, so one bad frame cannot sink the others.
-fn one_by_one(model: &mut dyn Detector, images: &[DecodedFrame]) -> Vec<Result<Vec<Detection>, String>> {
-    images
-        .iter()
-        .map(|image| match model.detect(std::slice::from_ref(image)) {
-            Ok(mut d) if d.len() == 1 => Ok(d.remove(0)),
-            Ok(d) => Err(format!("model returned {} results for 1 frame", d.len())),
-            Err(e) => Err(e.to_string()),
-        })
-        .collect()
+/// One model call, its failures as text: an error, a wrong number of results, or a
+/// panic in the forward pass (which must not end the model thread: the restarted worker
+/// would read the same batch and panic again).
+fn detect(model: &mut dyn Detector, images: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, String> {
+    // AssertUnwindSafe: a model that panicked is probed before it is trusted again.
+    match catch_unwind(AssertUnwindSafe(|| model.detect(images))) {
+        Ok(Ok(detections)) if detections.len() == images.len() => Ok(detections),
+        Ok(Ok(detections)) => Err(format!("model returned {} results for {} frames", detections.len(), images.len())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("the model panicked: {}", panic_message(panic))),
+    }
+}
+
+/// A small image any working model answers (mid-grey, no objects).
+fn probe_image() -> &'static DecodedFrame {
+    static PROBE: OnceLock<DecodedFrame> = OnceLock::new();
+    PROBE.get_or_init(|| resize_to_input(&image::RgbImage::from_pixel(64, 48, image::Rgb([128, 128, 128]))))
+}
+
+/// Whether the backend works at all: a known-good image through the model. A failed
+/// batch whose probe passes has bad frames (split it); one whose probe fails too says
+/// nothing about its frames (a lost device, a broken driver).
+fn probe(model: &mut dyn Detector) -> Result<(), String> {
+    detect(model, std::slice::from_ref(probe_image())).map(|_| ())
+}
+
+/// After a failed batch: each frame alone, so one bad frame cannot sink the others. A
+/// frame that fails alone is probed after: if the probe fails too, the backend broke
+/// meanwhile and the whole batch is a backend failure (`Err`), not the frame's.
+fn one_by_one(
+    model: &mut dyn Detector,
+    images: &[DecodedFrame],
+) -> Result<Vec<Result<Vec<Detection>, String>>, String> {
+    let mut per_frame = Vec::with_capacity(images.len());
+    for image in images {
+        match detect(model, std::slice::from_ref(image)) {
+            Ok(mut detections) => per_frame.push(Ok(detections.remove(0))),
+            Err(failure) => {
+                if let Err(probe_failure) = probe(model) {
+                    return Err(format!(
+                        "a frame failed alone ({failure}), and so did a known-good probe image ({probe_failure})"
+                    ));
+                }
+                per_frame.push(Err(failure));
+            }
+        }
+    }
+    Ok(per_frame)
 }
 
 fn to_object(d: &Detection) -> DetectedObject {
@@ -314,6 +392,20 @@ mod tests {
         assert_eq!(kind(&out.verdicts[0]), "corrupt_image");
     }
 
+    #[test]
+    fn a_failing_frame_is_isolated() {
+        let mut model = FakeModel { calls: 0 };
+        let records = vec![
+            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
+            record(1, Some(frame_bytes("red", png(8, 8, [255, 0, 0])))),
+            record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(kinds, ["result", "inference_failed", "result"]);
+        assert_eq!(model.calls, 6, "the batch, a probe, each frame, a probe after the frame that failed");
+    }
+
     /// A panic in the model's forward pass is a failed batch call, not the model
     /// thread's end: the batch is split and only the frame that panics alone fails.
     #[test]
@@ -335,7 +427,7 @@ mod tests {
     /// none of them is dead-lettered.
     #[test]
     fn a_broken_backend_dead_letters_no_frame() {
-        let mut model = BrokenModel { healthy_at: None, inner: FakeModel { calls: 0 } };
+        let mut model = BrokenModel::forever();
         let records = vec![
             record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
             record(1, Some(frame_bytes("b", png(8, 8, [0, 255, 0])))),
@@ -343,20 +435,15 @@ mod tests {
         let out = process(&mut model, records, &limits());
         let failed = out.verdicts.iter().filter(|v| kind(v) == kinds::INFERENCE_FAILED).count();
         assert_eq!(failed, 0, "{:?}", out.verdicts);
-    }
-
-    #[test]
-    fn a_failing_frame_is_isolated() {
-        let mut model = FakeModel { calls: 0 };
-        let records = vec![
-            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
-            record(1, Some(frame_bytes("red", png(8, 8, [255, 0, 0])))),
-            record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
-        ];
-        let out = process(&mut model, records, &limits());
-        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
-        assert_eq!(kinds, ["result", "inference_failed", "result"]);
-        assert_eq!(model.calls, 4, "the batch, then each frame");
+        let reason = out.backend_failure.expect("a backend failure");
+        assert!(reason.contains("device lost") && reason.contains("probe"), "{reason}");
+        assert_eq!((out.records.len(), out.verdicts.len()), (2, 0), "the records come back, without verdicts");
+        // The same with a model that panics on every call.
+        let mut model = PanickingModel { inner: FakeModel { calls: 0 } };
+        let red = vec![record(0, Some(frame_bytes("red", png(8, 8, [255, 0, 0]))))];
+        let out = process(&mut model, red, &limits());
+        assert!(out.backend_failure.is_none(), "the probe passes: the frame fails alone");
+        assert_eq!(kind(&out.verdicts[0]), kinds::INFERENCE_FAILED);
     }
 
     #[test]

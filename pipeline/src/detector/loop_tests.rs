@@ -171,12 +171,21 @@ async fn start(
     settings: &Settings,
     model: Box<dyn crate::model::Detector>,
 ) -> (CancellationToken, tokio::task::JoinHandle<Result<DetectorSummary, DetectorError>>) {
+    start_with(settings, model, Readiness::new()).await
+}
+
+/// [`start`], the worker keeping `readiness` up to date.
+async fn start_with(
+    settings: &Settings,
+    model: Box<dyn crate::model::Detector>,
+    readiness: Readiness,
+) -> (CancellationToken, tokio::task::JoinHandle<Result<DetectorSummary, DetectorError>>) {
     let worker = ModelThread::start(preloaded(model), limits_of(&settings.detector)).await.unwrap();
     let shutdown = CancellationToken::new();
     let task = {
         let settings = settings.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { run(&settings, worker, shutdown).await })
+        tokio::spawn(async move { run_with_readiness(&settings, worker, shutdown, readiness).await })
     };
     (shutdown, task)
 }
@@ -248,7 +257,7 @@ async fn a_broken_backend_commits_nothing_and_stops_the_worker() {
     settings.detector.backend_failure_limit_ms = 2_000;
     produce_frames(&settings, 0..GOOD, false).await;
     let started = Instant::now();
-    let broken = BrokenModel { healthy_at: None, inner: FakeModel { calls: 0 } };
+    let broken = BrokenModel::forever();
     let (shutdown, task) = start(&settings, Box::new(broken)).await;
     let (outcome, by_itself) = outcome_within(&shutdown, task, Duration::from_secs(30)).await;
     let stopped_after = started.elapsed();
@@ -256,6 +265,7 @@ async fn a_broken_backend_commits_nothing_and_stops_the_worker() {
     assert_eq!((results.len(), kinds.as_slice()), (0, &[][..]), "nothing may be committed: {outcome:?}");
     assert!(by_itself, "the worker must stop by itself after the limit: {outcome:?}");
     let err = outcome.expect_err("a worker whose backend stays broken fails");
+    assert!(matches!(err, DetectorError::BackendUnavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("detector.backend_failure_limit_ms"), "{err}");
     assert!(stopped_after < Duration::from_secs(20), "{stopped_after:?}");
 
@@ -275,15 +285,31 @@ async fn a_backend_that_recovers_loses_no_frame() {
     broker.group_initial_rebalance_delay(Duration::ZERO);
     let settings = settings_for(&broker, Delivery::ExactlyOnce);
     produce_inputs(&settings).await;
-    let flaky =
-        BrokenModel { healthy_at: Some(Instant::now() + Duration::from_secs(3)), inner: FakeModel { calls: 0 } };
-    let (shutdown, task) = start(&settings, Box::new(flaky)).await;
+    let flaky = BrokenModel::for_a_while(Duration::from_secs(2));
+    let readiness = Readiness::new();
+    let (shutdown, task) = start_with(&settings, Box::new(flaky), readiness.clone()).await;
+    // What the worker said while the backend was down.
+    let watcher = tokio::spawn({
+        let readiness = readiness.clone();
+        async move {
+            loop {
+                if let Some(reason) = readiness.reason().filter(|r| r.contains("model backend failing")) {
+                    return reason;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
     let (results, kinds) = wait_for_outputs(&settings, Duration::from_secs(60), |results, kinds| {
         results.len() == GOOD && !kinds.is_empty()
     })
     .await;
+    assert!(readiness.is_ready(), "ready again: {:?}", readiness.reason());
+    let reason = tokio::time::timeout(Duration::from_secs(1), watcher).await.expect("was not ready meanwhile").unwrap();
+    assert!(reason.contains("device lost"), "{reason}");
     shutdown.cancel();
     let summary = task.await.unwrap().unwrap();
+    assert!(!readiness.is_ready(), "not ready once stopped");
     assert_eq!((results.len(), kinds.as_slice()), (GOOD, &["not_avro".to_owned()][..]), "{summary:?}");
     assert_eq!((summary.results, summary.dead_letters), (GOOD as u64, 1), "{summary:?}");
 }
@@ -350,6 +376,7 @@ async fn a_failed_seek_stops_the_worker_instead_of_skipping_records() {
     let (outcome, by_itself) = outcome_within(&shutdown, task, Duration::from_secs(15)).await;
     assert!(by_itself, "the worker must stop after a failed seek: {outcome:?}");
     let err = outcome.expect_err("a failed seek stops the worker");
+    assert!(matches!(err, DetectorError::Seek { .. }), "{err:?}");
     assert!(err.to_string().contains("seek"), "{err}");
 
     let (shutdown, task) = start(&settings, Box::new(FakeModel { calls: 0 })).await;
@@ -384,5 +411,6 @@ async fn shutdown_is_bounded_when_the_broker_is_gone() {
     eprintln!("shutdown with the broker gone took {took:?}");
     assert!(took < Duration::from_millis(2_000 + 3_000), "took {took:?}: {outcome:?}");
     let err = outcome.expect("returned").unwrap().expect_err("not a clean drain");
+    assert!(matches!(err, DetectorError::ShutdownTimeout { .. }), "{err:?}");
     assert!(err.to_string().contains("detector.shutdown_timeout_ms"), "{err}");
 }

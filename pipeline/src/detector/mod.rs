@@ -14,7 +14,14 @@
 //!
 //! Rebalances never meet an open transaction (see `context`); results of revoked
 //! partitions still in the model are dropped. Shutdown (SIGTERM, Ctrl-C) lets the batch
-//! in the model finish and commit, then leaves the group.
+//! in the model finish and commit, then leaves the group, all within
+//! `detector.shutdown_timeout_ms`: past it (a broker that is gone) the worker stops
+//! waiting and fails with [`DetectorError::ShutdownTimeout`]; what it did not commit is
+//! read again by the partitions' next owner.
+//!
+//! A failing model backend (see `judge`) is not bad input: nothing is committed, the
+//! worker is not ready ([`Readiness`]) and retries, and stops after
+//! `detector.backend_failure_limit_ms`.
 //!
 //! Bad input never stops a partition: oversized, non-Avro, unknown-schema, empty,
 //! undecodable or too-large images go to the dead-letter topic with their original
@@ -32,6 +39,7 @@ mod judge;
 mod model_thread;
 mod output;
 mod overload;
+mod readiness;
 mod transaction;
 
 #[cfg(test)]
@@ -41,13 +49,17 @@ mod overload_tests;
 #[cfg(test)]
 mod test_support;
 
+use std::time::Duration;
+
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{Delivery, DetectorConfig, GroupProtocol};
 pub use error::DetectorError;
 pub use model_thread::ModelThread;
+pub use readiness::Readiness;
 
 use self::batch_loop::BatchLoop;
 use self::context::DetectorContext;
@@ -79,11 +91,21 @@ pub struct DetectorSummary {
 }
 
 /// Runs a detector worker with a started model thread until `shutdown`, then commits the
-/// batch in the model and leaves the group.
+/// batch in the model and leaves the group (within `detector.shutdown_timeout_ms`).
 pub async fn run(
     settings: &Settings,
     model: ModelThread,
     shutdown: CancellationToken,
+) -> Result<DetectorSummary, DetectorError> {
+    run_with_readiness(settings, model, shutdown, Readiness::new()).await
+}
+
+/// [`run`], keeping `readiness` up to date for whoever serves it.
+pub async fn run_with_readiness(
+    settings: &Settings,
+    model: ModelThread,
+    shutdown: CancellationToken,
+    readiness: Readiness,
 ) -> Result<DetectorSummary, DetectorError> {
     let cfg = &settings.detector;
     let kafka = &settings.kafka;
@@ -143,14 +165,34 @@ pub async fn run(
         delivery: cfg.delivery.to_string(),
         ..DetectorSummary::default()
     };
-    let mut batch_loop = BatchLoop::new(cfg, &consumer, committer, &model, dest, summary);
-    let result = batch_loop.run(&shutdown).await;
+    let deadline = StopDeadline::start(&shutdown, cfg.shutdown_timeout());
+    let mut batch_loop = BatchLoop::new(cfg, &consumer, committer, &model, dest, summary, readiness.clone());
+    let mut result = tokio::select! {
+        result = batch_loop.run(&shutdown) => result,
+        () = deadline.expired.cancelled() => {
+            warn!(timeout_ms = cfg.shutdown_timeout_ms, "shutdown timed out with a batch in flight; leaving it uncommitted");
+            Err(DetectorError::ShutdownTimeout {
+                timeout_ms: cfg.shutdown_timeout_ms,
+                waiting_for: "finishing the batch in flight",
+            })
+        }
+    };
+    readiness.set_not_ready("stopping");
     let BatchLoop { mut summary, committer, .. } = batch_loop;
     summary.rebalances = consumer.context().rebalances();
-    // Leave the group now (revocation runs in the close), then let the producer go.
-    drop(consumer);
-    committer.flush().await;
-    drop(model);
+    // Leave the group now (revocation runs in the close), then let the producer and the
+    // model go; each on a thread of its own, waited for until the deadline only (closing
+    // a consumer whose broker is gone blocks).
+    let left = drop_until(consumer, deadline.at()).await;
+    let flushed = tokio::time::timeout_at(deadline.at(), committer.flush()).await.is_ok();
+    let released = drop_until(committer, deadline.at()).await && drop_until(model, deadline.at()).await;
+    if !(left && flushed && released) {
+        let waiting_for = if left { "flushing the producer" } else { "leaving the consumer group" };
+        warn!(timeout_ms = cfg.shutdown_timeout_ms, waiting_for, "shutdown timed out");
+        if result.is_ok() {
+            result = Err(DetectorError::ShutdownTimeout { timeout_ms: cfg.shutdown_timeout_ms, waiting_for });
+        }
+    }
     info!(
         batches = summary.batches,
         results = summary.results,
@@ -161,4 +203,61 @@ pub async fn run(
         "detector stopped"
     );
     result.map(|()| summary)
+}
+
+/// When a stopping worker gives up waiting: `limit` after shutdown was asked (measured
+/// on a task of its own, so that a loop busy in a blocking call does not delay it).
+struct StopDeadline {
+    asked: std::sync::Arc<std::sync::OnceLock<Instant>>,
+    /// Cancelled at the deadline.
+    expired: CancellationToken,
+    limit: Duration,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+impl StopDeadline {
+    fn start(shutdown: &CancellationToken, limit: Duration) -> Self {
+        let asked = std::sync::Arc::new(std::sync::OnceLock::new());
+        let expired = CancellationToken::new();
+        let watchdog = tokio::spawn({
+            let (shutdown, asked, expired) = (shutdown.clone(), asked.clone(), expired.clone());
+            async move {
+                shutdown.cancelled().await;
+                let at = *asked.get_or_init(Instant::now) + limit;
+                tokio::time::sleep_until(at).await;
+                expired.cancel();
+            }
+        });
+        StopDeadline { asked, expired, limit, watchdog }
+    }
+
+    /// The deadline: `limit` after shutdown was asked or, when the loop ended on its own
+    /// (an error), after now.
+    fn at(&self) -> Instant {
+        *self.asked.get_or_init(Instant::now) + self.limit
+    }
+}
+
+impl Drop for StopDeadline {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+    }
+}
+
+/// Drops `value` on a thread of its own and waits for that until `deadline`; whether it
+/// was done by then. Past the deadline the thread is left to finish (or to end with the
+/// process).
+async fn drop_until<T: Send + 'static>(value: T, deadline: Instant) -> bool {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("vigil-detector-close".into()).spawn(move || {
+        drop(value);
+        done.send(()).ok();
+    });
+    match spawned {
+        Ok(_) => tokio::time::timeout_at(deadline, finished).await.is_ok(),
+        Err(e) => {
+            warn!(error = %e, "cannot start a thread to close a Kafka client; not waiting for it");
+            false
+        }
+    }
 }

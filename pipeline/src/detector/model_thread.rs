@@ -1,6 +1,8 @@
 //! The model thread: Avro decode, image decode and batched inference off the async
 //! runtime. One job (one batch) at a time through a bounded channel, so the loop can read
-//! the next batch while the model works on this one.
+//! the next batch while the model works on this one. A panic on the thread never ends
+//! it: judging catches panics (see `judge::process`), and a batch that panicked outside
+//! one record's decoding comes back as a failed batch.
 
 use std::time::Instant;
 
@@ -62,6 +64,10 @@ pub(crate) struct Processed {
     pub(crate) inferred: usize,
     /// Wall time of the model call(s), milliseconds.
     pub(crate) inference_ms: f64,
+    /// Set when the model backend failed (a known-good probe image failed too) or the
+    /// model thread panicked outside judging one record: `verdicts` is then empty and
+    /// nothing of the batch may be committed.
+    pub(crate) backend_failure: Option<String>,
 }
 
 /// Handle to the model thread, a dependency of [`super::run`]. Dropping it stops the

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::judge::InputLimits;
 use super::model_thread::InputRecord;
@@ -45,11 +45,22 @@ impl Detector for FakeModel {
     }
 }
 
-/// A model whose backend is broken (every call fails, as on a lost GPU) until
-/// `healthy_at`, forever when `None`; then it answers as [`FakeModel`].
+/// A model whose backend is broken (every call fails, as on a lost GPU) for `broken_for`
+/// from its first call, forever when `None`; then it answers as [`FakeModel`].
 pub(crate) struct BrokenModel {
-    pub(crate) healthy_at: Option<Instant>,
-    pub(crate) inner: FakeModel,
+    broken_for: Option<Duration>,
+    first_call: Option<Instant>,
+    inner: FakeModel,
+}
+
+impl BrokenModel {
+    pub(crate) fn forever() -> Self {
+        BrokenModel { broken_for: None, first_call: None, inner: FakeModel { calls: 0 } }
+    }
+
+    pub(crate) fn for_a_while(broken_for: Duration) -> Self {
+        BrokenModel { broken_for: Some(broken_for), first_call: None, inner: FakeModel { calls: 0 } }
+    }
 }
 
 impl Detector for BrokenModel {
@@ -60,8 +71,9 @@ impl Detector for BrokenModel {
         "0"
     }
     fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
-        match self.healthy_at {
-            Some(at) if Instant::now() >= at => self.inner.detect(frames),
+        let first_call = *self.first_call.get_or_insert_with(Instant::now);
+        match self.broken_for {
+            Some(broken_for) if first_call.elapsed() >= broken_for => self.inner.detect(frames),
             _ => Err(ModelError::Inference("device lost".into())),
         }
     }
@@ -90,7 +102,7 @@ impl Detector for PanickingModel {
 
 /// [`FakeModel`] taking `delay` per call, so that batches are in flight for a while.
 pub(crate) struct SlowModel {
-    pub(crate) delay: std::time::Duration,
+    pub(crate) delay: Duration,
     pub(crate) inner: FakeModel,
 }
 
