@@ -1,6 +1,8 @@
-//! The producer against the in-memory broker, whose partitions keep only 5 MiB.
+//! The producer against the in-memory broker: its partitions keep only 5 MiB, a rerun
+//! after a crash sends the same frame ids, and a send error is reported, not dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -11,6 +13,7 @@ use super::{run, ProduceRequest};
 use crate::codec::Frame;
 use crate::kafka::{consumer_config, DevBroker, TopicConfig};
 use crate::settings::Settings;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 /// A detector stand-in: after `delay`, reads `topic` partition 0 from the start in group
 /// `group`, committing after each record, until it has `want` frames or 20 s passed;
@@ -59,4 +62,102 @@ async fn the_embedded_broker_loses_no_frame_to_its_size_cap() {
     let seen = detector.join().unwrap();
     assert_eq!(seen, (0..sent as i64).collect::<BTreeSet<_>>(), "frames the detector group never saw");
     std::fs::remove_file(&file).ok();
+}
+
+/// A broker with a one-partition `images` topic, and settings that point at it.
+fn broker_and_settings() -> (DevBroker, Settings) {
+    let broker = DevBroker::start(1).unwrap();
+    let mut settings = Settings::default();
+    settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    settings.kafka.topics.images.name = format!("images-{suffix}");
+    broker.create_topic(&TopicConfig { partitions: 1, ..settings.kafka.topics.images.clone() }).unwrap();
+    (broker, settings)
+}
+
+/// Every frame in `images`, in offset order.
+fn frames_in_topic(settings: &Settings) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let stop = CancellationToken::new();
+    crate::verify::read_topic_to_end(
+        &settings.kafka,
+        &settings.kafka.topics.images.name,
+        Duration::from_secs(10),
+        &stop,
+        |m| frames.push(Frame::decode(m.payload().unwrap()).unwrap()),
+    )
+    .unwrap();
+    frames
+}
+
+/// A directory of seven files: five different ones, and two with the same bytes at
+/// different paths (a static camera's identical frames, which must stay two frames).
+fn seven_files() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-rerun-{}", uuid::Uuid::new_v4()));
+    for sub in ["x", "y"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("same.jpg"), super::inputs::synthetic_jpeg(99)).unwrap();
+    }
+    for i in 0..5 {
+        std::fs::write(dir.join(format!("{i}.jpg")), super::inputs::synthetic_jpeg(i)).unwrap();
+    }
+    dir
+}
+
+/// Rerunning the same command after a crash (here: a first run that stopped after 3
+/// frames) sends the same frame ids, with the same `seq`, so downstream stores each frame
+/// once; identical bytes at two paths stay two frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_sends_the_same_frame_ids() {
+    let (_broker, settings) = broker_and_settings();
+    let dir = seven_files();
+    let cut_short = ProduceRequest { paths: vec![dir.clone()], count: Some(3), ..Default::default() };
+    assert_eq!(run(&settings, &cut_short, CancellationToken::new()).await.unwrap().delivered, 3);
+    let rerun = ProduceRequest { paths: vec![dir.clone()], ..Default::default() };
+    assert_eq!(run(&settings, &rerun, CancellationToken::new()).await.unwrap().delivered, 7);
+
+    let frames = frames_in_topic(&settings);
+    assert_eq!(frames.len(), 10);
+    let ids: HashSet<&str> = frames.iter().map(|f| f.frame_id.as_str()).collect();
+    assert_eq!(ids.len(), 7, "distinct frame ids over both runs: the rerun must resend the first 3, not add new ones");
+    let (first, second) = frames.split_at(3);
+    for (a, b) in first.iter().zip(second) {
+        assert_eq!((&a.frame_id, a.seq, &a.attributes["file"]), (&b.frame_id, b.seq, &b.attributes["file"]));
+        assert_ne!(a.session, b.session, "each run is a producer session of its own");
+    }
+    let seqs: Vec<i64> = second.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (0..7).collect::<Vec<_>>(), "seq is the file's position in sorted order");
+    let by_file: HashMap<&str, &str> =
+        second.iter().map(|f| (f.attributes["file"].as_str(), f.frame_id.as_str())).collect();
+    let same = |sub: &str| dir.join(sub).join("same.jpg").display().to_string();
+    assert_ne!(by_file[same("x").as_str()], by_file[same("y").as_str()], "identical bytes at two paths");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A send error that is not a full queue (here the idempotent producer's fatal error
+/// after an out-of-order sequence) stops the run, but every frame already handed to the
+/// producer is settled and counted: the summary accounts for all of them and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_error_is_reported_with_every_frame_accounted_for() {
+    let (broker, mut settings) = broker_and_settings();
+    settings.producer.delivery_timeout_ms = 5000;
+    broker.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 3]);
+    let request = ProduceRequest { synthetic: 20, ..Default::default() };
+    let summary = run(&settings, &request, CancellationToken::new())
+        .await
+        .expect("a send error is reported in the summary, after the queued frames are settled");
+    let in_topic = frames_in_topic(&settings).len() as u64;
+    assert_eq!(summary.delivered, in_topic, "{summary:?}");
+    assert!(summary.failed >= 1, "{summary:?}");
+    assert!(summary.delivered + summary.failed <= 20, "{summary:?}");
+    let error = summary.check().unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "{} of {} frames were not delivered",
+            summary.failed,
+            summary.failed + summary.delivered
+        )),
+        "{error}"
+    );
+    assert!(error.contains("cam-0 #"), "names the frames: {error}");
 }
