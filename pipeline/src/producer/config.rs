@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerConfig {
-    /// Source (camera) id used as record key when `--source` is not given.
+    /// Source (camera) id used as record key when `--source` is not given: not blank, at
+    /// most 255 bytes of UTF-8, no control characters (the input contract, `codec::contract`).
     pub source_id: String,
     /// Publishing rate, frames per second; 0 = as fast as the broker accepts.
     pub frames_per_second: f64,
@@ -41,9 +42,8 @@ impl ProducerConfig {
 
     /// Checks values; errors name the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.source_id.trim().is_empty() {
-            return Err(("producer.source_id", "must not be empty".into()));
-        }
+        // The input contract, so that a bad --source stops before anything is sent.
+        crate::codec::contract::check_source(&self.source_id).map_err(|e| ("producer.source_id", e.to_string()))?;
         if !self.frames_per_second.is_finite() || self.frames_per_second < 0.0 || self.frames_per_second > 1_000_000.0 {
             return Err(("producer.frames_per_second", format!("{} is outside 0..=1000000", self.frames_per_second)));
         }

@@ -1,4 +1,13 @@
-//! Where frames come from: files, directories and globs, or generated test images.
+//! Where frames come from: files, directories and globs, or generated test images, and
+//! which `frame_id` each gets.
+//!
+//! A file's frame id is a name-based UUID (v5) of its source, its path relative to the
+//! argument that named it, the pass (`--loop`) and a digest of its bytes: sending the
+//! same files again, after a crash say, gives the same ids, so the sink's primary key
+//! stores each frame once and `vigil verify` counts the copies as `input_resends`. The
+//! path keeps two identical frames of a static camera apart; the digest keeps a file
+//! that changed between runs apart from its old version. A generated image gets a
+//! random id: a rerun of `--synthetic N` sends N new frames.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
@@ -7,12 +16,20 @@ use std::path::{Path, PathBuf};
 use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 
+use uuid::Uuid;
+
 use super::ProducerError;
 use crate::codec::ImageEncoding;
+
+/// Namespace of the name-based frame ids of files (a fixed, random UUID: never change
+/// it, or a rerun after an upgrade would store every frame again).
+const FILE_FRAMES: Uuid = Uuid::from_u128(0xe37769e7_d0fb_4dc4_9f3d_8a37a69a06ec);
 
 /// One frame to publish: who sent it and the encoded bytes (never decoded here).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct FrameInput {
+    /// The frame's id (see the module doc).
+    pub frame_id: String,
     /// Source (camera) id: record key and per-source sequence.
     pub source: String,
     /// The encoded image, sent unchanged.
@@ -26,16 +43,33 @@ pub(super) struct FrameInput {
 }
 
 impl FrameInput {
-    /// A frame from `source` with `data` and no metadata.
+    /// A frame from `source` with `data`, a random id and no metadata.
     pub(super) fn new(source: impl Into<String>, data: Vec<u8>) -> Self {
-        Self { source: source.into(), data, width: None, height: None, attributes: HashMap::new() }
+        Self {
+            frame_id: Uuid::new_v4().to_string(),
+            source: source.into(),
+            data,
+            width: None,
+            height: None,
+            attributes: HashMap::new(),
+        }
     }
 }
 
-impl From<(String, Vec<u8>)> for FrameInput {
-    fn from((source, data): (String, Vec<u8>)) -> Self {
-        FrameInput::new(source, data)
-    }
+/// A file to send, and its name relative to the argument that named it (the part of its
+/// frame id that does not depend on where the command runs from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InputFile {
+    pub path: PathBuf,
+    /// The path below a directory or a glob's fixed prefix; a file's own name.
+    pub name: String,
+}
+
+/// The frame id of pass `pass` over file `name` of `source` holding `data`.
+pub(super) fn file_frame_id(source: &str, name: &str, pass: u64, data: &[u8]) -> String {
+    let digest = Uuid::new_v5(&FILE_FRAMES, data);
+    let identity = format!("{source}\n{name}\n{pass}\n{digest}");
+    Uuid::new_v5(&FILE_FRAMES, identity.as_bytes()).to_string()
 }
 
 fn is_glob(arg: &str) -> bool {
@@ -44,15 +78,17 @@ fn is_glob(arg: &str) -> bool {
 
 /// Expands PATH arguments into a sorted file list: a file as is, a directory's files
 /// (recursively, sorted), a glob's matching files. A path that matches nothing is an error.
-pub(super) fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerError> {
+pub(super) fn expand_paths(args: &[PathBuf]) -> Result<Vec<InputFile>, ProducerError> {
     let mut files = Vec::new();
     for arg in args {
         if arg.is_file() {
-            files.push(arg.clone());
+            let name = arg.file_name().map_or_else(|| arg.display().to_string(), |n| n.to_string_lossy().into());
+            files.push(InputFile { path: arg.clone(), name });
         } else if arg.is_dir() {
-            let before = files.len();
-            walk_dir(arg, &mut files)?;
-            files[before..].sort();
+            let mut found = Vec::new();
+            walk_dir(arg, &mut found)?;
+            found.sort();
+            files.extend(found.into_iter().map(|path| relative_to(arg, path)));
         } else {
             let text = arg.to_string_lossy();
             if !is_glob(&text) {
@@ -65,10 +101,16 @@ pub(super) fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ProducerErr
                 return Err(ProducerError::Input { path: arg.clone(), reason: "the pattern matches no files".into() });
             }
             matched.sort();
-            files.extend(matched);
+            let base: PathBuf = arg.components().take_while(|c| !is_glob(&c.as_os_str().to_string_lossy())).collect();
+            files.extend(matched.into_iter().map(|path| relative_to(&base, path)));
         }
     }
     Ok(files)
+}
+
+fn relative_to(base: &Path, path: PathBuf) -> InputFile {
+    let name = path.strip_prefix(base).unwrap_or(&path).to_string_lossy().into_owned();
+    InputFile { path, name }
 }
 
 fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ProducerError> {
@@ -99,11 +141,13 @@ pub(super) fn sniff_file(path: &Path) -> ImageEncoding {
     }
 }
 
-/// Reads one file as a frame of `source` (attribute `file` = the path).
-pub(super) fn read_file(source: &str, path: &Path) -> Result<FrameInput, ProducerError> {
+/// Reads one file as pass `pass`'s frame of `source` (attribute `file` = the path).
+pub(super) fn read_file(source: &str, file: &InputFile, pass: u64) -> Result<FrameInput, ProducerError> {
+    let path = &file.path;
     let data =
         std::fs::read(path).map_err(|e| ProducerError::Input { path: path.to_path_buf(), reason: e.to_string() })?;
-    let mut input = FrameInput::new(source, data);
+    let frame_id = file_frame_id(source, &file.name, pass, &data);
+    let mut input = FrameInput { frame_id, ..FrameInput::new(source, data) };
     input.attributes.insert("file".into(), path.display().to_string());
     Ok(input)
 }
@@ -184,12 +228,32 @@ mod tests {
             std::fs::write(dir.join(name), b"x").unwrap();
         }
         let files = expand_paths(std::slice::from_ref(&dir)).unwrap();
-        let names: Vec<String> = files.iter().map(|p| p.strip_prefix(&dir).unwrap().display().to_string()).collect();
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["a.jpg", "b.jpg", "sub/c.png"]);
+        assert!(files.iter().all(|f| f.path == dir.join(&f.name)));
         let globbed = expand_paths(&[dir.join("*.jpg")]).unwrap();
-        assert_eq!(globbed.len(), 2);
+        assert_eq!(globbed.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["a.jpg", "b.jpg"]);
+        let nested = expand_paths(&[dir.join("s*").join("*.png")]).unwrap();
+        assert_eq!(nested[0].name, "sub/c.png");
+        let one = expand_paths(&[dir.join("sub/c.png")]).unwrap();
+        assert_eq!(one[0].name, "c.png");
         assert!(expand_paths(&[dir.join("nope.jpg")]).is_err());
         assert!(expand_paths(&[dir.join("*.gif")]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_files_frame_id_depends_on_source_name_pass_and_bytes_only() {
+        let id = file_frame_id("cam-0", "sub/a.jpg", 0, b"jpeg bytes");
+        assert_eq!(id, file_frame_id("cam-0", "sub/a.jpg", 0, b"jpeg bytes"), "deterministic");
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 5);
+        for other in [
+            file_frame_id("cam-1", "sub/a.jpg", 0, b"jpeg bytes"),
+            file_frame_id("cam-0", "sub/b.jpg", 0, b"jpeg bytes"),
+            file_frame_id("cam-0", "sub/a.jpg", 1, b"jpeg bytes"),
+            file_frame_id("cam-0", "sub/a.jpg", 0, b"jpeg bytez"),
+        ] {
+            assert_ne!(id, other);
+        }
     }
 }

@@ -3,6 +3,12 @@
 //! `acks=all`). Images are never decoded here: the format is sniffed from magic bytes,
 //! unrecognised files are sent anyway with a warning (the detector judges them).
 //!
+//! Crash safety: a file's frame id is derived from the file ([`inputs`]), so running the
+//! same command again after a crash (kill -9 included) sends the same frames again, and
+//! downstream stores each of them once. Every frame handed to the Kafka producer is
+//! either delivered or counted and named in the summary; a send error stops the run
+//! after the queued frames are settled.
+//!
 //! Library entry point: [`run`] (used by `vigil produce` and `vigil up`).
 
 mod backpressure;
@@ -15,13 +21,14 @@ mod tests;
 use std::path::PathBuf;
 
 pub use config::ProducerConfig;
+pub(crate) use inputs::InputFile;
 use inputs::{expand_paths, read_file, sniff_file, synthetic_frame, FrameInput};
 pub use publish::ProduceSummary;
 use publish::{produce_frames, ProduceOptions};
 use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{CodecError, ImageEncoding};
+use crate::codec::{contract, CodecError, ContractError, ImageEncoding};
 use crate::kafka::KafkaPlumbingError;
 use crate::settings::Settings;
 
@@ -34,8 +41,8 @@ pub enum ProducerError {
     NothingToSend,
     #[error("cannot create the Kafka producer: {0} (check kafka.client.* and kafka.bootstrap_servers)")]
     Client(KafkaError),
-    #[error("cannot hand a frame to the Kafka producer: {0}")]
-    Send(KafkaError),
+    #[error("producer.source_id (--source): {0}")]
+    Contract(#[from] ContractError),
     #[error("the task that watches the in-memory broker's partitions did not complete: {0}")]
     BackpressureTask(tokio::task::JoinError),
     #[error("cannot start the thread that reads the inputs: {0}")]
@@ -44,15 +51,20 @@ pub enum ProducerError {
     Kafka(#[from] KafkaPlumbingError),
     #[error("cannot encode a frame (a bug): {0}")]
     Encode(CodecError),
-    #[error("{failed} of {total} frames were not delivered; first error: {first_error}")]
-    Delivery { failed: u64, total: u64, first_error: String },
+    #[error(
+        "{failed} of {total} frames were not delivered ({names}); first error: {first_error}{unsent}. Running the \
+         same command again is safe: a file gets the same frame id, so a frame already stored is not stored twice",
+        names = not_delivered.join(", "),
+        unsent = if *unsent > 0 { format!("; {unsent} more inputs were not sent") } else { String::new() }
+    )]
+    Delivery { failed: u64, total: u64, not_delivered: Vec<String>, first_error: String, unsent: u64 },
 }
 
 impl ProducerError {
     /// The command line was wrong (no inputs, a path that matches nothing): exit code 2.
     pub fn is_usage(&self) -> bool {
         match self {
-            ProducerError::NothingToSend | ProducerError::Input { .. } => true,
+            ProducerError::NothingToSend | ProducerError::Input { .. } | ProducerError::Contract(_) => true,
             ProducerError::Kafka(e) => e.is_usage(),
             _ => false,
         }
@@ -79,10 +91,10 @@ pub struct ProduceRequest {
 
 /// The files `request` names (expanded, and only images with `images_only`); refuses a
 /// request with nothing to send. Lets `vigil up` refuse before it starts anything.
-pub(crate) fn files_to_send(request: &ProduceRequest) -> Result<Vec<PathBuf>, ProducerError> {
+pub(crate) fn files_to_send(request: &ProduceRequest) -> Result<Vec<InputFile>, ProducerError> {
     let mut files = expand_paths(&request.paths)?;
     if request.images_only {
-        files.retain(|path| sniff_file(path) != ImageEncoding::Unknown);
+        files.retain(|file| sniff_file(&file.path) != ImageEncoding::Unknown);
     }
     if files.is_empty() && request.synthetic == 0 {
         return Err(ProducerError::NothingToSend);
@@ -91,31 +103,37 @@ pub(crate) fn files_to_send(request: &ProduceRequest) -> Result<Vec<PathBuf>, Pr
 }
 
 /// Sends what `request` names to `kafka.topics.images` until it is all delivered (or
-/// `shutdown`). Delivery failures are counted in the summary ([`ProduceSummary::check`]).
+/// `shutdown`). Refuses a source that breaks the input contract before sending anything.
+/// Delivery failures are counted in the summary ([`ProduceSummary::check`]).
+///
+/// Files are sent in sorted order, so a frame's `seq` is its file's position (pass after
+/// pass with `repeat`), counted from 0 in each run's session; a rerun sends the same
+/// frame ids in a new session.
 pub async fn run(
     settings: &Settings,
     request: &ProduceRequest,
     shutdown: CancellationToken,
 ) -> Result<ProduceSummary, ProducerError> {
+    contract::check_source(&settings.producer.source_id)?;
     let files = files_to_send(request)?;
     let synthetic = request.synthetic;
     let one_pass_len = files.len() as u64 + synthetic;
     let source = settings.producer.source_id.clone();
-    let one_pass = move || {
+    let one_pass = move |pass: u64| {
         let source_f = source.clone();
         let source_s = source.clone();
         files
             .clone()
             .into_iter()
-            .map(move |path| read_file(&source_f, &path))
+            .map(move |file| read_file(&source_f, &file, pass))
             .chain((0..synthetic).map(move |i| Ok(synthetic_frame(&source_s, i))))
     };
     let limit = request.count.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let (inputs, total): (Box<dyn Iterator<Item = Result<FrameInput, ProducerError>> + Send>, Option<u64>) =
         if request.repeat {
-            (Box::new(std::iter::repeat_with(one_pass).flatten().take(limit)), request.count)
+            (Box::new((0..).flat_map(one_pass).take(limit)), request.count)
         } else {
-            (Box::new(one_pass().take(limit)), Some(request.count.map_or(one_pass_len, |n| n.min(one_pass_len))))
+            (Box::new(one_pass(0).take(limit)), Some(request.count.map_or(one_pass_len, |n| n.min(one_pass_len))))
         };
     let options = ProduceOptions { show_progress: request.show_progress, total };
     produce_frames(settings, inputs, options, shutdown).await

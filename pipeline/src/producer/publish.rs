@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::backpressure::{admits, record_bytes, Backpressure, BUDGET};
 use super::{FrameInput, ProducerError};
-use crate::codec::{now_us, Frame, ImageEncoding};
+use crate::codec::{contract, now_us, Frame, ImageEncoding};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::kafka::{ensure_topics, idempotent_producer_config, try_enqueue, Enqueued};
@@ -47,19 +47,41 @@ pub struct ProduceSummary {
     pub elapsed: Duration,
     /// The first delivery error, if any.
     pub first_error: Option<String>,
+    /// The first few frames not delivered (file path, or `source #seq`), to name them.
+    pub not_delivered: Vec<String>,
+    /// Inputs never handed to the producer: left after a send error stopped the run, or
+    /// after shutdown (0 when the number of inputs is not known, with `--loop`).
+    pub unsent: u64,
+    /// The send error that stopped the run early, if one did.
+    pub stopped: Option<String>,
 }
 
+/// How many undelivered frames a summary names.
+const NAMED: usize = 10;
+
 impl ProduceSummary {
-    /// `Err` when a frame was not delivered, naming the first error.
+    /// `Err` when a frame was not delivered or a send error stopped the run, naming the
+    /// first frames and the first error.
     pub fn check(&self) -> Result<(), ProducerError> {
-        if self.failed == 0 {
+        if self.failed == 0 && self.stopped.is_none() {
             return Ok(());
         }
         Err(ProducerError::Delivery {
             failed: self.failed,
             total: self.failed + self.delivered,
-            first_error: self.first_error.clone().unwrap_or_default(),
+            not_delivered: self.not_delivered.clone(),
+            first_error: self.first_error.clone().or_else(|| self.stopped.clone()).unwrap_or_default(),
+            unsent: self.unsent,
         })
+    }
+
+    /// Counts a frame that was not delivered, naming it among the first few.
+    fn fail(&mut self, name: &str, error: String) {
+        self.failed += 1;
+        if self.not_delivered.len() < NAMED {
+            self.not_delivered.push(name.to_string());
+        }
+        self.first_error.get_or_insert(error);
     }
 
     /// One human line, e.g. `delivered 20 frames (1.2 MiB) to images in 0.8 s, 0 failed`.
@@ -67,12 +89,13 @@ impl ProduceSummary {
         let secs = self.elapsed.as_secs_f64();
         let rate = if secs > 0.0 { self.delivered as f64 / secs } else { 0.0 };
         format!(
-            "delivered {} frames ({:.1} MiB) to {topic} in {secs:.1} s ({rate:.1} frames/s), {} failed, {} unidentified, {} unreadable",
+            "delivered {} frames ({:.1} MiB) to {topic} in {secs:.1} s ({rate:.1} frames/s), {} failed, {} unidentified, {} unreadable{}",
             self.delivered,
             self.bytes as f64 / (1024.0 * 1024.0),
             self.failed,
             self.unidentified,
             self.unreadable,
+            if self.unsent > 0 { format!(", {} not sent", self.unsent) } else { String::new() },
         )
     }
 }
@@ -82,18 +105,24 @@ struct InFlight {
     /// Partition and counted bytes, while the embedded broker's guard counts them.
     held: Option<(i32, u64)>,
     frame_id: String,
+    /// The input it came from, to name it if it is not delivered.
+    name: String,
     bytes: u64,
     unidentified: bool,
     trace: Context,
 }
 
 /// Publishes every input to `kafka.topics.images` (created first if missing) with the
-/// idempotent producer: key = source, a fresh UUID `frame_id`, a per-source `seq` (from 0
+/// idempotent producer: key = source, the input's `frame_id`, a per-source `seq` (from 0
 /// in each call) and the call's `session` id, a W3C `traceparent` header. Inputs are pulled on a dedicated
 /// thread (file reads, image generation) through a bounded channel; at most
 /// `producer.max_in_flight` records await acknowledgement. Stops early, after flushing,
-/// when `shutdown` fires. Delivery failures are counted in the summary, not returned
-/// as errors; errors are setup failures (client, topics) and encoding bugs.
+/// when `shutdown` fires, and when the producer refuses a record for a reason other than
+/// a full queue or its size (a fatal producer error, an unknown topic): every record
+/// already handed over is then settled, so each frame is delivered or counted as failed
+/// and named. Delivery failures are counted in the summary, not returned as errors;
+/// errors are setup failures (client, topics), inputs that break the contract, and
+/// encoding bugs.
 pub(super) async fn produce_frames<I>(
     settings: &Settings,
     inputs: I,
@@ -192,7 +221,7 @@ where
         }
         let seq = seqs.entry(input.source.clone()).or_insert(0);
         let frame = Frame {
-            frame_id: uuid::Uuid::new_v4().to_string(),
+            frame_id: input.frame_id,
             source: input.source,
             seq: *seq,
             captured_at_us: now_us(),
@@ -204,7 +233,16 @@ where
             session: Some(session.clone()),
         };
         *seq += 1;
+        contract::check_frame(&frame)?;
         let payload = frame.encode().map_err(ProducerError::Encode)?;
+        if payload.len() > settings.detector.max_record_bytes {
+            warn!(
+                input = %name,
+                bytes = payload.len(),
+                max = settings.detector.max_record_bytes,
+                "above detector.max_record_bytes: sending it anyway; the detector will dead-letter it as oversized"
+            );
+        }
         let trace = start_span(
             spans::IMAGES_PUBLISH,
             SpanKind::Producer,
@@ -233,7 +271,7 @@ where
         }
         let delivery = loop {
             match try_enqueue(&producer, record) {
-                Ok(Enqueued::Sent(delivery)) => break Some(delivery),
+                Ok(Enqueued::Sent(delivery)) => break Ok(delivery),
                 Ok(Enqueued::Full(back)) => {
                     // librdkafka's queue is full: settle the oldest delivery (or wait), then retry.
                     record = back;
@@ -254,21 +292,38 @@ where
                     if let Some((p, bytes)) = held {
                         release(&mut pending, p, bytes);
                     }
-                    summary.failed += 1;
-                    summary.first_error.get_or_insert(error);
-                    break None;
+                    summary.fail(&name, error);
+                    break Err(false);
                 }
-                Err(e) => return Err(ProducerError::Send(e)),
+                // Any other refusal concerns the producer, not this frame (a fatal error, a
+                // topic gone): stop taking inputs, settle what was handed over, report.
+                Err(e) => {
+                    let error = format!("the Kafka producer refused a frame: {e}");
+                    warn!(input = %name, "{error}; stopping: the frames already queued are settled, the rest not sent");
+                    if let Some((p, bytes)) = held {
+                        release(&mut pending, p, bytes);
+                    }
+                    summary.fail(&name, error.clone());
+                    summary.stopped = Some(error);
+                    break Err(true);
+                }
             }
         };
-        let Some(delivery) = delivery else {
-            trace.span().end();
-            continue;
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(stop) => {
+                trace.span().end();
+                if stop {
+                    break;
+                }
+                continue;
+            }
         };
         in_flight.push_back(InFlight {
             delivery,
             held,
             frame_id: frame.frame_id,
+            name,
             bytes: frame.data.len() as u64,
             unidentified: encoding == ImageEncoding::Unknown,
             trace,
@@ -290,6 +345,16 @@ where
         warn!("the input reader thread panicked; the frames it had not read yet were not sent");
     }
     progress.finish_and_clear();
+    if let Some(total) = options.total {
+        summary.unsent = total.saturating_sub(summary.delivered + summary.failed + summary.unreadable);
+    }
+    if summary.failed > 0 {
+        warn!(
+            failed = summary.failed,
+            first = %summary.not_delivered.join(", "),
+            "frames not delivered; running the same command again resends them (a file's frame keeps its id)"
+        );
+    }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
@@ -379,15 +444,11 @@ async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &Progres
             progress.inc(1);
         }
         Ok(Err((e, _))) => {
-            warn!(frame_id = %done.frame_id, error = %e, "delivery failed");
+            warn!(frame_id = %done.frame_id, input = %done.name, error = %e, "delivery failed");
             span.set_status(opentelemetry::trace::Status::error(e.to_string()));
-            summary.failed += 1;
-            summary.first_error.get_or_insert_with(|| e.to_string());
+            summary.fail(&done.name, e.to_string());
         }
-        Err(_) => {
-            summary.failed += 1;
-            summary.first_error.get_or_insert_with(|| "producer dropped before delivery".into());
-        }
+        Err(_) => summary.fail(&done.name, "producer dropped before delivery".into()),
     }
     span.end();
 }
