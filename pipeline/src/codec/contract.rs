@@ -20,7 +20,7 @@ use super::Frame;
 
 /// Longest `source` or `frame_id`, in bytes of UTF-8: far below PostgreSQL's btree
 /// index entry limit (about 2700 bytes), and ample for a camera name or a UUID.
-pub const MAX_ID_BYTES: usize = 255;
+pub(crate) const MAX_ID_BYTES: usize = 255;
 
 /// How a field breaks the input contract; the message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,12 +41,12 @@ pub enum ContractError {
 }
 
 /// Checks a source (camera) id: the record key, and a column of every row.
-pub fn check_source(source: &str) -> Result<(), ContractError> {
+pub(crate) fn check_source(source: &str) -> Result<(), ContractError> {
     check_id("source", source)
 }
 
 /// Checks a frame id: the idempotency key downstream, the table's primary key.
-pub fn check_frame_id(frame_id: &str) -> Result<(), ContractError> {
+pub(crate) fn check_frame_id(frame_id: &str) -> Result<(), ContractError> {
     check_id("frame_id", frame_id)
 }
 

@@ -16,7 +16,7 @@ pub(crate) mod kinds;
 mod result;
 mod schema;
 
-pub use contract::ContractError;
+pub(crate) use contract::ContractError;
 pub(crate) use frame::{Frame, ImageEncoding};
 pub(crate) use result::{DetectedObject, DetectionResult};
 #[cfg(test)]
