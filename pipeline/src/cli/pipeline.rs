@@ -18,12 +18,16 @@ use super::EXIT_OK;
 #[command(
     about = "Publish images (files, directories, globs, or generated test images) to the images topic",
     long_about = "Publish images to the images topic (kafka.topics.images), one record per image: key = source id, \
-        value = an Avro Frame (schemas/Frame.avsc) with a fresh frame_id and a per-source sequence number.\n\n\
+        value = an Avro Frame (schemas/Frame.avsc) with a frame_id and a per-source sequence number. A file's \
+        frame_id is derived from the source, its path below the PATH argument and its bytes, so running the same \
+        command again (after a crash, say) sends the same frames and the sink stores each once; generated images \
+        (--synthetic) get random ids.\n\n\
         Files are sent byte for byte and never decoded; a file whose format is not recognised from its magic \
         bytes is still sent, with a warning (the detector dead-letters what it cannot decode). The producer is \
         idempotent (enable.idempotence=true, acks=all). Missing topics are created with the configured \
         partition counts (images: 12 by default). Prints one summary line at the end; exits 1 if any frame \
-        was not delivered.",
+        was not delivered (naming the first ones), 2 if the source id is blank, longer than 255 bytes or holds a \
+        control character.",
     after_help = "Examples:\n  \
         vigil produce samples/                           # every file under samples/\n  \
         vigil produce 'photos/*.jpg' --source cam-7      # a glob (quote it), as camera cam-7\n  \
@@ -35,7 +39,7 @@ pub(crate) struct ProduceArgs {
     /// Image files, directories (recursive) or glob patterns.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
-    /// Source (camera) id: the record key [config: producer.source_id].
+    /// Source (camera) id: the record key; at most 255 bytes, no control characters [config: producer.source_id].
     #[arg(long, value_name = "ID")]
     source: Option<String>,
     /// Frames per second, 0 = as fast as possible [config: producer.frames_per_second].
