@@ -424,6 +424,14 @@ impl<'a> BatchLoop<'a> {
     }
 }
 
+fn log_dead_letters(records: &[InputRecord], verdicts: &[Verdict]) {
+    for (record, verdict) in records.iter().zip(verdicts) {
+        if let Verdict::DeadLetter { kind, message } = verdict {
+            info!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
+        }
+    }
+}
+
 /// Test-only: make the next seek on a topic fail (nothing outside the process can make
 /// librdkafka refuse a seek on an assigned partition on demand). Keyed by topic, so that
 /// tests running in parallel do not meet each other's faults.
@@ -447,14 +455,6 @@ pub(crate) mod seek_faults {
                 true
             }
             None => false,
-        }
-    }
-}
-
-fn log_dead_letters(records: &[InputRecord], verdicts: &[Verdict]) {
-    for (record, verdict) in records.iter().zip(verdicts) {
-        if let Verdict::DeadLetter { kind, message } = verdict {
-            info!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
         }
     }
 }

@@ -411,6 +411,12 @@ async fn shutdown_is_bounded_when_the_broker_is_gone() {
     eprintln!("shutdown with the broker gone took {took:?}");
     assert!(took < Duration::from_millis(2_000 + 3_000), "took {took:?}: {outcome:?}");
     let err = outcome.expect("returned").unwrap().expect_err("not a clean drain");
-    assert!(matches!(err, DetectorError::ShutdownTimeout { .. }), "{err:?}");
-    assert!(err.to_string().contains("detector.shutdown_timeout_ms"), "{err}");
+    // Waiting out the deadline, or (when the batch failed first) leaving it uncommitted.
+    match &err {
+        DetectorError::ShutdownTimeout { .. } => {
+            assert!(err.to_string().contains("detector.shutdown_timeout_ms"), "{err}")
+        }
+        DetectorError::Unfinished(_) => {}
+        other => panic!("{other:?}"),
+    }
 }
