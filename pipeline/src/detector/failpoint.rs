@@ -5,7 +5,9 @@
 //! the offsets were sent": the windows are milliseconds wide. The tests name the point
 //! instead, in a hidden environment variable read once at start:
 //!
-//! `VIGIL_FAILPOINT=<point>:<n>` acts at the `n`-th transaction (1-based) of the process:
+//! `VIGIL_FAILPOINT=<point>:<n>` acts at the `n`-th transaction (1-based) of the process
+//! (at-least-once: the `n`-th batch commit, where "produce" means delivered and "offsets"
+//! and "commit" are the consumer's synchronous offset commit):
 //!
 //! | point                 | what happens                                                        |
 //! |-----------------------|---------------------------------------------------------------------|

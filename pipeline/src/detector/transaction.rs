@@ -237,6 +237,7 @@ impl Committer {
         consumer: &StreamConsumer<DetectorContext>,
         batch: &Outputs<'_>,
     ) -> Result<(), Failure> {
+        failpoint::transaction_begun();
         let deliveries = self.produce_all(batch).await?;
         for delivery in deliveries {
             match delivery.await {
@@ -245,11 +246,16 @@ impl Committer {
                 Err(_) => return Err(Failure::Fatal("producer dropped a delivery".into())),
             }
         }
+        // The same crash points as a transaction's: delivered but not committed, during and
+        // after the offset commit.
+        failpoint::kill_at(Point::KillAfterProduce);
+        failpoint::kill_soon(Point::KillDuringCommit, Duration::from_millis(2));
         if let Err(e) = blocking(|| consumer.commit(&batch.next_offsets(), CommitMode::Sync)) {
             // The results are delivered; a lost commit only means these records may be
             // processed again (duplicates the sink drops).
             warn!(error = %e, "offset commit failed; the batch may be processed again");
         }
+        failpoint::kill_at(Point::KillAfterOffsets);
         Ok(())
     }
 
