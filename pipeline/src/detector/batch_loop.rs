@@ -266,7 +266,8 @@ impl<'a> BatchLoop<'a> {
             return Ok(());
         }
         let started = Instant::now();
-        let batch = Outputs { dest: &self.dest, records: &records, verdicts: &verdicts };
+        let failed_attempts = self.consecutive_failures;
+        let batch = Outputs { dest: &self.dest, records: &records, verdicts: &verdicts, failed_attempts };
         match self.committer.commit(self.consumer, &batch).await {
             Ok(()) => {
                 self.consecutive_failures = 0;

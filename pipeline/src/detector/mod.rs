@@ -154,12 +154,7 @@ pub async fn run_with_readiness(
         "detector started"
     );
 
-    let dest = Destinations {
-        images: topics.images.name.clone(),
-        detections: topics.detections.name.clone(),
-        dlq: topics.dlq.name.clone(),
-        group_id: cfg.group_id.clone(),
-    };
+    let dest = Destinations::new(settings).await;
     let summary = DetectorSummary {
         instance_id: if cfg.delivery == Delivery::ExactlyOnce { transactional_id } else { instance },
         delivery: cfg.delivery.to_string(),

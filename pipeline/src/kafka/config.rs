@@ -32,13 +32,15 @@ pub struct KafkaConfig {
 }
 
 /// Room for key and headers on top of the largest record, when a dead letter carries the
-/// original bytes: the DLQ accepts this much more than `images`.
+/// original bytes: the DLQ is created accepting this much more than `images`.
 pub(crate) const DLQ_HEADROOM_BYTES: u32 = 1024 * 1024;
 
 impl KafkaConfig {
-    /// The `max.message.bytes` a topic is created with: `max_message_bytes`, and for the
-    /// dead-letter topic that plus [`DLQ_HEADROOM_BYTES`], so that a dead letter (the
-    /// original record plus error headers) always fits.
+    /// The largest record Vigil sends to `topic` (the producers' `message.max.bytes`):
+    /// `max_message_bytes`, and for the dead-letter topic that plus
+    /// [`DLQ_HEADROOM_BYTES`], so that a dead letter of the largest frame (the original
+    /// record plus error headers) can be sent whole. (A missing DLQ is created accepting
+    /// what `images` accepts plus the headroom, see `topics::creation_limits`.)
     pub(crate) fn topic_max_message_bytes(&self, topic: &TopicConfig) -> u32 {
         if topic.name == self.topics.dlq.name {
             self.max_message_bytes.saturating_add(DLQ_HEADROOM_BYTES)

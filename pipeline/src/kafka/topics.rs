@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -10,6 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use tracing::{info, warn};
 
+use super::config::DLQ_HEADROOM_BYTES;
 use super::{client_config, reader_config, KafkaConfig, KafkaPlumbingError, TopicConfig};
 
 /// What [`ensure_topics`] found and did.
@@ -31,7 +32,7 @@ fn is_unsupported(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Creates the missing ones of `topics` with their configured partitions (and
-/// `max.message.bytes` from `KafkaConfig::topic_max_message_bytes`), leaves existing topics as they are
+/// `max.message.bytes` from [`creation_limits`]), leaves existing topics as they are
 /// (warning when their partition count differs), and carries on with a warning when the
 /// broker lacks CreateTopics. Fails only when a topic is still missing afterwards, or on
 /// errors that creating it again would not fix (authorisation, invalid settings).
@@ -66,7 +67,7 @@ pub(crate) async fn ensure_topics(
     }
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka).create().map_err(|cause| KafkaPlumbingError::Client { role: "admin", cause })?;
-    let max_bytes: Vec<String> = missing.iter().map(|t| kafka.topic_max_message_bytes(t).to_string()).collect();
+    let max_bytes: Vec<String> = creation_limits(kafka, &missing).await.iter().map(u32::to_string).collect();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .zip(&max_bytes)
@@ -128,6 +129,64 @@ pub(crate) async fn ensure_topics(
         }
     }
     Ok(report)
+}
+
+/// The `max.message.bytes` each of `missing` is created with: `kafka.max_message_bytes`,
+/// and for the dead-letter topic what `images` accepts plus [`DLQ_HEADROOM_BYTES`] for the
+/// key and headers a dead letter adds. What `images` accepts is its own limit when it
+/// exists already (it may have been created by others, with another limit), else the
+/// configured one it is about to be created with.
+async fn creation_limits(kafka: &KafkaConfig, missing: &[&TopicConfig]) -> Vec<u32> {
+    let dlq = &kafka.topics.dlq.name;
+    let images = &kafka.topics.images.name;
+    let mut images_limit = kafka.max_message_bytes;
+    if missing.iter().any(|t| t.name == *dlq) && !missing.iter().any(|t| t.name == *images) {
+        if let Some(Some(existing)) = max_message_bytes(kafka, &[images]).await.first() {
+            images_limit = *existing;
+        }
+    }
+    missing
+        .iter()
+        .map(|t| if t.name == *dlq { images_limit.saturating_add(DLQ_HEADROOM_BYTES) } else { kafka.max_message_bytes })
+        .collect()
+}
+
+/// Longest wait for a DescribeConfigs answer: a broker without it (the librdkafka mock)
+/// is not answered until the request times out, and every detector start asks.
+const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The effective `max.message.bytes` of each of `topics` (the topic's override, else the
+/// broker's default), `None` where the broker does not say: the topic is missing, the
+/// broker lacks DescribeConfigs (the librdkafka mock), or the request failed (logged).
+pub(crate) async fn max_message_bytes(kafka: &KafkaConfig, topics: &[&str]) -> Vec<Option<u32>> {
+    let unknown = vec![None; topics.len()];
+    let admin: AdminClient<DefaultClientContext> = match client_config(kafka).create() {
+        Ok(admin) => admin,
+        Err(e) => {
+            warn!(error = %e, "cannot create an admin client to read topic limits");
+            return unknown;
+        }
+    };
+    let timeout = kafka.operation_timeout().min(DESCRIBE_TIMEOUT);
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let resources: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let results = match admin.describe_configs(&resources, &opts).await {
+        Ok(results) => results,
+        Err(e) => {
+            info!(?topics, error = %e, "the broker did not describe the topics' configuration");
+            return unknown;
+        }
+    };
+    results
+        .into_iter()
+        .map(|result| match result {
+            Ok(config) => config.get("max.message.bytes").and_then(|e| e.value.as_deref()?.parse().ok()),
+            Err(code) => {
+                info!(?topics, error = %code, "the broker did not describe a topic's configuration");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Partition counts (0 = missing) of `topics`, fetched off the async runtime.
@@ -280,6 +339,17 @@ pub(crate) fn watermarks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_without_describe_configs_leaves_the_limits_unknown_quickly() {
+        let broker = crate::kafka::DevBroker::start(1).unwrap();
+        let kafka = KafkaConfig { bootstrap_servers: broker.bootstrap_servers().to_string(), ..Default::default() };
+        broker.create_topics(&kafka).unwrap();
+        let started = std::time::Instant::now();
+        let limits = max_message_bytes(&kafka, &[&kafka.topics.dlq.name, &kafka.topics.images.name]).await;
+        assert_eq!(limits, vec![None, None]);
+        assert!(started.elapsed() <= DESCRIBE_TIMEOUT + std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    }
 
     fn context() -> MetadataContext {
         MetadataContext { security_protocol: "plaintext".into(), last_failure: Mutex::new(None) }
