@@ -29,9 +29,7 @@ use super::model_thread::InputRecord;
 use super::output::{DeadLetterForm, Destinations};
 use super::{Delivery, DetectorError};
 use crate::backoff::Backoff;
-use crate::kafka::{
-    classify, idempotent_producer_config, try_enqueue, Enqueued, ErrorClass, NextOffsets,
-};
+use crate::kafka::{classify, idempotent_producer_config, try_enqueue, Enqueued, ErrorClass, NextOffsets};
 use crate::settings::Settings;
 
 /// Why a batch could not be committed.
@@ -59,10 +57,7 @@ fn failure(what: &str, e: &KafkaError) -> Failure {
 
 fn is_fenced(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::{Fenced, InvalidProducerEpoch, ProducerFenced};
-    matches!(
-        e.rdkafka_error_code(),
-        Some(Fenced | ProducerFenced | InvalidProducerEpoch)
-    )
+    matches!(e.rdkafka_error_code(), Some(Fenced | ProducerFenced | InvalidProducerEpoch))
 }
 
 /// How long a transactional call is retried while librdkafka calls its error retriable.
@@ -98,15 +93,9 @@ impl Retries {
 
 /// Wait between retries of a transactional call: 0.1 s doubling to 2 s.
 #[cfg(not(test))]
-const RETRY_BACKOFF: Backoff = Backoff {
-    base: Duration::from_millis(100),
-    cap: Duration::from_secs(2),
-};
+const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2) };
 #[cfg(test)]
-const RETRY_BACKOFF: Backoff = Backoff {
-    base: Duration::from_millis(1),
-    cap: Duration::from_millis(1),
-};
+const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) };
 
 /// The detector's producer and how it commits.
 pub(crate) struct Committer {
@@ -130,19 +119,9 @@ impl Committer {
     ) -> Result<Self, DetectorError> {
         let config = producer_config(settings, transactional_id);
         let delivery = settings.detector.delivery;
-        let timeout = settings
-            .kafka
-            .operation_timeout()
-            .max(Duration::from_secs(10));
+        let timeout = settings.kafka.operation_timeout().max(Duration::from_secs(10));
         let producer = new_producer(&config, delivery, transactional_id, timeout).await?;
-        Ok(Committer {
-            producer,
-            config,
-            delivery,
-            transactional_id: transactional_id.to_owned(),
-            timeout,
-            shutdown,
-        })
+        Ok(Committer { producer, config, delivery, transactional_id: transactional_id.to_owned(), timeout, shutdown })
     }
 
     /// Commits `batch` in the configured delivery mode.
@@ -159,20 +138,10 @@ impl Committer {
 
     /// Replaces the producer with a fresh one (same id: a new epoch), retrying while the
     /// broker cannot be reached yet.
-    pub(crate) async fn recreate(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<(), DetectorError> {
+    pub(crate) async fn recreate(&mut self, shutdown: &CancellationToken) -> Result<(), DetectorError> {
         let mut attempt = 0u32;
         loop {
-            match new_producer(
-                &self.config,
-                self.delivery,
-                &self.transactional_id,
-                self.timeout,
-            )
-            .await
-            {
+            match new_producer(&self.config, self.delivery, &self.transactional_id, self.timeout).await {
                 Ok(p) => {
                     self.producer = p;
                     return Ok(());
@@ -229,9 +198,7 @@ impl Committer {
         failpoint::kill_at(Point::KillAfterProduce);
         let offsets = batch.next_offsets();
         let Some(metadata) = consumer.group_metadata() else {
-            return Err(Failure::Abort(
-                "no consumer group metadata (not in a group yet)".into(),
-            ));
+            return Err(Failure::Abort("no consumer group metadata (not in a group yet)".into()));
         };
         let timeout = self.timeout;
         let p = self.producer.clone();
@@ -242,18 +209,14 @@ impl Committer {
         failpoint::kill_soon(Point::KillDuringCommit, Duration::from_millis(2));
         let p = self.producer.clone();
         let lose_reply = AtomicBool::new(failpoint::reached(Point::CommitReplyLost));
-        retry_call(
-            "commit_transaction",
-            Retries::UntilResolved(self.shutdown.clone()),
-            move || {
-                let result = p.commit_transaction(timeout);
-                if result.is_ok() && lose_reply.swap(false, Ordering::Relaxed) {
-                    // The broker committed; the detector only hears a timeout, as when the reply is lost.
-                    return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-                }
-                result
-            },
-        )
+        retry_call("commit_transaction", Retries::UntilResolved(self.shutdown.clone()), move || {
+            let result = p.commit_transaction(timeout);
+            if result.is_ok() && lose_reply.swap(false, Ordering::Relaxed) {
+                // The broker committed; the detector only hears a timeout, as when the reply is lost.
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            result
+        })
         .await
     }
 
@@ -261,11 +224,7 @@ impl Committer {
     async fn abort(&self) -> Result<(), Failure> {
         let p = self.producer.clone();
         let timeout = self.timeout;
-        match retry_call("abort_transaction", Retries::Limited(5), move || {
-            p.abort_transaction(timeout)
-        })
-        .await
-        {
+        match retry_call("abort_transaction", Retries::Limited(5), move || p.abort_transaction(timeout)).await {
             Ok(()) => Ok(()),
             Err(Failure::Abort(reason) | Failure::Fatal(reason)) => Err(Failure::Fatal(reason)),
             Err(fenced @ Failure::Fenced(_)) => Err(fenced),
@@ -306,12 +265,7 @@ impl Committer {
     async fn produce_all(&self, batch: &Outputs<'_>) -> Result<Vec<DeliveryFuture>, Failure> {
         let mut deliveries = Vec::with_capacity(batch.records.len());
         let form = DeadLetterForm::after_failures(batch.failed_attempts);
-        if form != DeadLetterForm::Sized
-            && batch
-                .verdicts
-                .iter()
-                .any(|v| matches!(v, Verdict::DeadLetter { .. }))
-        {
+        if form != DeadLetterForm::Sized && batch.verdicts.iter().any(|v| matches!(v, Verdict::DeadLetter { .. })) {
             warn!(
                 failures = batch.failed_attempts,
                 ?form,
@@ -340,11 +294,7 @@ impl Committer {
                         out = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Enqueued::Full(_) => {
-                        return Err(Failure::Abort(
-                            "produce: librdkafka's queue stayed full".into(),
-                        ))
-                    }
+                    Enqueued::Full(_) => return Err(Failure::Abort("produce: librdkafka's queue stayed full".into())),
                 }
             };
             match output.dead_letter_bytes {
@@ -379,8 +329,7 @@ pub(crate) struct Outputs<'a> {
 impl Outputs<'_> {
     /// The input positions this batch commits: one past its last record per partition.
     fn next_offsets(&self) -> TopicPartitionList {
-        NextOffsets::after(self.records.iter().map(|r| (r.partition, r.offset)))
-            .to_list(&self.dest.images)
+        NextOffsets::after(self.records.iter().map(|r| (r.partition, r.offset))).to_list(&self.dest.images)
     }
 }
 
@@ -390,20 +339,13 @@ fn producer_config(settings: &Settings, transactional_id: &str) -> ClientConfig 
     let cfg = &settings.detector;
     let mut config = idempotent_producer_config(&settings.kafka);
     config
-        .set(
-            "message.max.bytes",
-            settings
-                .kafka
-                .topic_max_message_bytes(&settings.kafka.topics.dlq)
-                .to_string(),
-        )
+        .set("message.max.bytes", settings.kafka.topic_max_message_bytes(&settings.kafka.topics.dlq).to_string())
         .set("linger.ms", "5")
         .set("client.id", format!("vigil-detect-{transactional_id}"));
     if cfg.delivery == Delivery::ExactlyOnce {
-        config.set("transactional.id", transactional_id).set(
-            "transaction.timeout.ms",
-            cfg.transaction_timeout_ms.to_string(),
-        );
+        config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", cfg.transaction_timeout_ms.to_string());
     }
     config
 }
@@ -414,10 +356,8 @@ async fn new_producer(
     transactional_id: &str,
     timeout: Duration,
 ) -> Result<FutureProducer, DetectorError> {
-    let producer: FutureProducer = config.create().map_err(|cause| DetectorError::Client {
-        role: "producer",
-        cause,
-    })?;
+    let producer: FutureProducer =
+        config.create().map_err(|cause| DetectorError::Client { role: "producer", cause })?;
     if delivery == Delivery::ExactlyOnce {
         let p = producer.clone();
         let timeout = timeout.max(Duration::from_secs(30));
@@ -436,9 +376,7 @@ async fn new_producer(
 /// Runs a blocking librdkafka call without stalling the runtime's other tasks.
 pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
     }
 }
@@ -458,10 +396,7 @@ where
             .map_err(|e| Failure::Fatal(format!("{what}: blocking task failed: {e}")))?;
         match result {
             Ok(()) => return Ok(()),
-            Err(e)
-                if classify(&e) == ErrorClass::Retriable
-                    && retries.allow(attempt, &mut after_shutdown) =>
-            {
+            Err(e) if classify(&e) == ErrorClass::Retriable && retries.allow(attempt, &mut after_shutdown) => {
                 attempt += 1;
                 warn!(attempt, error = %e, "{what} failed; retrying");
                 tokio::time::sleep(RETRY_BACKOFF.delay(attempt)).await;
@@ -485,40 +420,22 @@ mod tests {
             _ => Ok(()),
         };
         let shutdown = CancellationToken::new();
-        assert!(retry_call(
-            "commit_transaction",
-            Retries::UntilResolved(shutdown.clone()),
-            commit
-        )
-        .await
-        .is_ok());
+        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown.clone()), commit).await.is_ok());
         assert_eq!(calls.load(Ordering::Relaxed), 9);
         // Once shutdown is asked, a commit that never resolves is given up, boundedly.
         shutdown.cancel();
         let never = || Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-        assert!(retry_call(
-            "commit_transaction",
-            Retries::UntilResolved(shutdown),
-            never
-        )
-        .await
-        .is_err());
+        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown), never).await.is_err());
         let limited = retry_call("send_offsets_to_transaction", Retries::Limited(2), || {
             Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
         });
-        assert!(
-            matches!(limited.await, Err(Failure::Abort(_))),
-            "a limited call gives up and aborts"
-        );
+        assert!(matches!(limited.await, Err(Failure::Abort(_))), "a limited call gives up and aborts");
     }
 
     #[test]
     fn fencing_is_told_apart_from_other_fatal_errors() {
         let fenced = KafkaError::Global(RDKafkaErrorCode::ProducerFenced);
-        assert!(matches!(
-            failure("commit_transaction", &fenced),
-            Failure::Fenced(_)
-        ));
+        assert!(matches!(failure("commit_transaction", &fenced), Failure::Fenced(_)));
         let fatal = KafkaError::Global(RDKafkaErrorCode::OutOfOrderSequenceNumber);
         assert!(matches!(failure("produce", &fatal), Failure::Fatal(_)));
     }
