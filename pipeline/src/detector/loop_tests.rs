@@ -394,9 +394,19 @@ async fn a_failed_seek_stops_the_worker_instead_of_skipping_records() {
 /// `detector.shutdown_timeout_ms` (plus a little), with an error saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_bounded_when_the_broker_is_gone() {
+    shutdown_with_the_broker_gone(Delivery::ExactlyOnce).await;
+}
+
+/// The same in at-least-once mode, whose offset commit is a consumer call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_the_broker_is_gone_at_least_once() {
+    shutdown_with_the_broker_gone(Delivery::AtLeastOnce).await;
+}
+
+async fn shutdown_with_the_broker_gone(delivery: Delivery) {
     let broker = DevBroker::start(1).unwrap();
     broker.group_initial_rebalance_delay(Duration::ZERO);
-    let mut settings = settings_for(&broker, Delivery::ExactlyOnce);
+    let mut settings = settings_for(&broker, delivery);
     settings.detector.shutdown_timeout_ms = 2_000;
     produce_inputs(&settings).await;
     let slow = SlowModel { delay: Duration::from_millis(200), inner: FakeModel { calls: 0 } };
