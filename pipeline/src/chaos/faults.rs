@@ -381,15 +381,13 @@ fn embedded_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
     Ok(())
 }
 
-/// `--kafka-script ARGS… --dir DIR`: its stdout, or why it failed.
+/// `--kafka-script ARGS… --dir DIR` (`tool` without `--dir`): its stdout, or why it failed.
 fn kafka_script(run: &Run<'_>, args: &[&str]) -> Result<String, String> {
     let (Some(script), Some(dir)) = (&run.env.config.kafka_script, &run.env.config.kafka_dir) else {
         return Err("no --kafka-script".into());
     };
     let out = Command::new(script)
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
+        .args(script_args(args, dir))
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("{}: {e}", script.display()))?;
@@ -400,6 +398,17 @@ fn kafka_script(run: &Run<'_>, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The script's arguments: `--dir DIR` after the command's, except for `tool CLASS
+/// ARGS…`, which hands every argument to the Kafka class.
+fn script_args(args: &[&str], dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    if args.first() != Some(&"tool") {
+        all.push("--dir".into());
+        all.push(dir.into());
+    }
+    all
+}
+
 /// Leader broker id of every partition of `images`.
 fn leaders(run: &Run<'_>) -> HashMap<i32, i32> {
     let Ok(client) = crate::kafka::metadata_client(&run.kafka) else { return HashMap::new() };
@@ -407,6 +416,18 @@ fn leaders(run: &Run<'_>) -> HashMap<i32, i32> {
         return HashMap::new();
     };
     md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader()))).collect()
+}
+
+/// Waits until partition 0 of `images` is led by another node than `leader`.
+fn wait_leader_moved(run: &Run<'_>, leader: i32, timeout: Duration) -> Result<bool, ChaosError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if leaders(run).get(&0).is_some_and(|l| *l != leader && *l >= 0) {
+            return Ok(true);
+        }
+        run.pause(Duration::from_millis(500))?;
+    }
+    Ok(false)
 }
 
 /// The active KRaft controller, through the script's `tool` command.
@@ -428,8 +449,8 @@ fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
     if let Some(&leader) = before.get(&0) {
         let at = run.now_ms();
         let killed = kafka_script(run, &["kill", &leader.to_string()]);
-        run.pause(Duration::from_secs(10))?;
-        let moved = leaders(run).get(&0).is_some_and(|l| *l != leader);
+        // The controller moves the leadership once the node's session expires (9 s).
+        let moved = wait_leader_moved(run, leader, Duration::from_secs(30))?;
         if let Err(e) = &killed {
             run.notes.push(e.clone());
         }
@@ -530,8 +551,7 @@ fn soak(run: &mut Run<'_>) -> Result<(), ChaosError> {
                             run.wait_in_flight(FLIGHT_TIMEOUT)?;
                             let at = run.now_ms();
                             let killed = kafka_script(run, &["kill", &leader.to_string()]).is_ok();
-                            run.pause(Duration::from_secs(5))?;
-                            let moved = leaders(run).get(&0).is_some_and(|l| *l != leader);
+                            let moved = wait_leader_moved(run, leader, Duration::from_secs(30))?;
                             if let Err(e) = kafka_script(run, &["start", &leader.to_string()]) {
                                 run.notes.push(e);
                             }
@@ -577,6 +597,14 @@ pub(crate) fn rss_growth_pct(samples: &[u64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kafka_script_gets_its_dir_except_for_tool() {
+        let dir = std::path::Path::new("/tmp/k");
+        assert_eq!(script_args(&["kill", "2"], dir), ["kill", "2", "--dir", "/tmp/k"]);
+        let tool = ["tool", "kafka-metadata-quorum.sh", "--bootstrap-server", "b:1", "describe", "--status"];
+        assert_eq!(script_args(&tool, dir), tool);
+    }
 
     #[test]
     fn rss_growth_is_measured_after_the_warm_up() {

@@ -114,15 +114,27 @@ pub enum ChaosError {
     #[error("cannot encode a frame (a bug): {0}")]
     Encode(CodecError),
     #[error(transparent)]
-    Kafka(#[from] KafkaPlumbingError),
+    Kafka(Box<KafkaPlumbingError>),
     #[error(transparent)]
-    Verify(#[from] VerifyError),
+    Verify(Box<VerifyError>),
     #[error("database {url}: {reason}")]
     Database { url: String, reason: String },
     #[error("{0} (a bug)")]
     Bug(String),
     #[error("interrupted")]
     Interrupted,
+}
+
+impl From<KafkaPlumbingError> for ChaosError {
+    fn from(e: KafkaPlumbingError) -> Self {
+        ChaosError::Kafka(Box::new(e))
+    }
+}
+
+impl From<VerifyError> for ChaosError {
+    fn from(e: VerifyError) -> Self {
+        ChaosError::Verify(Box::new(e))
+    }
 }
 
 impl ChaosError {
