@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use super::model_thread::preloaded;
-use super::test_support::{frame_bytes, limits_of, png, FakeModel};
+use super::test_support::{frame_bytes, limits_of, png, FakeModel, SlowModel};
 use super::{run, Delivery, DetectorSummary, ModelThread};
 use crate::codec::{now_us, DetectionResult};
 use crate::kafka::{idempotent_producer_config, DevBroker};
@@ -78,13 +78,25 @@ fn outcomes(settings: &Settings) -> Outcomes {
 
 /// Runs a detector until `expected` outcomes are in the topics (or a minute), then stops it.
 async fn run_until(settings: &Settings, expected: usize) -> (DetectorSummary, Outcomes) {
-    let model =
-        ModelThread::start(preloaded(Box::new(FakeModel { calls: 0 })), limits_of(&settings.detector)).await.unwrap();
     let shutdown = CancellationToken::new();
-    let task = {
-        let (settings, shutdown) = (settings.clone(), shutdown.clone());
-        tokio::spawn(async move { run(&settings, model, shutdown).await })
-    };
+    let task = start(settings, Box::new(FakeModel { calls: 0 }), &shutdown).await;
+    wait_and_stop(settings, expected, shutdown, task).await
+}
+
+type Worker = tokio::task::JoinHandle<Result<DetectorSummary, crate::detector::DetectorError>>;
+
+async fn start(settings: &Settings, model: Box<dyn crate::model::Detector>, shutdown: &CancellationToken) -> Worker {
+    let model = ModelThread::start(preloaded(model), limits_of(&settings.detector)).await.unwrap();
+    let (settings, shutdown) = (settings.clone(), shutdown.clone());
+    tokio::spawn(async move { run(&settings, model, shutdown).await })
+}
+
+async fn wait_and_stop(
+    settings: &Settings,
+    expected: usize,
+    shutdown: CancellationToken,
+    task: Worker,
+) -> (DetectorSummary, Outcomes) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let s = settings.clone();
@@ -159,4 +171,90 @@ async fn a_busy_source_sheds_its_oldest_extras_and_cannot_crowd_the_others_out()
     }
     assert!(per_batch.values().all(|n| *n <= 2), "busy frames per batch: {per_batch:?}");
     assert_eq!(summary.results + summary.dead_letters, frames.len() as u64, "{summary:?}");
+}
+
+/// Sends `frames` frames at `rate` per second to a fresh worker whose model takes 200 ms
+/// per batch of 4, with `max_frame_age_ms`; returns its summary, the age of each result
+/// (when its batch was inferred minus when its frame was sent, sorted) and how long it
+/// took from the first frame sent to the last outcome.
+async fn overload_run(
+    broker: &DevBroker,
+    max_frame_age_ms: u64,
+    frames: usize,
+    rate: f64,
+) -> (DetectorSummary, Vec<i64>, Duration) {
+    let mut settings = settings_for(broker);
+    settings.detector.max_batch = 4;
+    settings.detector.max_wait_ms = 20;
+    settings.detector.max_frame_age_ms = max_frame_age_ms;
+    let shutdown = CancellationToken::new();
+    let slow = SlowModel { delay: Duration::from_millis(200), inner: FakeModel { calls: 0 } };
+    let task = start(&settings, Box::new(slow), &shutdown).await;
+    // Let the worker join its group before the frames come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let producer: FutureProducer = idempotent_producer_config(&settings.kafka).create().unwrap();
+    let mut sent_at = HashMap::new();
+    let mut deliveries = Vec::new();
+    for i in 0..frames {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+        let id = format!("cam-{i}");
+        let value = frame_bytes(&id, png(8, 8, [0, 0, 255]));
+        let now_ms = now_us() / 1000;
+        let record = FutureRecord::to(&settings.kafka.topics.images.name).key("cam").payload(&value).timestamp(now_ms);
+        // Not awaited one by one: the frames leave at the rate, however slow the acks.
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        sent_at.insert(id, now_ms);
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let (summary, _) = wait_and_stop(&settings, frames, shutdown, task).await;
+    let elapsed = started.elapsed();
+    let mut ages = Vec::new();
+    let detections = &settings.kafka.topics.detections.name;
+    let stop = CancellationToken::new();
+    let read = read_topic_to_end(&settings.kafka, detections, Duration::from_secs(10), &stop, |m| {
+        let result = DetectionResult::decode(m.payload().unwrap()).unwrap();
+        ages.push(result.processed_at_us / 1000 - sent_at[&result.frame_id]);
+    });
+    read.unwrap();
+    ages.sort_unstable();
+    assert_eq!(summary.results + summary.dead_letters, frames as u64, "one outcome per frame: {summary:?}");
+    (summary, ages, elapsed)
+}
+
+/// What a worker does at twice its capacity (measured first: a burst of 40 frames), for
+/// 10 s: without the policy every frame is inferred and the last results are seconds old
+/// (the lag grows as long as the overload lasts); with `max_frame_age_ms` the results stay
+/// fresh and the frames that waited too long are `expired` dead letters. Prints what it
+/// measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_twice_capacity_expiry_keeps_results_fresh() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let (_, _, took) = overload_run(&broker, 0, 40, 1_000.0).await;
+    let capacity = 40.0 / took.as_secs_f64();
+    let rate = 2.0 * capacity;
+    let frames = ((rate * 10.0) as usize).max(40);
+    let max_age: i64 = 1_500;
+    let mut measured = Vec::new();
+    for max_age_ms in [0, max_age as u64] {
+        let (summary, ages, elapsed) = overload_run(&broker, max_age_ms, frames, rate).await;
+        let max = ages.last().copied().unwrap_or(0);
+        eprintln!(
+            "[overload] capacity {capacity:.1} frames/s, {frames} frames at {rate:.1}/s, max_frame_age_ms = {max_age_ms}: {} results, {} expired, result age median {} ms, max {max} ms, all done after {:.1} s",
+            summary.results,
+            summary.dead_letters,
+            ages.get(ages.len() / 2).copied().unwrap_or(0),
+            elapsed.as_secs_f64()
+        );
+        measured.push((summary.dead_letters, max));
+    }
+    let [(expired_off, age_off), (expired_on, age_on)] = measured[..] else { unreachable!() };
+    assert_eq!(expired_off, 0, "nothing expires with the policy off");
+    assert!(age_off > max_age, "without expiry the backlog ages: the last results are {age_off} ms old");
+    assert!(expired_on > 0, "frames that waited too long expire");
+    // Fresh when inferred: at most the age limit plus one batch in the model and one waiting.
+    assert!(age_on < max_age + 1_500, "with expiry the results stay fresh: {age_on} ms");
 }
