@@ -160,6 +160,23 @@ impl Proc {
         self.status.expect("waited")
     }
 
+    /// Waits for the process to kill itself (SIGKILL) at failpoint `point` (`VIGIL_FAILPOINT`,
+    /// see `pipeline/src/failpoint.rs`), and checks that it did reach it: a test must not
+    /// pass by missing its window.
+    pub fn wait_killed_at(&mut self, point: &str, timeout: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self
+            .wait(timeout)
+            .unwrap_or_else(|| panic!("{} never reached failpoint {point}:\n{}", self.label, self.stderr()));
+        assert!(
+            self.stderr().contains(&format!("failpoint {point} reached")),
+            "{} exited ({status}) without reaching {point}:\n{}",
+            self.label,
+            self.stderr()
+        );
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{} died of SIGKILL at {point}", self.label);
+    }
+
     /// Waits for the process to exit by itself (`Duration::ZERO`: has it exited?).
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -463,6 +480,37 @@ impl Pipeline {
         self.spawn(label, &["sink"])
     }
 
+    /// A sink armed with a failpoint: e.g. `sink-kill-before-db-commit:3` kills it while
+    /// its third batch is written but not committed.
+    pub fn sink_with_failpoint(&self, label: &str, failpoint: &str) -> Proc {
+        self.spawn_with_env(label, &["sink"], &[("VIGIL_FAILPOINT", failpoint)])
+    }
+
+    /// One past the last record of each non-empty partition of `topic` (read_committed).
+    pub fn ends(&self, topic: &str) -> HashMap<i32, i64> {
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for r in self.read_topic(topic) {
+            let end = ends.entry(r.partition).or_default();
+            *end = (*end).max(r.offset + 1);
+        }
+        ends
+    }
+
+    /// Waits until the sink group `group` has stored the end of every partition of
+    /// `detections`: everything the detectors wrote is stored (a sink stopped now has
+    /// read all of it).
+    pub fn wait_stored_at_end(&self, group: &str, timeout: Duration) -> HashMap<i32, i64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (ends, stored) = (self.ends(&self.detections), stored_offsets(&self.database_url, group));
+            if ends.iter().all(|(p, end)| stored.get(p) == Some(end)) {
+                return ends;
+            }
+            assert!(Instant::now() < deadline, "stored offsets {stored:?} did not reach the ends {ends:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// `vigil produce <args>` to completion; panics when it fails.
     pub fn produce(&self, args: &[&str]) {
         let mut full = vec!["produce"];
@@ -758,9 +806,42 @@ pub fn count_rows(url: &str) -> u64 {
     client.query_one("SELECT COUNT(*)::BIGINT FROM detections", &[]).map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0)
 }
 
-/// Stored next offsets of `group` (sink) per partition.
+/// The counters of the sink's `sink stopped` log line (`batches`, `inserted`,
+/// `duplicates`, `rejected`); `None` before it stopped cleanly.
+pub fn sink_counts(sink: &Proc) -> Option<HashMap<String, u64>> {
+    let log = sink.stderr();
+    let line = log.lines().find_map(|l| l.split_once("sink stopped ").map(|(_, fields)| fields.to_owned()))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect(),
+    )
+}
+
+/// The highest `detections` offset of a stored row, per partition (`result_partition`,
+/// `result_offset`), in SQLite or PostgreSQL.
+pub fn max_row_offsets(url: &str) -> HashMap<i32, i64> {
+    let sql = "SELECT result_partition, MAX(result_offset) FROM detections GROUP BY result_partition";
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+        let rows = client.query(sql, &[]).expect("read detections");
+        return rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1))).collect();
+    };
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+/// Stored next offsets of `group` (sink) per partition, in SQLite or PostgreSQL.
 pub fn stored_offsets(url: &str, group: &str) -> HashMap<i32, i64> {
-    let path = url.strip_prefix("sqlite://").expect("SQLite URL");
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+        let rows = client
+            .query("SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1", &[&group])
+            .expect("read consumer_offsets");
+        return rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1))).collect();
+    };
     let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
     let mut stmt = conn.prepare("SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ?1").unwrap();
     stmt.query_map([group], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()

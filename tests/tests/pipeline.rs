@@ -20,7 +20,8 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
 use vigil::testing::png_bomb;
 use vigil_tests::{
-    count_rows, real_kafka, results_of, serial, stop, stored_offsets, Options, PgSchema, Pipeline, Proc,
+    count_rows, max_row_offsets, real_kafka, results_of, serial, sink_counts, stop, stored_offsets, Options, PgSchema,
+    Pipeline, Proc,
 };
 
 /// After everything drained: the sink's stored offsets are the end of `detections`.
@@ -38,6 +39,40 @@ fn assert_offsets_at_end(p: &Pipeline, group: &str) {
             "stored offset of detections/{partition} (stored {stored:?}, ends {ends:?})"
         );
     }
+}
+
+/// After a sink died with a batch written but not committed: that batch was rolled back
+/// with its offsets, so no stored row lies at or past a stored offset.
+fn assert_rows_within_stored(p: &Pipeline, stored: &HashMap<i32, i64>) {
+    for (partition, last) in max_row_offsets(&p.database_url) {
+        let next = stored.get(&partition).copied().unwrap_or(0);
+        assert!(last < next, "detections/{partition}: a row at offset {last} is stored, offsets only up to {next}");
+    }
+}
+
+/// A sink started after a crash, then stopped once everything was stored, must have read
+/// from the offsets stored at the crash: at most what lies past them (exactly that on the
+/// in-memory broker; on a transactional topic commit markers take offsets too), never a
+/// stored batch again. Returns (records it read, records past the stored offsets).
+fn assert_read_past_stored(
+    p: &Pipeline,
+    sink: &Proc,
+    stored: &HashMap<i32, i64>,
+    ends: &HashMap<i32, i64>,
+) -> (u64, u64) {
+    let counts = sink_counts(sink).unwrap_or_else(|| panic!("no 'sink stopped' line:\n{}", sink.stderr()));
+    let read = counts["inserted"] + counts["duplicates"] + counts["rejected"];
+    let past: i64 = ends.iter().map(|(p, end)| end - stored.get(p).copied().unwrap_or(0)).sum();
+    let past = past as u64;
+    assert!(
+        read <= past,
+        "{} read {read} records; only {past} lie past the stored offsets {stored:?} (ends {ends:?})",
+        sink.label
+    );
+    if !p.real_kafka {
+        assert_eq!(read, past, "{} reads everything past the stored offsets {stored:?} (ends {ends:?})", sink.label);
+    }
+    (read, past)
 }
 
 fn sink_group(p: &Pipeline) -> String {
@@ -75,48 +110,66 @@ fn five_hundred_frames_two_detectors_exact() {
     );
 }
 
-/// Test 2: a detector and the sink are `kill -9`'d mid-stream and restarted → still
-/// exact: nothing lost, no row twice. The restarted detector reuses the killed one's
-/// instance id (on a real Kafka that fences the dead transaction at once); the
-/// restarted sink resumes from the offsets stored with the rows.
+/// Test 2: a detector and the sink are `kill -9`'d inside their critical windows (the
+/// failpoints of `VIGIL_FAILPOINT`) and restarted → still exact: nothing lost, no row twice.
+///
+/// - detector-1 dies with its 4th batch's results delivered but its offsets not committed
+///   (`kill-after-produce`), its restart right after committing the offsets of its 3rd
+///   (`kill-after-offsets`); restarts reuse the instance id (on a real Kafka that fences
+///   the dead transaction at once);
+/// - the sink dies with a batch written but not committed (`sink-kill-before-db-commit`):
+///   no row of it may be stored; its restart dies right after a COMMIT
+///   (`sink-kill-after-db-commit`); the last sink must start at the offsets stored with
+///   the rows: it reads exactly what lies past them, never a stored batch again.
 #[test]
 fn kill_nine_detector_and_sink_exact() {
     let _serial = serial();
     let p = Pipeline::start("kill9", Options::default());
-    let mut sink = p.sink("sink");
-    let mut d1 = p.detector("detector-1", Some("kill9-a"));
+    let group = sink_group(&p);
+    let long = Duration::from_secs(600);
+    let mut sink = p.sink_with_failpoint("sink", "sink-kill-before-db-commit:5");
+    let mut d1 = p.detector_with_failpoint("detector-1", "kill9-a", "kill-after-produce:4");
     let mut d2 = p.detector("detector-2", Some("kill9-b"));
     let started = Instant::now();
-    let frames = p.produce_cameras(6, 50);
+    // Enough cameras for every partition, so that both detectors have batches to fail in.
+    let frames = p.produce_cameras(12, 25);
 
-    let at_kill = p.wait_rows(frames / 5, Duration::from_secs(600), &mut [&mut sink, &mut d1, &mut d2]);
-    d1.kill9();
-    eprintln!("[test 2] detector-1 kill -9'd at {at_kill} rows");
-    let mut d1b = p.detector("detector-1-restarted", Some("kill9-a"));
-
-    let before_sink_kill = p.wait_rows(frames / 2, Duration::from_secs(600), &mut [&mut sink, &mut d1b, &mut d2]);
-    let stored_before = stored_offsets(&p.database_url, &sink_group(&p));
-    assert!(!stored_before.is_empty(), "the sink stores its offsets with the rows");
-    sink.kill9();
-    eprintln!("[test 2] sink kill -9'd at {before_sink_kill} rows, stored offsets {stored_before:?}");
-    let mut sink2 = p.sink("sink-restarted");
-
-    p.wait_rows(frames, Duration::from_secs(900), &mut [&mut sink2, &mut d1b, &mut d2]);
-    let elapsed = started.elapsed();
-    stop(&mut d1b);
-    stop(&mut d2);
-    stop(&mut sink2);
-    // The restarted sink started from the database's offsets, not from the beginning.
-    let log = sink2.stderr();
-    assert!(
-        log.contains("reading from the database's offsets") && log.contains("Offset("),
-        "restarted sink must seek to stored offsets:\n{log}"
+    d1.wait_killed_at("kill-after-produce", long);
+    let mut d1b = p.detector_with_failpoint("detector-1-restarted", "kill9-a", "kill-after-offsets:3");
+    sink.wait_killed_at("sink-kill-before-db-commit", long);
+    // The batch being written was rolled back with its offsets: no stored row lies at or
+    // past a stored offset.
+    let stored_at_first_kill = stored_offsets(&p.database_url, &group);
+    assert_rows_within_stored(&p, &stored_at_first_kill);
+    eprintln!(
+        "[test 2] sink killed before a database commit at {} rows, stored offsets {stored_at_first_kill:?}",
+        p.rows()
     );
+    let mut sink2 = p.sink_with_failpoint("sink-restarted", "sink-kill-after-db-commit:3");
+
+    d1b.wait_killed_at("kill-after-offsets", long);
+    let mut d1c = p.detector("detector-1-restarted-2", Some("kill9-a"));
+    sink2.wait_killed_at("sink-kill-after-db-commit", long);
+    let stored = stored_offsets(&p.database_url, &group);
+    assert!(
+        stored.iter().any(|(partition, offset)| stored_at_first_kill.get(partition).is_none_or(|o| offset > o)),
+        "the restarted sink stored batches: {stored_at_first_kill:?} -> {stored:?}"
+    );
+    eprintln!("[test 2] restarted sink killed after a database commit at {} rows, stored offsets {stored:?}", p.rows());
+    let mut sink3 = p.sink("sink-restarted-2");
+
+    p.wait_rows(frames, Duration::from_secs(900), &mut [&mut sink3, &mut d1c, &mut d2]);
+    stop(&mut d1c);
+    stop(&mut d2);
+    let ends = p.wait_stored_at_end(&group, Duration::from_secs(120));
+    stop(&mut sink3);
+    let elapsed = started.elapsed();
+    let (read, past_stored) = assert_read_past_stored(&p, &sink3, &stored, &ends);
     let report = p.verify();
     p.assert_exact(&report, frames, 0);
-    assert_offsets_at_end(&p, &sink_group(&p));
+    assert_offsets_at_end(&p, &group);
     eprintln!(
-        "[test 2] {frames} frames, kill -9 of a detector and the sink: rows {}, dlq {}, duplicates {}, results redelivered in the topic {} (at-least-once on the mock), {:.1} s",
+        "[test 2] {frames} frames, detector killed after produce and after offsets, sink before and after a database commit: rows {}, dlq {}, duplicates {}, results redelivered in the topic {}, last sink read {read} records ({past_stored} past the stored offsets), {:.1} s",
         report["rows"],
         report["dlq"],
         report["duplicates"],
@@ -264,7 +317,9 @@ fn bad_inputs_go_to_the_dlq_with_the_right_kind() {
     );
 }
 
-/// Test 5: the sink on PostgreSQL (its own schema), killed and restarted → exact.
+/// Test 5: the sink on PostgreSQL (its own schema), killed with a batch written but not
+/// committed (the server must roll it back with its offsets) and restarted → exact, the
+/// restart reading from the stored offsets.
 #[test]
 fn postgres_sink_exact() {
     let schema = match PgSchema::create() {
@@ -276,16 +331,20 @@ fn postgres_sink_exact() {
     };
     let _serial = serial();
     let p = Pipeline::start("postgres", Options { database_url: Some(schema.url.clone()), ..Options::default() });
-    let mut sink = p.sink("sink");
+    let group = sink_group(&p);
+    let mut sink = p.sink_with_failpoint("sink", "sink-kill-before-db-commit:4");
     let mut detector = p.detector("detector", None);
     let started = Instant::now();
     let frames = p.produce_cameras(4, 30);
-    p.wait_rows(frames / 3, Duration::from_secs(600), &mut [&mut sink, &mut detector]);
-    sink.kill9();
+    sink.wait_killed_at("sink-kill-before-db-commit", Duration::from_secs(600));
+    let stored_at_kill = stored_offsets(&p.database_url, &group);
+    assert_rows_within_stored(&p, &stored_at_kill);
     let mut sink2 = p.sink("sink-restarted");
     p.wait_rows(frames, Duration::from_secs(600), &mut [&mut sink2, &mut detector]);
     stop(&mut detector);
+    let ends = p.wait_stored_at_end(&group, Duration::from_secs(120));
     stop(&mut sink2);
+    let (read, past) = assert_read_past_stored(&p, &sink2, &stored_at_kill, &ends);
     let report = p.verify();
     p.assert_exact(&report, frames, 0);
     // Offsets are in PostgreSQL, in the schema of this test, one past the last record of
@@ -306,7 +365,7 @@ fn postgres_sink_exact() {
     assert_eq!(stored, ends, "stored offsets are the end of every partition of {}", p.detections);
     assert_eq!(count_rows(&schema.url), frames);
     eprintln!(
-        "[test 5] PostgreSQL: {frames} frames, sink kill -9'd and restarted: rows {}, dlq {}, duplicates {}, {:.1} s",
+        "[test 5] PostgreSQL: {frames} frames, sink killed before a database commit and restarted (read {read} records, {past} past the stored offsets): rows {}, dlq {}, duplicates {}, {:.1} s",
         report["rows"],
         report["dlq"],
         report["duplicates"],
