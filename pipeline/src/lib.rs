@@ -6,6 +6,7 @@
 //! returning a summary; the `vigil` binary parses the command line and calls them.
 
 mod backoff;
+pub mod chaos;
 mod codec;
 pub mod detector;
 mod failpoint;
