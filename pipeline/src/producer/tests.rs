@@ -161,3 +161,22 @@ async fn a_send_error_is_reported_with_every_frame_accounted_for() {
     );
     assert!(error.contains("cam-0 #"), "names the frames: {error}");
 }
+
+/// A library caller's input that breaks the input contract is refused alone, without a
+/// `seq` (no gap for `vigil verify`), and the frames after it still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_breaking_the_contract_is_refused_alone() {
+    use super::inputs::{synthetic_frame, FrameInput};
+    use super::publish::{produce_frames, ProduceOptions};
+    let (_broker, settings) = broker_and_settings();
+    let bad = FrameInput { source: "cam\u{0}".into(), ..synthetic_frame("cam-0", 1) };
+    let inputs: Vec<Result<FrameInput, super::ProducerError>> =
+        vec![Ok(synthetic_frame("cam-0", 0)), Ok(bad), Ok(synthetic_frame("cam-0", 2))];
+    let summary = produce_frames(&settings, inputs, ProduceOptions::default(), CancellationToken::new())
+        .await
+        .expect("the bad input is counted, not an error that drops the others");
+    assert_eq!((summary.delivered, summary.failed), (2, 1), "{summary:?}");
+    assert!(summary.first_error.as_deref().is_some_and(|e| e.contains("control character")), "{summary:?}");
+    let seqs: Vec<i64> = frames_in_topic(&settings).iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, [0, 1]);
+}
