@@ -219,6 +219,15 @@ where
         if encoding == ImageEncoding::Unknown {
             warn!(input = %name, bytes = input.data.len(), "not recognised as an image (sending it anyway; the detector will judge)");
         }
+        // `run` checked the source before sending anything; this refuses a library caller's
+        // bad input frame by frame, like a frame that is too large, so the others still go
+        // (before it takes a `seq`, which would leave a gap for `vigil verify` to report).
+        if let Err(e) = contract::check_source(&input.source).and_then(|()| contract::check_frame_id(&input.frame_id)) {
+            let error = format!("{name}: {e}; not sent");
+            warn!("{error}");
+            summary.fail(&name, error);
+            continue;
+        }
         let seq = seqs.entry(input.source.clone()).or_insert(0);
         let frame = Frame {
             frame_id: input.frame_id,
@@ -233,7 +242,6 @@ where
             session: Some(session.clone()),
         };
         *seq += 1;
-        contract::check_frame(&frame)?;
         let payload = frame.encode().map_err(ProducerError::Encode)?;
         if payload.len() > settings.detector.max_record_bytes {
             warn!(
