@@ -21,7 +21,7 @@ use tracing::warn;
 use super::model_thread::{InputRecord, Processed};
 use super::overload::Overload;
 use super::DetectorConfig;
-use crate::codec::{now_us, DetectedObject, DetectionResult, Frame};
+use crate::codec::{contract, now_us, DetectedObject, DetectionResult, Frame};
 use crate::model::{decode_image, resize_to_input, DecodeLimits, DecodedFrame, Detection, Detector};
 use crate::thread_actor::panic_message;
 
@@ -51,21 +51,9 @@ impl InputLimits {
     }
 }
 
-/// Dead-letter kinds the detector itself assigns (codec and image kinds come from
-/// [`crate::codec::CodecError::kind`] and [`crate::model::DecodeError::kind`]).
-pub(crate) mod kinds {
-    /// The record is larger than `detector.max_record_bytes`.
-    pub(crate) const OVERSIZED: &str = "oversized";
-    /// The model failed on this frame alone (after the batch failed and was split).
-    pub(crate) const INFERENCE_FAILED: &str = "inference_failed";
-    /// The result could not be encoded (a bug, kept rather than lost).
-    pub(crate) const ENCODE: &str = "encode";
-    /// Same kind as [`crate::model::DecodeError::Corrupt`]: used for truncated JPEGs, which
-    /// the decoder would otherwise fill with grey.
-    pub(crate) const CORRUPT_IMAGE: &str = "corrupt_image";
-    /// Judging the record panicked: a bug (in a decoder, say) that this input triggers.
-    pub(crate) const PANIC: &str = "panic";
-}
+/// Dead-letter kinds, defined once in [`crate::codec::kinds`] (codec and image kinds come
+/// from [`crate::codec::CodecError::kind`] and [`crate::model::DecodeError::kind`]).
+pub(crate) use crate::codec::kinds;
 
 /// A JPEG whose last scan (SOS, `FF DA`) is not followed by an end-of-image marker
 /// (`FF D9`) was cut short: the decoder would pad the missing rows with grey and the
@@ -232,6 +220,7 @@ fn judge(record: &InputRecord, limits: &InputLimits) -> Result<(Frame, DecodedFr
         });
     }
     let frame = Frame::decode(bytes).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
+    contract::check_frame(&frame).map_err(|e| Verdict::DeadLetter { kind: e.kind(), message: e.to_string() })?;
     #[cfg(test)]
     if frame.frame_id == PANICKING_FRAME {
         panic!("injected panic while judging frame {}", frame.frame_id);
@@ -483,6 +472,29 @@ mod tests {
             .collect();
         assert!(refused.is_empty(), "{refused:#?}");
         assert_eq!(out.inferred, corpus.len());
+    }
+
+    /// A frame that decodes but breaks the input contract (`codec::contract`) is an
+    /// `invalid_field` dead letter: stored, its U+0000 would make the database refuse it.
+    #[test]
+    fn a_frame_breaking_the_input_contract_is_an_invalid_field() {
+        let mut model = FakeModel { calls: 0 };
+        let with_source = |source: &str| {
+            let mut frame = Frame::decode(&frame_bytes("f", png(8, 8, [0, 0, 255]))).unwrap();
+            frame.source = source.into();
+            frame.encode().unwrap()
+        };
+        let records = vec![
+            record(0, Some(with_source("cam\u{0}7"))),
+            record(1, Some(with_source(&"c".repeat(256)))),
+            record(2, Some(with_source("cam-7"))),
+        ];
+        let out = process(&mut model, records, &limits());
+        let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
+        assert_eq!(kinds, ["invalid_field", "invalid_field", "result"]);
+        let Verdict::DeadLetter { message, .. } = &out.verdicts[0] else { panic!() };
+        assert!(message.contains("source") && message.contains("control character"), "{message}");
+        assert_eq!(out.inferred, 1);
     }
 
     #[test]
