@@ -5,7 +5,8 @@
 //!
 //! Where each is assigned: [`crate::codec::CodecError::kind`] (the Avro envelope),
 //! [`crate::codec::ContractError`] (the input contract), [`crate::model::DecodeError::kind`]
-//! (the image), the detector's judge (size, panics, the model) and the sink.
+//! (the image), the detector's judge (size, panics, the model) and overload policy
+//! (`expired`, `shed`), and the sink.
 
 /// Not an Avro single-object record: no `0xC3 0x01` marker, or shorter than the header.
 pub(crate) const NOT_AVRO: &str = "not_avro";
@@ -32,9 +33,12 @@ pub(crate) const CORRUPT_IMAGE: &str = "corrupt_image";
 pub(crate) const PANIC: &str = "panic";
 /// The model failed on this frame alone (after the batch failed and was split).
 pub(crate) const INFERENCE_FAILED: &str = "inference_failed";
-/// The frame waited longer than the detector allows before it was judged.
-#[allow(dead_code)] // listed ahead of the detector's expiry, which assigns it
+/// Older than `detector.max_frame_age_ms` when its batch reached the model.
+#[allow(dead_code)] // assigned by `detector::overload`, which still spells it itself
 pub(crate) const EXPIRED: &str = "expired";
+/// One of its source's oldest records beyond `detector.max_frames_per_source` in a batch.
+#[allow(dead_code)] // assigned by `detector::overload`, which still spells it itself
+pub(crate) const SHED: &str = "shed";
 /// The database refused a result's row (sink: `sink_rejects` only, never `images.dlq`).
 #[allow(dead_code)] // the sink still spells it in `sink::write`
 pub(crate) const DB_REFUSED: &str = "db_refused";
@@ -79,6 +83,7 @@ pub(crate) const ALL: &[(&str, Stage)] = &[
     (PANIC, Stage::Detector),
     (INFERENCE_FAILED, Stage::Detector),
     (EXPIRED, Stage::Detector),
+    (SHED, Stage::Detector),
     (ENCODE, Stage::Detector),
     (DB_REFUSED, Stage::Sink),
 ];
