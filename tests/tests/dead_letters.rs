@@ -130,9 +130,16 @@ fn record_bytes(r: &Record) -> usize {
 }
 
 /// The poison's dead letter: alone in the DLQ, of `kind`, flagged truncated, digest and
-/// original size right, payload a prefix of the original, original key and headers kept,
-/// within `limit`.
-fn assert_truncated_dead_letter(p: &Pipeline, poison: &[u8], key: &str, kind: &str, limit: u32) -> Record {
+/// original size right, payload a prefix of the original of more than `min_payload` bytes,
+/// original key and headers kept, within `limit`.
+fn assert_truncated_dead_letter(
+    p: &Pipeline,
+    poison: &[u8],
+    key: &str,
+    kind: &str,
+    limit: u32,
+    min_payload: usize,
+) -> Record {
     let dlq = p.read_topic(&p.dlq);
     assert_eq!(dlq.len(), 1, "one dead letter, the poison's: {:?}", dlq.iter().map(|r| &r.headers).collect::<Vec<_>>());
     let letter = dlq.into_iter().next().unwrap();
@@ -145,7 +152,7 @@ fn assert_truncated_dead_letter(p: &Pipeline, poison: &[u8], key: &str, kind: &s
     assert_eq!(letter.key.as_deref(), Some(key.as_bytes()), "the original key is kept");
     let payload = letter.payload.as_deref().unwrap_or_default();
     assert!(payload.len() < poison.len() && poison.starts_with(payload), "the payload is a prefix of the original");
-    assert!(payload.len() > (limit as usize) / 2, "the cut keeps most of what fits ({} bytes)", payload.len());
+    assert!(payload.len() > min_payload, "the cut keeps what fits ({} bytes, at least {min_payload})", payload.len());
     assert!(record_bytes(&letter) <= limit as usize, "the dead letter fits the limit: {} bytes", record_bytes(&letter));
     letter
 }
@@ -204,7 +211,7 @@ fn a_dead_letter_larger_than_the_producer_allows_is_truncated() {
     run_with_poison(&p, &poison, "poison", &mut sink, &mut detector);
     // The producer's limit: kafka.max_message_bytes plus the DLQ's headroom (1 MiB).
     let limit = LIMIT_64K + 1024 * 1024;
-    let letter = assert_truncated_dead_letter(&p, &poison, "poison", "oversized", limit);
+    let letter = assert_truncated_dead_letter(&p, &poison, "poison", "oversized", limit, limit as usize / 2);
     eprintln!("[dlq-producer-limit] 1200000 byte record dead-lettered as {} bytes", record_bytes(&letter));
 }
 
@@ -233,7 +240,7 @@ fn a_dead_letter_larger_than_the_dlq_accepts_is_truncated() {
         "the start-up check names the DLQ's small limit:\n{}",
         detector.stderr()
     );
-    let letter = assert_truncated_dead_letter(&p, &poison, "poison", "not_avro", LIMIT_64K);
+    let letter = assert_truncated_dead_letter(&p, &poison, "poison", "not_avro", LIMIT_64K, LIMIT_64K as usize / 2);
     eprintln!("[dlq-small] 200000 byte record dead-lettered as {} bytes into a 64 KiB DLQ", record_bytes(&letter));
 }
 
@@ -261,8 +268,10 @@ fn a_dlq_limit_lowered_under_a_running_detector_ends_in_a_truncated_dead_letter(
     let poison = poison(200_000);
     let summary = run_with_poison(&p, &poison, "poison", &mut sink, &mut detector);
     let aborts = summary_u64(&summary, "aborts");
-    assert!((1..=10).contains(&aborts), "refused a few times, then truncated: {aborts} aborts: {summary}");
-    let letter = assert_truncated_dead_letter(&p, &poison, "poison", "not_avro", LIMIT_64K);
+    assert!((3..=10).contains(&aborts), "refused a few times, then truncated: {aborts} aborts: {summary}");
+    // Halved per failed attempt: what is left is under the limit, not necessarily near it
+    // (a refused record can cost the producer one more failure: "skipped sequence numbers").
+    let letter = assert_truncated_dead_letter(&p, &poison, "poison", "not_avro", LIMIT_64K, LIMIT_64K as usize / 8);
     eprintln!("[dlq-shrunk] {aborts} aborted attempts, then a {} byte dead letter", record_bytes(&letter));
 }
 
