@@ -215,6 +215,11 @@ fn sink_kills(run: &mut Run<'_>) -> Result<(), ChaosError> {
         let sink = run.sink;
         let (at, effective) = match point {
             None => {
+                // A sink that has stored nothing yet has no batch to lose: wait for its first.
+                let deadline = Instant::now() + FLIGHT_TIMEOUT;
+                while run.sampler.rows() <= run.sink_rows_at_start && Instant::now() < deadline {
+                    run.pause(Duration::from_millis(100))?;
+                }
                 run.wait_in_flight(FLIGHT_TIMEOUT)?;
                 let stored = run.sampler.rows() > run.sink_rows_at_start;
                 let at = run.now_ms();
