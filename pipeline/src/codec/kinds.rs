@@ -34,13 +34,10 @@ pub(crate) const PANIC: &str = "panic";
 /// The model failed on this frame alone (after the batch failed and was split).
 pub(crate) const INFERENCE_FAILED: &str = "inference_failed";
 /// Older than `detector.max_frame_age_ms` when its batch reached the model.
-#[allow(dead_code)] // assigned by `detector::overload`, which still spells it itself
 pub(crate) const EXPIRED: &str = "expired";
 /// One of its source's oldest records beyond `detector.max_frames_per_source` in a batch.
-#[allow(dead_code)] // assigned by `detector::overload`, which still spells it itself
 pub(crate) const SHED: &str = "shed";
 /// The database refused a result's row (sink: `sink_rejects` only, never `images.dlq`).
-#[allow(dead_code)] // the sink still spells it in `sink::write`
 pub(crate) const DB_REFUSED: &str = "db_refused";
 
 /// Which stage assigns a kind: the `stage` column of the README table.

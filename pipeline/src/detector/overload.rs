@@ -27,14 +27,8 @@ use std::collections::HashMap;
 use super::judge::Verdict;
 use super::model_thread::InputRecord;
 use super::DetectorConfig;
+use crate::codec::kinds;
 
-/// Dead-letter kinds of this policy.
-pub(crate) mod kinds {
-    /// Older than `detector.max_frame_age_ms` when its batch reached the model.
-    pub(crate) const EXPIRED: &str = "expired";
-    /// One of its source's oldest records beyond `detector.max_frames_per_source` in a batch.
-    pub(crate) const SHED: &str = "shed";
-}
 
 /// The overload settings the model thread applies (0: off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

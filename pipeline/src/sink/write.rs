@@ -21,13 +21,11 @@ use super::db::DbWorker;
 use super::store::{Batch, BatchOutcome, DetectionRow, RejectRow};
 use super::SinkError;
 use crate::backoff::Backoff;
-use crate::codec::DetectionResult;
+use crate::codec::{kinds, DetectionResult};
 
 /// Wait before retrying a failed database write: 0.2 s doubling to 6.4 s.
 const DB_RETRY: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_millis(6400) };
 
-/// `sink_rejects.kind` of a row the database refused.
-pub(super) const DB_REFUSED: &str = "db_refused";
 
 /// A batch on its way to the database, with what the loop keeps for each of its rows.
 #[derive(Default)]
@@ -70,7 +68,7 @@ impl Outgoing {
                 topic: self.batch.topic.clone(),
                 partition: row.result_partition,
                 offset: row.result_offset,
-                kind: DB_REFUSED.into(),
+                kind: kinds::DB_REFUSED.into(),
                 message: reason,
                 payload,
             });
