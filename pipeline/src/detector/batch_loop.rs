@@ -33,6 +33,7 @@ use super::readiness::Readiness;
 use super::transaction::{blocking, Committer, Failure, Outputs};
 use super::{Delivery, DetectorConfig, DetectorError, DetectorSummary};
 use crate::backoff::Backoff;
+use crate::codec::kinds;
 use crate::kafka::{classify, ErrorClass};
 
 /// Wait before redoing a failed batch: 0.2 s doubling to 5 s.
@@ -425,10 +426,16 @@ impl<'a> BatchLoop<'a> {
     }
 }
 
+/// One line per bad input; overload outcomes (expired, shed) only at debug level, since
+/// under overload they come by the thousand (the progress line counts every dead letter).
 fn log_dead_letters(records: &[InputRecord], verdicts: &[Verdict]) {
     for (record, verdict) in records.iter().zip(verdicts) {
         if let Verdict::DeadLetter { kind, message } = verdict {
-            info!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
+            if [kinds::EXPIRED, kinds::SHED].contains(kind) {
+                debug!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
+            } else {
+                info!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
+            }
         }
     }
 }
