@@ -264,16 +264,12 @@ impl Committer {
     /// delivery first (rare: it takes several large dead letters in one batch).
     async fn produce_all(&self, batch: &Outputs<'_>) -> Result<Vec<DeliveryFuture>, Failure> {
         let mut deliveries = Vec::with_capacity(batch.records.len());
-        let form = DeadLetterForm::after_failures(batch.failed_attempts);
-        if form != DeadLetterForm::Sized && batch.verdicts.iter().any(|v| matches!(v, Verdict::DeadLetter { .. })) {
-            warn!(
-                failures = batch.failed_attempts,
-                ?form,
-                "the batch failed repeatedly: its dead letters go truncated"
-            );
+        let forms = batch.dest.attempt(batch.failed_attempts > 0, batch.records, batch.verdicts);
+        if forms.iter().any(|f| *f != DeadLetterForm::Sized) {
+            warn!(?forms, "dead letters in repeatedly failed attempts go truncated");
         }
         let (mut dlq_in_flight, mut dlq_bytes) = (Vec::new(), 0usize);
-        for (record, verdict) in batch.records.iter().zip(batch.verdicts) {
+        for ((record, verdict), form) in batch.records.iter().zip(batch.verdicts).zip(forms) {
             let output = batch.dest.output(record, verdict, form);
             let mut out = output.record;
             if let Some(bytes) = output.dead_letter_bytes {
@@ -321,8 +317,9 @@ pub(crate) struct Outputs<'a> {
     pub(crate) dest: &'a Destinations,
     pub(crate) records: &'a [InputRecord],
     pub(crate) verdicts: &'a [Verdict],
-    /// Failed attempts in a row before this one: past a few, dead letters go truncated
-    /// (see [`DeadLetterForm::after_failures`]), so that a batch is never redone forever.
+    /// Failed attempts in a row before this one: whether the last attempt failed settles
+    /// its dead letters; a dead letter in a few failed attempts goes truncated (see
+    /// [`Destinations::attempt`]), so that a batch is never redone forever.
     pub(crate) failed_attempts: u32,
 }
 
