@@ -69,6 +69,7 @@ fn random_below(n: usize) -> usize {
 
 /// kill -9 of a random detector that owns partitions, restarted under its instance id.
 fn detector_kill(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    run.revive()?;
     run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let owners: Vec<usize> =
         (0..run.slots.len()).filter(|i| fleet::owns_partitions(&run.fleet.log(run.slots[*i].proc))).collect();
@@ -87,6 +88,7 @@ fn detector_kill(run: &mut Run<'_>) -> Result<(), ChaosError> {
 fn rolling(run: &mut Run<'_>) -> Result<(), ChaosError> {
     for _ in 0..run.size.rounds {
         for i in 0..run.slots.len() {
+            run.revive()?;
             run.pause(Duration::from_millis(1_000))?;
             run.wait_in_flight(FLIGHT_TIMEOUT)?;
             let victim = run.slots[i].proc;
@@ -177,6 +179,7 @@ fn zombie(run: &mut Run<'_>) -> Result<(), ChaosError> {
 /// One cycle of the rebalance storm: `joiners` detectors join (1 → 1 + joiners), own
 /// partitions, and leave with SIGTERM (→ 1).
 fn storm_cycle(run: &mut Run<'_>, cycle: u32, joiners: usize) -> Result<(), ChaosError> {
+    run.revive()?;
     run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let at = run.now_ms();
     let mut ids: Vec<ProcId> = Vec::new();
@@ -448,6 +451,7 @@ fn controller(run: &Run<'_>) -> Option<i32> {
 /// On a cluster: kill -9 of the leader of a busy partition, of the controller, and a
 /// broker stopped (SIGSTOP) for 30 s; each node started again afterwards.
 fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
+    run.revive()?;
     // kill -9 of a leader.
     run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let before = leaders(run);
@@ -465,6 +469,7 @@ fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
         run.fault("broker-kill9", at, killed.is_ok() && moved);
     }
     // kill -9 of the controller.
+    run.revive()?;
     run.pause(Duration::from_secs(3))?;
     run.wait_in_flight(FLIGHT_TIMEOUT)?;
     match controller(run) {
@@ -481,6 +486,7 @@ fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
         None => run.notes.push("could not find the controller (kafka-metadata-quorum.sh)".into()),
     }
     // SIGSTOP of a broker (the leader of partition 0 now) for 30 s.
+    run.revive()?;
     run.pause(Duration::from_secs(3))?;
     run.wait_in_flight(FLIGHT_TIMEOUT)?;
     if let Some(&leader) = leaders(run).get(&0) {
@@ -529,6 +535,7 @@ fn soak(run: &mut Run<'_>) -> Result<(), ChaosError> {
     let mut step = 0u32;
     let mut next_fault = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
+        run.revive()?;
         for id in run.fleet.all() {
             if let Some(kib) = run.fleet.rss_kib(id) {
                 rss.entry(id).or_default().push(kib);

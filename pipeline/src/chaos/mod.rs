@@ -376,6 +376,19 @@ impl Run<'_> {
         Ok(id)
     }
 
+    /// Starts again every detector slot whose process exited by itself (a fenced worker
+    /// stops, by design, for its restart policy to act: this is that policy).
+    pub(crate) fn revive(&mut self) -> Result<(), ChaosError> {
+        for i in 0..self.slots.len() {
+            let id = self.slots[i].proc;
+            if !self.fleet.is_running(id) {
+                eprintln!("chaos: {}: {} exited by itself; restarting it", self.scenario, self.fleet.label(id));
+                self.restart_slot(i, &[])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the sink again (`extra`: failpoints).
     pub(crate) fn restart_sink(&mut self, extra: &[(&str, &str)]) -> Result<ProcId, ChaosError> {
         self.sink_restarts += 1;
@@ -656,6 +669,7 @@ fn drain(run: &mut Run<'_>, good: u64, budget: Duration) -> Result<Option<String
         if !run.fleet.is_running(run.sink) {
             return Ok(Some(format!("the sink exited while draining ({rows} of {good} rows)")));
         }
+        run.revive()?;
         if Instant::now() > deadline {
             return Ok(Some(format!("did not drain within {} s: {rows} of {good} rows stored", budget.as_secs())));
         }
