@@ -3,7 +3,7 @@
 //! `acks=all`). Images are never decoded here: the format is sniffed from magic bytes,
 //! unrecognised files are sent anyway with a warning (the detector judges them).
 //!
-//! Crash safety: a file's frame id is derived from the file ([`inputs`]), so running the
+//! Crash safety: a file's frame id is derived from the file (module `inputs`), so running the
 //! same command again after a crash (kill -9 included) sends the same frames again, and
 //! downstream stores each of them once. Every frame handed to the Kafka producer is
 //! either delivered or counted and named in the summary; a send error stops the run
