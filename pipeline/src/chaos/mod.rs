@@ -492,6 +492,17 @@ fn scenario_database(env: &Env<'_>, scenario: Scenario, dir: &Path) -> Result<St
     Ok(format!("{url}{sep}options=-csearch_path%3D{schema}"))
 }
 
+/// The PostgreSQL schema of an exact scenario is not worth keeping: dropped, so that
+/// runs do not pile schemas up in a shared database (a failed one stays for inspection).
+fn drop_scenario_schema(env: &Env<'_>, scenario: Scenario) {
+    let Some(url) = env.config.database.as_ref().filter(|u| !u.starts_with("sqlite://")) else { return };
+    let schema = format!("vigil_chaos_{}_{}", env.run_id, scenario.name().replace('-', "_"));
+    if let Ok(mut client) = postgres::Client::connect(url, postgres::NoTls) {
+        // Best effort: a schema left behind costs only space.
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).ok();
+    }
+}
+
 /// Runs one scenario end to end; the report and, for the baseline, the capacity
 /// (frames per second) it measured.
 fn run_scenario(
@@ -649,6 +660,8 @@ fn run_scenario(
     report.seconds = t0.elapsed().as_secs_f64();
     if report.verdict != Verdict::Exact {
         std::fs::write(dir.join("audit.json"), serde_json::to_string_pretty(&audit).unwrap_or_default()).ok();
+    } else {
+        drop_scenario_schema(env, scenario);
     }
     Ok((report, capacity))
 }
