@@ -6,8 +6,8 @@
 //! collide. It starts the sink and the detectors as real `vigil` processes (this binary,
 //! `current_exe`, or `--vigil-bin`) on the embedded broker (a [`DevBroker`] inside this
 //! process, whose fault knobs it drives) or on the cluster named by `--bootstrap`; streams
-//! unique frames from 12 cameras ([`frames`]); injects its faults while batches are in
-//! flight ([`faults`]); waits until every good frame is stored (bounded); stops the
+//! unique frames from 12 cameras (module `frames`); injects its faults while batches are in
+//! flight (module `faults`); waits until every good frame is stored (bounded); stops the
 //! processes; and audits with [`crate::verify`].
 //!
 //! Definitions (all times from the scenario's own clock):

@@ -29,7 +29,6 @@ use super::model_thread::InputRecord;
 use super::DetectorConfig;
 use crate::codec::kinds;
 
-
 /// The overload settings the model thread applies (0: off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Overload {

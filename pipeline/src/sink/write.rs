@@ -26,7 +26,6 @@ use crate::codec::{kinds, DetectionResult};
 /// Wait before retrying a failed database write: 0.2 s doubling to 6.4 s.
 const DB_RETRY: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_millis(6400) };
 
-
 /// A batch on its way to the database, with what the loop keeps for each of its rows.
 #[derive(Default)]
 pub(super) struct Outgoing {
