@@ -34,7 +34,7 @@ use super::{EXIT_OK, EXIT_RUNTIME};
         whose faults had no effect fails with `no effect`. Progress goes to stderr. Exit status 0 only when every \
         scenario that ran is exact; scenarios that cannot run here are reported as skipped, with the reason.",
     after_help = "Examples:\n  \
-        vigil chaos --quick                                     # every scenario, small, embedded broker (~5 min)\n  \
+        vigil chaos --quick                                     # every scenario, small, embedded broker (~8 min on 2 cores)\n  \
         vigil chaos --quick --scenario baseline --scenario detector-kill --json\n  \
         vigil --bootstrap 127.0.0.1:9092 chaos --kafka-script scripts/kafka.sh --kafka-dir ~/.cache/vigil/kafka-cluster \\\n      \
         --database postgres://vigil:vigil@127.0.0.1:5432/vigil_test      # the full run on a cluster\n  \
@@ -44,7 +44,7 @@ pub(crate) struct ChaosArgs {
     /// Scenario to run (repeatable; default: all).
     #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
-    /// Every scenario small enough for CI (~5 minutes in all, a 60 s soak).
+    /// Every scenario small enough for CI (120 frames each, a 60 s soak: ~8 minutes in all on 2 cores, ~10 on a cluster).
     #[arg(long)]
     quick: bool,
     /// One JSON object per scenario instead of a line.
