@@ -231,6 +231,24 @@ mod tests {
     }
 
     #[test]
+    fn rows_from_work_before_the_fault_are_not_recovery() {
+        // At the fault partition 0 had offsets 5..10 waiting; a row for offset 5 (work
+        // begun before the fault) is not recovery: offset 9 stored is.
+        let samples =
+            [s(100, [10, 5], [5, 5], [5, 5]), s(200, [10, 5], [6, 5], [6, 5]), s(900, [10, 5], [10, 5], [10, 5])];
+        assert_eq!(recovery_ms(&samples, 100), Some(800));
+        // A partition sent input only after the fault recovers with a row for an offset
+        // sent after it, not with a late row for an older one.
+        let samples = [
+            s(0, [5, 5], [4, 5], [5, 5]),
+            s(100, [5, 7], [5, 5], [5, 5]),
+            s(300, [5, 7], [5, 6], [5, 5]),
+            s(700, [5, 7], [5, 7], [5, 7]),
+        ];
+        assert_eq!(recovery_ms(&samples, 0), Some(700));
+    }
+
+    #[test]
     fn a_partition_that_never_stores_again_is_not_recovered() {
         let samples = [s(0, [6, 6], [5, 5], [5, 5]), s(100, [6, 6], [6, 5], [6, 5])];
         assert_eq!(recovery_ms(&samples, 0), None);
