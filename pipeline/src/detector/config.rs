@@ -220,6 +220,25 @@ mod tests {
         config
     }
 
+    /// At-least-once redoes delivered work, and the overload verdicts depend on the clock and
+    /// the batch: one frame could get a result and a dead letter.
+    #[test]
+    fn overload_policies_need_exactly_once() {
+        for (age, per_source) in [(1_000, 0), (0, 2)] {
+            let mut cfg =
+                DetectorConfig { max_frame_age_ms: age, max_frames_per_source: per_source, ..Default::default() };
+            assert_eq!(cfg.validate(), Ok(()), "exactly-once (the default)");
+            cfg.delivery = Delivery::AtLeastOnce;
+            let (key, message) = cfg.validate().expect_err("refused with at-least-once");
+            assert!(key.starts_with("detector.max_frame"), "{key}");
+            for named in ["max_frame_age_ms", "max_frames_per_source", "at-least-once", "exactly-once"] {
+                assert!(message.contains(named) || key.contains(named), "{key}: {message}");
+            }
+        }
+        let alo = DetectorConfig { delivery: Delivery::AtLeastOnce, ..Default::default() };
+        assert_eq!(alo.validate(), Ok(()), "both off: at-least-once is fine");
+    }
+
     #[test]
     fn group_protocols_set_their_properties() {
         let mut cfg = DetectorConfig::default();

@@ -287,6 +287,17 @@ mod tests {
         assert!(r.exact);
     }
 
+    /// A dead letter that does not decode (truncated to fit the DLQ) is the outcome of
+    /// the `images` record its headers name, whatever that record's identity.
+    #[test]
+    fn an_undecodable_dead_letter_is_resolved_through_its_source() {
+        let mut e = evidence(&["a", "b"], &[]);
+        e.dead_letters.push(TopicOutcome { frame: "images/0/2".into(), source: Some((0, 2)), kind: None });
+        let r = audit(&e, true);
+        assert_eq!((r.frames, r.rows, r.dlq, r.missing, r.unexpected), (3, 2, 1, 0, 0), "{r:?}");
+        assert!(r.exact);
+    }
+
     #[test]
     fn missing_duplicated_and_unexpected_are_sets() {
         // b is lost; a has a row and a dead letter; z is not a frame of this run.
