@@ -16,7 +16,10 @@
 //! - *in flight*: some partition has input waiting: faults are injected only then;
 //! - *time to recovery* of a fault (MTTR): from the fault (a detector's kill -9 or
 //!   SIGTERM, a broker's kill -9 or stop, …) until every partition that had input waiting
-//!   at the fault, or was sent input after it, has stored a new row in the database;
+//!   at the fault has stored what was waiting (the highest `source_offset` stored reaches
+//!   what had been sent at the fault: a row from work begun before the fault is not
+//!   recovery), and every partition sent input only after the fault has stored a row for
+//!   an offset sent after it;
 //!   reported per fault kind and overall as median and 95th percentile (nearest rank);
 //! - *max stall*: the longest time any partition had input waiting with no new row;
 //! - *effective fault*: one that took hold: the killed or stopped detector owned

@@ -34,17 +34,24 @@ impl Sample {
     }
 }
 
-/// Time from a fault at `fault_ms` until every partition that had input waiting at the
-/// fault, or was sent input after it, stored a new row; `None` when one never did.
+/// Time from a fault at `fault_ms` until every affected partition has recovered; `None`
+/// when one never did. A partition that had input waiting at the fault recovers when
+/// what was waiting is stored (its stored offsets reach what had been sent at the
+/// fault: a row from work begun before the fault is not recovery); one sent input only
+/// after the fault, when a row for an offset sent after the fault is stored.
 pub(crate) fn recovery_ms(samples: &[Sample], fault_ms: u64) -> Option<u64> {
     let start = samples.iter().position(|s| s.at_ms >= fault_ms)?;
     let (base, last) = (&samples[start], samples.last()?);
     let mut worst = 0;
     for p in 0..base.sent.len() {
-        if !(base.waiting(p) || last.sent[p] > base.sent[p]) {
+        let needed = if base.waiting(p) {
+            base.sent[p]
+        } else if last.sent[p] > base.sent[p] {
+            base.sent[p] + 1
+        } else {
             continue;
-        }
-        let first = samples[start + 1..].iter().find(|s| s.rows[p] > base.rows[p])?;
+        };
+        let first = samples[start + 1..].iter().find(|s| s.stored[p] >= needed)?;
         worst = worst.max(first.at_ms - fault_ms);
     }
     Some(worst)
