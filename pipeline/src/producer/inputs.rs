@@ -2,7 +2,8 @@
 //! which `frame_id` each gets.
 //!
 //! A file's frame id is a name-based UUID (v5) of its source, its path relative to the
-//! argument that named it, the pass (`--loop`) and a digest of its bytes: sending the
+//! argument that named it (the path as given when two arguments yield the same relative
+//! path), the pass (`--loop`) and a digest of its bytes: sending the
 //! same files again, after a crash say, gives the same ids, so the sink's primary key
 //! stores each frame once and `vigil verify` counts the copies as `input_resends`. The
 //! path keeps two identical frames of a static camera apart; the digest keeps a file
@@ -105,7 +106,21 @@ pub(super) fn expand_paths(args: &[PathBuf]) -> Result<Vec<InputFile>, ProducerE
             files.extend(matched.into_iter().map(|path| relative_to(&base, path)));
         }
     }
+    disambiguate(&mut files);
     Ok(files)
+}
+
+/// Names shared by files of different arguments (`a/x.jpg b/x.jpg`, two directories with
+/// the same layout) become the paths as given: a name, with the content digest, is what
+/// makes a frame id, and two files must never share one.
+fn disambiguate(files: &mut [InputFile]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for file in files.iter() {
+        *seen.entry(file.name.clone()).or_default() += 1;
+    }
+    for file in files.iter_mut().filter(|f| seen[&f.name] > 1) {
+        file.name = file.path.to_string_lossy().into_owned();
+    }
 }
 
 fn relative_to(base: &Path, path: PathBuf) -> InputFile {
@@ -237,6 +252,19 @@ mod tests {
         assert_eq!(nested[0].name, "sub/c.png");
         let one = expand_paths(&[dir.join("sub/c.png")]).unwrap();
         assert_eq!(one[0].name, "c.png");
+        // Two files of the same name and bytes in two arguments stay two frames.
+        for twin in ["x/same.jpg", "y/same.jpg"] {
+            std::fs::create_dir_all(dir.join(twin).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(twin), b"same bytes").unwrap();
+        }
+        for args in [[dir.join("x/same.jpg"), dir.join("y/same.jpg")], [dir.join("x"), dir.join("y")]] {
+            let twins = expand_paths(&args).unwrap();
+            assert_ne!(twins[0].name, twins[1].name, "{args:?}");
+            assert_ne!(
+                file_frame_id("cam", &twins[0].name, 0, b"same bytes"),
+                file_frame_id("cam", &twins[1].name, 0, b"same bytes")
+            );
+        }
         assert!(expand_paths(&[dir.join("nope.jpg")]).is_err());
         assert!(expand_paths(&[dir.join("*.gif")]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
