@@ -10,7 +10,7 @@ use serde_json::Value;
 use vigil_tests::{real_kafka, serial, vigil_bin};
 
 /// Fields every scenario line has.
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 16] = [
     "scenario",
     "frames",
     "rows",
@@ -21,6 +21,7 @@ const FIELDS: [&str; 15] = [
     "faults_injected",
     "aborted_txns",
     "fenced",
+    "crashes",
     "mttr_ms_p50",
     "mttr_ms_p95",
     "max_stall_ms",

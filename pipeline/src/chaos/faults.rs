@@ -4,6 +4,7 @@
 //! fault, so that each time to recovery is measured on its own.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -70,7 +71,7 @@ fn random_below(n: usize) -> usize {
 /// kill -9 of a random detector that owns partitions, restarted under its instance id.
 fn detector_kill(run: &mut Run<'_>) -> Result<(), ChaosError> {
     run.revive()?;
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let owners: Vec<usize> =
         (0..run.slots.len()).filter(|i| fleet::owns_partitions(&run.fleet.log(run.slots[*i].proc))).collect();
     let i = if owners.is_empty() { random_below(run.slots.len()) } else { owners[random_below(owners.len())] };
@@ -80,7 +81,7 @@ fn detector_kill(run: &mut Run<'_>) -> Result<(), ChaosError> {
     run.fleet.kill9(victim);
     let back = run.restart_slot(i, &[])?;
     let recovered = run.wait_owns(back, OWN_TIMEOUT);
-    run.fault("detector-kill9", at, owned && recovered);
+    run.fault("detector-kill9", at, busy && owned && recovered);
     Ok(())
 }
 
@@ -90,17 +91,22 @@ fn rolling(run: &mut Run<'_>) -> Result<(), ChaosError> {
         for i in 0..run.slots.len() {
             run.revive()?;
             run.pause(Duration::from_millis(1_000))?;
-            run.wait_in_flight(FLIGHT_TIMEOUT)?;
+            if run.slots[i].crashed {
+                continue;
+            }
+            let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
             let victim = run.slots[i].proc;
             let owned = fleet::owns_partitions(&run.fleet.log(victim));
             let at = run.now_ms();
-            let clean = run.fleet.terminate(victim, STOP_TIMEOUT).is_some_and(|s| s.success());
-            if !clean {
-                run.notes.push(format!("{} did not stop cleanly on SIGTERM", run.fleet.label(victim)));
+            let status = run.fleet.terminate(victim, STOP_TIMEOUT);
+            if !status.is_some_and(|s| s.success()) {
+                // A stop that loses nothing is the point of SIGTERM: anything else fails.
+                let label = run.fleet.label(victim).to_string();
+                run.crash(format!("{label} did not stop cleanly on SIGTERM ({})", super::exit_text(status)));
             }
             let back = run.restart_slot(i, &[])?;
             let recovered = run.wait_owns(back, OWN_TIMEOUT);
-            run.fault("sigterm", at, owned && clean && recovered);
+            run.fault("sigterm", at, busy && owned && recovered);
         }
     }
     Ok(())
@@ -154,7 +160,7 @@ fn zombie(run: &mut Run<'_>) -> Result<(), ChaosError> {
         run.fault("zombie-sigstop", at, reached && moved && fenced);
         return Ok(());
     }
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let owners: Vec<usize> =
         (0..run.slots.len()).filter(|i| fleet::owns_partitions(&run.fleet.log(run.slots[*i].proc))).collect();
     let i = owners.first().copied().unwrap_or(0);
@@ -168,11 +174,11 @@ fn zombie(run: &mut Run<'_>) -> Result<(), ChaosError> {
     let frozen = run.pause(freeze).and_then(|()| wait_rebalance(run, before, Duration::from_secs(60)));
     run.fleet.signal(victim, libc::SIGCONT);
     let moved = frozen?;
-    // Thawed, it finds itself out of the group and rejoins (or exits: then restart it).
-    if run.fleet.wait(victim, Duration::from_secs(5)).is_some() {
-        run.restart_slot(i, &[])?;
-    }
-    run.fault("zombie-sigstop", at, owned && moved);
+    // Thawed, it finds itself out of the group and rejoins; should it exit, `revive`
+    // restarts it if it was fenced and records a crash otherwise.
+    run.fleet.wait(victim, Duration::from_secs(5));
+    run.revive()?;
+    run.fault("zombie-sigstop", at, busy && owned && moved);
     Ok(())
 }
 
@@ -180,7 +186,7 @@ fn zombie(run: &mut Run<'_>) -> Result<(), ChaosError> {
 /// partitions, and leave with SIGTERM (→ 1).
 fn storm_cycle(run: &mut Run<'_>, cycle: u32, joiners: usize) -> Result<(), ChaosError> {
     run.revive()?;
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let at = run.now_ms();
     let mut ids: Vec<ProcId> = Vec::new();
     for j in 0..joiners {
@@ -191,16 +197,16 @@ fn storm_cycle(run: &mut Run<'_>, cycle: u32, joiners: usize) -> Result<(), Chao
     for id in &ids {
         joined &= run.wait_owns(*id, OWN_TIMEOUT);
     }
-    run.fault("rebalance-join", at, joined);
+    run.fault("rebalance-join", at, busy && joined);
     run.pause(Duration::from_secs(2))?;
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let before = run.assignments();
     let at = run.now_ms();
     for id in &ids {
         run.fleet.terminate(*id, STOP_TIMEOUT);
     }
     let rebalanced = wait_rebalance(run, before, EFFECT_WINDOW)?;
-    run.fault("rebalance-leave", at, rebalanced);
+    run.fault("rebalance-leave", at, busy && rebalanced);
     Ok(())
 }
 
@@ -223,11 +229,11 @@ fn sink_kills(run: &mut Run<'_>) -> Result<(), ChaosError> {
                 while run.sampler.rows() <= run.sink_rows_at_start && Instant::now() < deadline {
                     run.pause(Duration::from_millis(100))?;
                 }
-                run.wait_in_flight(FLIGHT_TIMEOUT)?;
+                let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
                 let stored = run.sampler.rows() > run.sink_rows_at_start;
                 let at = run.now_ms();
                 run.fleet.kill9(sink);
-                (at, stored)
+                (at, busy && stored)
             }
             Some(point) => {
                 let stop = run.stop.clone();
@@ -317,27 +323,78 @@ fn slow_batch(run: &mut Run<'_>) -> Result<(), ChaosError> {
     Ok(())
 }
 
-/// Warning and error lines, and assignment lines, in every log: a fault that makes no
-/// stage warn or rebalance went unnoticed.
-fn disturbances(run: &Run<'_>) -> usize {
-    run.fleet
-        .all()
-        .into_iter()
-        .map(|id| run.fleet.log(id).lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).count())
-        .sum::<usize>()
-        + run.assignments()
+/// Which processes' logs show a fault's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Detectors,
+    Sink,
+    All,
 }
 
-/// Waits up to [`EFFECT_WINDOW`] for a new warning, error or rebalance.
-fn wait_disturbed(run: &mut Run<'_>, before: usize) -> Result<bool, ChaosError> {
+/// Lines of `stage`'s logs that `effect` matches, plus (`rebalances`) the detectors'
+/// assignment lines: what one fault kind causes, counted before and after it.
+fn effects(run: &Run<'_>, stage: Stage, effect: fn(&str) -> bool, rebalances: bool) -> usize {
+    let matched: usize = run
+        .fleet
+        .all()
+        .into_iter()
+        .filter(|id| {
+            let sink = run.fleet.label(*id).starts_with("sink");
+            match stage {
+                Stage::Detectors => !sink,
+                Stage::Sink => sink,
+                Stage::All => true,
+            }
+        })
+        .map(|id| run.fleet.log(id).lines().filter(|l| effect(l)).count())
+        .sum();
+    matched + if rebalances { run.assignments() } else { 0 }
+}
+
+/// Waits up to [`EFFECT_WINDOW`] for [`effects`] to grow past `before`.
+fn wait_effect(
+    run: &mut Run<'_>,
+    stage: Stage,
+    effect: fn(&str) -> bool,
+    rebalances: bool,
+    before: usize,
+) -> Result<bool, ChaosError> {
     let deadline = Instant::now() + EFFECT_WINDOW;
     while Instant::now() < deadline {
-        if disturbances(run) > before {
+        if effects(run, stage, effect, rebalances) > before {
             return Ok(true);
         }
         run.pause(Duration::from_millis(200))?;
     }
     Ok(false)
+}
+
+/// A detector's offset commit failed (injected `OffsetCommit` errors).
+pub(crate) fn commit_failed(line: &str) -> bool {
+    line.contains("offset commit failed")
+}
+
+/// A client noticed its group coordinator change or fail (injected `JoinGroup` and
+/// `Heartbeat` errors, a coordinator move): librdkafka's warnings name it.
+pub(crate) fn coordinator_trouble(line: &str) -> bool {
+    (line.contains(" WARN ") || line.contains(" ERROR ")) && line.to_ascii_lowercase().contains("coordinator")
+}
+
+/// A client lost a broker (a node stopped or killed): librdkafka's request time-outs and
+/// disconnections, its session time-out.
+pub(crate) fn broker_trouble(line: &str) -> bool {
+    (line.contains(" WARN ") || line.contains(" ERROR "))
+        && ["REQTMOUT", "SESSTMOUT", "Disconnected", "timed out", "Connection refused", "FAIL"]
+            .iter()
+            .any(|m| line.contains(m))
+}
+
+/// The sink lost its database and retries (a database restart).
+pub(crate) fn database_trouble(line: &str) -> bool {
+    (line.contains(" WARN ") || line.contains(" ERROR "))
+        && ["database connection lost", "database unavailable", "database write failed", "cannot read stored offsets"]
+            .iter()
+            .any(|m| line.contains(m))
 }
 
 fn broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
@@ -354,37 +411,47 @@ fn embedded_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
     use RDKafkaRespErr::*;
     let broker = run.env.broker.expect("called for the embedded broker");
     let group = run.detector_group.clone();
+    // The mock answers the next requests of an API with the errors, whichever client
+    // sends them; so each step is judged by what the detectors' logs show. No Produce
+    // step: the frame stream (in this process) takes those errors as often as the
+    // detectors, and librdkafka retries them without a trace.
     // Detectors here run at-least-once: they send no TxnOffsetCommit or EndTxn, so their
-    // commit is hit where it happens, in OffsetCommit.
-    let steps: [(&'static str, RDKafkaApiKey, &[RDKafkaRespErr]); 4] = [
-        ("produce-errors", RDKafkaApiKey::Produce, &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 5]),
-        ("offset-commit-errors", RDKafkaApiKey::OffsetCommit, &[RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 3]),
+    // commit is hit where it happens, in OffsetCommit, with an error librdkafka does not
+    // retry (it retries COORDINATOR_NOT_AVAILABLE silently): the detector logs the
+    // failed commit.
+    let steps: [(&'static str, RDKafkaApiKey, &[RDKafkaRespErr]); 3] = [
+        ("offset-commit-errors", RDKafkaApiKey::OffsetCommit, &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 3]),
         ("joingroup-errors", RDKafkaApiKey::JoinGroup, &[RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 3]),
         ("heartbeat-errors", RDKafkaApiKey::Heartbeat, &[RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 3]),
     ];
     for (kind, api, errors) in steps {
         run.pause(Duration::from_secs(2))?;
-        run.wait_in_flight(FLIGHT_TIMEOUT)?;
-        let before = disturbances(run);
+        let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
+        // The commit step counts the detectors' failed commits; the group steps their
+        // rebalances (and coordinator warnings).
+        let rebalances = api != RDKafkaApiKey::OffsetCommit;
+        let effect: fn(&str) -> bool = if rebalances { coordinator_trouble } else { commit_failed };
+        let before = effects(run, Stage::Detectors, effect, rebalances);
         let at = run.now_ms();
         broker.request_errors(api, errors);
         if api == RDKafkaApiKey::JoinGroup {
-            // A join happens only in a rebalance: start one.
-            broker.request_errors(RDKafkaApiKey::Heartbeat, &[RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS]);
+            // A join happens only in a rebalance: start one (the sink may take some).
+            broker.request_errors(RDKafkaApiKey::Heartbeat, &[RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 3]);
         }
-        let effective = wait_disturbed(run, before)?;
+        let effective = wait_effect(run, Stage::Detectors, effect, rebalances, before)?;
         broker.clear_request_errors(api);
-        run.fault(kind, at, effective);
+        broker.clear_request_errors(RDKafkaApiKey::Heartbeat);
+        run.fault(kind, at, busy && effective);
     }
     for target in [2, 3] {
         run.pause(Duration::from_secs(2))?;
-        run.wait_in_flight(FLIGHT_TIMEOUT)?;
-        let before = disturbances(run);
+        let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
+        let before = effects(run, Stage::Detectors, coordinator_trouble, true);
         let at = run.now_ms();
         broker.group_coordinator(&group, target)?;
         // Clients notice a moved coordinator on their next request to the old one.
-        let effective = wait_disturbed(run, before)?;
-        run.fault("coordinator-move", at, effective);
+        let effective = wait_effect(run, Stage::Detectors, coordinator_trouble, true, before)?;
+        run.fault("coordinator-move", at, busy && effective);
     }
     Ok(())
 }
@@ -394,6 +461,10 @@ fn kafka_script(run: &Run<'_>, args: &[&str]) -> Result<String, String> {
     let (Some(script), Some(dir)) = (&run.env.config.kafka_script, &run.env.config.kafka_dir) else {
         return Err("no --kafka-script".into());
     };
+    call_script(script, dir, args)
+}
+
+fn call_script(script: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new(script)
         .args(script_args(args, dir))
         .stdin(std::process::Stdio::null())
@@ -403,6 +474,42 @@ fn kafka_script(run: &Run<'_>, args: &[&str]) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!("{} {args:?}: {} {}", script.display(), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// A cluster node about to be killed: started again by [`DownedNode::start`], or when
+/// this drops (an error, Ctrl-C), so that no path leaves a node of the cluster dead.
+struct DownedNode {
+    script: Option<(PathBuf, PathBuf)>,
+    node: String,
+    started: bool,
+}
+
+impl DownedNode {
+    fn new(run: &Run<'_>, node: i32) -> DownedNode {
+        let script = run.env.config.kafka_script.clone().zip(run.env.config.kafka_dir.clone());
+        DownedNode { script, node: node.to_string(), started: false }
+    }
+
+    /// Starts the node again; why not, if it failed.
+    fn start(mut self) -> Result<String, String> {
+        self.started = true;
+        self.call_start()
+    }
+
+    fn call_start(&self) -> Result<String, String> {
+        let Some((script, dir)) = &self.script else { return Err("no --kafka-script".into()) };
+        call_script(script, dir, &["start", &self.node])
+    }
+}
+
+impl Drop for DownedNode {
+    fn drop(&mut self) {
+        if !self.started {
+            if let Err(e) = self.call_start() {
+                eprintln!("chaos: cannot start node {} again: {e}", self.node);
+            }
+        }
     }
 }
 
@@ -453,9 +560,10 @@ fn controller(run: &Run<'_>) -> Option<i32> {
 fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
     run.revive()?;
     // kill -9 of a leader.
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
     let before = leaders(run);
     if let Some(&leader) = before.get(&0) {
+        let node = DownedNode::new(run, leader);
         let at = run.now_ms();
         let killed = kafka_script(run, &["kill", &leader.to_string()]);
         // The controller moves the leadership once the node's session expires (9 s).
@@ -463,36 +571,37 @@ fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
         if let Err(e) = &killed {
             run.notes.push(e.clone());
         }
-        if let Err(e) = kafka_script(run, &["start", &leader.to_string()]) {
+        if let Err(e) = node.start() {
             run.notes.push(e);
         }
-        run.fault("broker-kill9", at, killed.is_ok() && moved);
+        run.fault("broker-kill9", at, busy && killed.is_ok() && moved);
     }
     // kill -9 of the controller.
     run.revive()?;
     run.pause(Duration::from_secs(3))?;
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
     match controller(run) {
         Some(id) => {
+            let node = DownedNode::new(run, id);
             let at = run.now_ms();
             let killed = kafka_script(run, &["kill", &id.to_string()]);
             run.pause(Duration::from_secs(10))?;
             let moved = controller(run).is_some_and(|now| now != id);
-            if let Err(e) = kafka_script(run, &["start", &id.to_string()]) {
+            if let Err(e) = node.start() {
                 run.notes.push(e);
             }
-            run.fault("controller-kill9", at, killed.is_ok() && moved);
+            run.fault("controller-kill9", at, busy && killed.is_ok() && moved);
         }
         None => run.notes.push("could not find the controller (kafka-metadata-quorum.sh)".into()),
     }
     // SIGSTOP of a broker (the leader of partition 0 now) for 30 s.
     run.revive()?;
     run.pause(Duration::from_secs(3))?;
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
     if let Some(&leader) = leaders(run).get(&0) {
         let pid = kafka_script(run, &["pid", &leader.to_string()]).ok().and_then(|p| p.trim().parse::<i32>().ok());
         if let Some(pid) = pid {
-            let before = disturbances(run);
+            let before = effects(run, Stage::All, broker_trouble, true);
             let at = run.now_ms();
             // SAFETY: kill(2) on the pid the script reports for its node; SIGSTOP/SIGCONT only.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -500,8 +609,10 @@ fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
             // SAFETY: as above; the node must be thawed even when interrupted.
             unsafe { libc::kill(pid, libc::SIGCONT) };
             paused?;
-            let effective = disturbances(run) > before || leaders(run).get(&0).is_some_and(|l| *l != leader);
-            run.fault("broker-sigstop", at, effective);
+            // Clients timed out on it or lost it, the detectors rebalanced, or a leader moved.
+            let effective = effects(run, Stage::All, broker_trouble, true) > before
+                || leaders(run).get(&0).is_some_and(|l| *l != leader);
+            run.fault("broker-sigstop", at, busy && effective);
         } else {
             run.notes.push(format!("no pid for node {leader}"));
         }
@@ -513,16 +624,16 @@ fn cluster_broker_faults(run: &mut Run<'_>) -> Result<(), ChaosError> {
 fn db_restart(run: &mut Run<'_>) -> Result<(), ChaosError> {
     let Some(cmd) = run.env.config.db_restart_command.clone() else { return Ok(()) };
     run.pause(Duration::from_secs(3))?;
-    run.wait_in_flight(FLIGHT_TIMEOUT)?;
-    let before = disturbances(run);
+    let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
+    let before = effects(run, Stage::Sink, database_trouble, false);
     let at = run.now_ms();
     let status = Command::new("sh").arg("-c").arg(&cmd).stdin(std::process::Stdio::null()).status();
     let ok = status.as_ref().is_ok_and(|s| s.success());
     if !ok {
         run.notes.push(format!("{cmd:?} failed: {status:?}"));
     }
-    let effective = ok && wait_disturbed(run, before)?;
-    run.fault("db-restart", at, effective);
+    let effective = ok && wait_effect(run, Stage::Sink, database_trouble, false, before)?;
+    run.fault("db-restart", at, busy && effective);
     Ok(())
 }
 
@@ -548,7 +659,7 @@ fn soak(run: &mut Run<'_>) -> Result<(), ChaosError> {
                 _ => {
                     if run.env.broker.is_some() {
                         let broker = run.env.broker.expect("checked");
-                        run.wait_in_flight(FLIGHT_TIMEOUT)?;
+                        let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
                         let before = run.assignments();
                         let at = run.now_ms();
                         broker.request_errors(
@@ -556,18 +667,19 @@ fn soak(run: &mut Run<'_>) -> Result<(), ChaosError> {
                             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 2],
                         );
                         let effective = wait_rebalance(run, before, EFFECT_WINDOW)?;
-                        run.fault("heartbeat-errors", at, effective);
+                        run.fault("heartbeat-errors", at, busy && effective);
                     } else if run.env.config.kafka_script.is_some() {
                         let leader = leaders(run).get(&0).copied();
                         if let Some(leader) = leader {
-                            run.wait_in_flight(FLIGHT_TIMEOUT)?;
+                            let node = DownedNode::new(run, leader);
+                            let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
                             let at = run.now_ms();
                             let killed = kafka_script(run, &["kill", &leader.to_string()]).is_ok();
                             let moved = wait_leader_moved(run, leader, Duration::from_secs(30))?;
-                            if let Err(e) = kafka_script(run, &["start", &leader.to_string()]) {
+                            if let Err(e) = node.start() {
                                 run.notes.push(e);
                             }
-                            run.fault("broker-kill9", at, killed && moved);
+                            run.fault("broker-kill9", at, busy && killed && moved);
                         }
                     } else {
                         detector_kill(run)?;
@@ -616,6 +728,25 @@ mod tests {
         assert_eq!(script_args(&["kill", "2"], dir), ["kill", "2", "--dir", "/tmp/k"]);
         let tool = ["tool", "kafka-metadata-quorum.sh", "--bootstrap-server", "b:1", "describe", "--status"];
         assert_eq!(script_args(&tool, dir), tool);
+    }
+
+    #[test]
+    fn each_fault_counts_only_what_it_causes() {
+        let commit = "2026-11-30T06:59:29Z  WARN vigil::detector::transaction: offset commit failed; the batch may be \
+                      processed again error=Consumer commit error: OffsetMetadataTooLarge";
+        let session = "2026-11-30T06:59:44Z  WARN librdkafka: librdkafka: SESSTMOUT [thrd:main]: Consumer group \
+                       session timed out (in join-state steady) after 6017 ms without a successful response from the \
+                       group coordinator (broker 3, last error was Broker: Not coordinator)";
+        let db = "2026-11-30T07:00:00Z  WARN vigil::sink::db: database connection lost; the next attempt reconnects";
+        let unrelated = "2026-11-30T07:00:00Z  WARN vigil::detector::judge: dead letter sent kind=corrupt_image";
+        let info_db = "2026-11-30T07:00:00Z  INFO vigil::sink: database ready (schema migrated)";
+        assert!(commit_failed(commit) && !commit_failed(session) && !commit_failed(db));
+        assert!(coordinator_trouble(session) && !coordinator_trouble(commit) && !coordinator_trouble(db));
+        assert!(broker_trouble(session) && !broker_trouble(commit) && !broker_trouble(db));
+        assert!(database_trouble(db) && !database_trouble(commit) && !database_trouble(info_db));
+        for effect in [commit_failed, coordinator_trouble, broker_trouble, database_trouble] {
+            assert!(!effect(unrelated), "any warning is not an effect");
+        }
     }
 
     #[test]

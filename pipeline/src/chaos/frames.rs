@@ -30,9 +30,29 @@ pub(crate) const SOURCES: usize = 12;
 /// Side of the generated square JPEGs, pixels.
 const SIDE: u32 = 64;
 
-/// Every kind of bad input the poison scenario sends, in turn.
-pub(crate) const POISON_KINDS: [&str; 7] =
-    ["not_avro", "unknown_schema", "bad_record", "empty", "unknown_format", "corrupt_image", "too_large"];
+/// Every kind of bad input the poison scenario sends, in turn (the dead-letter kinds of
+/// `crate::codec::kinds` that input alone causes).
+pub(crate) const POISON_KINDS: [&str; 9] = [
+    "not_avro",
+    "unknown_schema",
+    "bad_record",
+    "oversized",
+    "invalid_field",
+    "empty",
+    "unknown_format",
+    "corrupt_image",
+    "too_large",
+];
+
+/// `detector.max_record_bytes` of the poison scenario's detectors: every good frame (a
+/// 64×64 JPEG, ~2 KB) is far below it, the `oversized` poison frame above it.
+pub(crate) const POISON_MAX_RECORD_BYTES: usize = 100_000;
+
+/// Every how many frames one is poison: every kind at least once (`--quick`, 120 frames:
+/// 1 in 13), and 1% of the frames at full size.
+pub(crate) fn poison_every(frames: u64) -> u64 {
+    (frames / POISON_KINDS.len() as u64).clamp(1, 100)
+}
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -202,9 +222,10 @@ fn frame(source: &str, session: &str, seq: &mut i64, data: Vec<u8>, scenario: &s
     f
 }
 
-/// The record value of one bad input of `kind`. Kinds that still decode as a `Frame`
-/// take the next sequence number of their camera (they are frames, with bad images);
-/// the others are not frames at all and take none.
+/// The record value of one bad input of `kind`. Kinds that still decode as a `Frame` of
+/// their camera take its next sequence number (they are frames, too large or with bad
+/// images); the others take none: not frames at all, or (`invalid_field`) a frame whose
+/// `source` breaks the input contract, in a session of its own.
 fn poison_payload(
     kind: &str,
     source: &str,
@@ -226,6 +247,18 @@ fn poison_payload(
             let mut unused = 0;
             let whole = good(&mut unused, synthetic_jpeg(7)).map_err(ChaosError::Encode)?;
             whole[..whole.len() / 2].to_vec()
+        }
+        "oversized" => {
+            // A good image padded past the limit: refused by size before it is decoded.
+            let mut data = synthetic_jpeg(13);
+            data.resize(POISON_MAX_RECORD_BYTES + 10_000, 0);
+            good(seq, data).map_err(ChaosError::Encode)?
+        }
+        "invalid_field" => {
+            // A control character in `source`: the database would refuse its row.
+            let bad_source = format!("{source}\u{7}");
+            let session = uuid::Uuid::new_v4().to_string();
+            frame(&bad_source, &session, &mut 0, synthetic_jpeg(17), scenario).encode().map_err(ChaosError::Encode)?
         }
         "empty" => good(seq, Vec::new()).map_err(ChaosError::Encode)?,
         "unknown_format" => good(seq, b"this is a text file, not an image".to_vec()).map_err(ChaosError::Encode)?,
@@ -257,6 +290,20 @@ mod tests {
     use super::*;
     use crate::codec::CodecError;
 
+    /// The poison kinds a `--quick` stream (120 frames) sends, by the stream's own rule.
+    fn codec_kinds_sent() -> std::collections::BTreeSet<&'static str> {
+        let every = poison_every(120);
+        let poison = (0..120u64).filter(|i| i % every == every / 2).count();
+        (0..poison).map(|n| POISON_KINDS[n % POISON_KINDS.len()]).collect()
+    }
+
+    #[test]
+    fn poison_is_one_percent_at_full_size_and_every_kind_in_quick() {
+        assert_eq!(poison_every(2_400), 100, "1% of the full-size frames");
+        assert_eq!(poison_every(120), 13);
+        assert!(120 / poison_every(120) >= POISON_KINDS.len() as u64);
+    }
+
     #[test]
     fn poison_payloads_are_what_their_kind_says() {
         for kind in POISON_KINDS {
@@ -269,13 +316,23 @@ mod tests {
                     assert_eq!(CodecError::kind(&err), kind);
                     assert_eq!(seq, 0, "{kind} takes no sequence number");
                 }
+                "invalid_field" => {
+                    let frame = decoded.unwrap_or_else(|e| panic!("{kind}: {e}"));
+                    assert!(crate::codec::contract::check_frame(&frame).is_err(), "{kind} breaks the contract");
+                    assert_eq!(seq, 0, "{kind} takes no sequence number of its camera");
+                }
                 _ => {
                     let frame = decoded.unwrap_or_else(|e| panic!("{kind}: {e}"));
                     assert_eq!((frame.seq, seq), (0, 1), "{kind} takes the next sequence number");
+                    assert!(crate::codec::contract::check_frame(&frame).is_ok(), "{kind}");
+                    let oversized = bytes.len() > POISON_MAX_RECORD_BYTES;
+                    assert_eq!(oversized, kind == "oversized", "{kind}: {} bytes", bytes.len());
                 }
             }
         }
         assert_eq!(ImageEncoding::sniff(&synthetic_jpeg(3)), ImageEncoding::Jpeg);
+        let kinds = codec_kinds_sent();
+        assert_eq!(kinds.len(), POISON_KINDS.len(), "each kind once: {kinds:?}");
         assert_ne!(synthetic_jpeg(1), synthetic_jpeg(2));
     }
 }

@@ -13,7 +13,8 @@
 //! Definitions (all times from the scenario's own clock):
 //! - a partition has *input waiting* while the frames sent to it (delivery reports) reach
 //!   past the highest `source_offset` stored for it;
-//! - *in flight*: some partition has input waiting: faults are injected only then;
+//! - *in flight*: some partition has input waiting: faults are injected only then (a
+//!   fault injected after 30 s with nothing in flight does not count as effective);
 //! - *time to recovery* of a fault (MTTR): from the fault (a detector's kill -9 or
 //!   SIGTERM, a broker's kill -9 or stop, …) until every partition that had input waiting
 //!   at the fault has stored what was waiting (the highest `source_offset` stored reaches
@@ -25,13 +26,22 @@
 //! - *effective fault*: one that took hold: the killed or stopped detector owned
 //!   partitions (its log) and its partitions were taken over or it came back; the armed
 //!   failpoint was reached; the rebalance happened (assignment lines); a broker fault
-//!   moved a leader or made a stage log a warning; a killed sink had stored rows. Only
-//!   effective faults are counted (`faults_injected`); a scenario with faults and none
-//!   effective fails with `no effect`;
-//! - *exact*: every frame sent has one outcome (rows + dead letters = frames, no missing,
-//!   no duplicates); on a cluster also no topic duplicates and no open transaction
-//!   (`topics_exact`). On the embedded broker detectors run at-least-once (the mock stores
-//!   no transactional offsets) and `topic_duplicates` is reported, not failed.
+//!   showed what that fault causes: a leader or the controller moved, a stopped node
+//!   made clients time out or the detectors rebalance, injected offset-commit errors made
+//!   a detector log a failed commit, injected heartbeat or join errors (and a coordinator
+//!   move) made the detectors rebalance or log the coordinator, a database restart made
+//!   the sink log its lost connection; a killed sink had stored rows. Only effective
+//!   faults are counted (`faults_injected`); a scenario with faults and none effective
+//!   fails with `no effect`;
+//! - *crash*: a detector that exits by itself without having been fenced (on the embedded
+//!   broker nothing fences, so any such exit: a panic, a lost assignment, a backend
+//!   failure, a shutdown timeout), or one that does not stop cleanly on SIGTERM. A fenced
+//!   worker stops by design for its restart policy to act and is restarted (that policy);
+//!   a crashed one is not. Counted in `crashes`; any crash makes the scenario not exact;
+//! - *exact*: no crash, and every frame sent has one outcome (rows + dead letters =
+//!   frames, no missing, no duplicates); on a cluster also no topic duplicates and no open
+//!   transaction (`topics_exact`). On the embedded broker detectors run at-least-once (the
+//!   mock stores no transactional offsets) and `topic_duplicates` is reported, not failed.
 //!
 //! Files: `scenario` (the list and sizes), `fleet` (child processes), `frames` (the
 //! input), `progress` (database sampling, MTTR and stalls), `faults` (what each scenario
@@ -303,6 +313,8 @@ pub(crate) struct Slot {
     pub instance: String,
     pub proc: ProcId,
     pub restarts: u32,
+    /// Its process crashed (recorded once; a crashed detector is not restarted).
+    pub crashed: bool,
 }
 
 /// A scenario in progress: what the fault drivers work with.
@@ -328,6 +340,8 @@ pub(crate) struct Run<'a> {
     pub db_url: String,
     pub rss_growth_pct: Option<f64>,
     pub notes: Vec<String>,
+    /// Crashes (see the module docs): each makes the scenario not exact.
+    pub crashes: Vec<String>,
 }
 
 impl Run<'_> {
@@ -349,7 +363,9 @@ impl Run<'_> {
     }
 
     /// Waits (up to `timeout`) until some partition has input waiting: a batch in flight.
-    pub(crate) fn wait_in_flight(&self, timeout: Duration) -> Result<bool, ChaosError> {
+    /// False when nothing was: a fault injected then proves nothing, and callers count it
+    /// as without effect.
+    pub(crate) fn wait_in_flight(&mut self, timeout: Duration) -> Result<bool, ChaosError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.sampler.in_flight() {
@@ -357,6 +373,7 @@ impl Run<'_> {
             }
             self.pause(Duration::from_millis(50))?;
         }
+        self.notes.push(format!("nothing was in flight for {} s before a fault", timeout.as_secs()));
         Ok(false)
     }
 
@@ -373,23 +390,47 @@ impl Run<'_> {
     /// Starts detector slot `i` again under its instance id.
     pub(crate) fn restart_slot(&mut self, i: usize, extra: &[(&str, &str)]) -> Result<ProcId, ChaosError> {
         self.slots[i].restarts += 1;
+        self.slots[i].crashed = false;
         let (instance, n) = (self.slots[i].instance.clone(), self.slots[i].restarts);
         let id = self.spawn_detector(&format!("{instance}-r{n}"), &instance, extra)?;
         self.slots[i].proc = id;
         Ok(id)
     }
 
-    /// Starts again every detector slot whose process exited by itself (a fenced worker
-    /// stops, by design, for its restart policy to act: this is that policy).
+    /// Looks at every detector slot whose process exited by itself: a fenced worker stops,
+    /// by design, for its restart policy to act, and is started again (this is that
+    /// policy); any other exit is a crash, recorded (once) and not restarted.
     pub(crate) fn revive(&mut self) -> Result<(), ChaosError> {
         for i in 0..self.slots.len() {
             let id = self.slots[i].proc;
-            if !self.fleet.is_running(id) {
-                eprintln!("chaos: {}: {} exited by itself; restarting it", self.scenario, self.fleet.label(id));
+            if self.slots[i].crashed || self.fleet.is_running(id) {
+                continue;
+            }
+            let label = self.fleet.label(id).to_string();
+            if was_fenced(&self.fleet.log(id)) {
+                eprintln!("chaos: {}: {label} was fenced and stopped; restarting it", self.scenario);
                 self.restart_slot(i, &[])?;
+            } else {
+                let status = self.fleet.wait(id, Duration::ZERO);
+                self.slots[i].crashed = true;
+                self.crash(format!("{label} exited by itself without being fenced ({})", exit_text(status)));
             }
         }
         Ok(())
+    }
+
+    /// Records a crash (see the module docs) and prints it.
+    pub(crate) fn crash(&mut self, why: String) {
+        eprintln!("chaos: {}: CRASH: {why}", self.scenario);
+        self.crashes.push(why);
+    }
+
+    /// Whether some detector slot still runs.
+    pub(crate) fn any_detector_running(&mut self) -> bool {
+        (0..self.slots.len()).any(|i| {
+            let id = self.slots[i].proc;
+            self.fleet.is_running(id)
+        })
     }
 
     /// Starts the sink again (`extra`: failpoints).
@@ -468,6 +509,10 @@ fn scenario_env(env: &Env<'_>, scenario: Scenario, db_url: &str) -> (Vec<(String
     .into_iter()
     .map(|(k, v)| (env_key(k), v))
     .collect();
+    if scenario == Scenario::Poison {
+        // Low enough that the `oversized` poison frame is above it, far above every good one.
+        vars.push((env_key("detector.max_record_bytes"), frames::POISON_MAX_RECORD_BYTES.to_string()));
+    }
     vars.extend(env.config.sets.iter().map(|(k, v)| (env_key(k), v.clone())));
     if std::env::var_os("RUST_LOG").is_none() {
         vars.push(("RUST_LOG".into(), "info,librdkafka=warn,rdkafka=warn".into()));
@@ -536,7 +581,7 @@ fn run_scenario(
     for i in 1..=detectors {
         let instance = format!("det-{i}");
         let proc = fleet.spawn(&instance, &["detect", "--instance-id", &instance], &[])?;
-        slots.push(Slot { instance, proc, restarts: 0 });
+        slots.push(Slot { instance, proc, restarts: 0, crashed: false });
     }
     let mut report =
         ScenarioReport { scenario: scenario.name().into(), rate, dir: dir.display().to_string(), ..Default::default() };
@@ -558,7 +603,7 @@ fn run_scenario(
 
     let started = Instant::now();
     let more = CancellationToken::new();
-    let poison_every = if scenario == Scenario::Poison { (size.frames / 7).min(100) } else { 0 };
+    let poison_every = if scenario == Scenario::Poison { frames::poison_every(size.frames) } else { 0 };
     let plan = StreamPlan {
         min_frames: size.frames,
         more: more.clone(),
@@ -588,6 +633,7 @@ fn run_scenario(
         db_url: db_url.clone(),
         rss_growth_pct: None,
         notes: Vec::new(),
+        crashes: Vec::new(),
     };
     let driven = faults::drive(&mut run);
     more.cancel();
@@ -615,7 +661,7 @@ fn run_scenario(
     run.fleet.terminate(run.sink, STOP_TIMEOUT);
     for id in all {
         let log = run.fleet.log(id);
-        if log.contains("this worker was fenced") || log.contains("fenced by another producer") {
+        if was_fenced(&log) {
             report.fenced += 1;
         }
         let summary = run.fleet.stdout(id);
@@ -655,6 +701,7 @@ fn run_scenario(
     report.faults_injected = run.faults.iter().filter(|f| f.effective).count() as u64;
     report.faults_without_effect = run.faults.len() as u64 - report.faults_injected;
     report.rss_growth_pct = run.rss_growth_pct;
+    report.crashes = run.crashes.len() as u64;
     if scenario == Scenario::Poison {
         report.faults_injected = streamed.poison;
     }
@@ -686,6 +733,9 @@ fn drain(run: &mut Run<'_>, good: u64, budget: Duration) -> Result<Option<String
             return Ok(Some(format!("the sink exited while draining ({rows} of {good} rows)")));
         }
         run.revive()?;
+        if !run.crashes.is_empty() && !run.any_detector_running() {
+            return Ok(Some(format!("no detector is left running ({rows} of {good} rows stored)")));
+        }
         if Instant::now() > deadline {
             return Ok(Some(format!("did not drain within {} s: {rows} of {good} rows stored", budget.as_secs())));
         }
@@ -694,6 +744,25 @@ fn drain(run: &mut Run<'_>, good: u64, budget: Duration) -> Result<Option<String
             last_print = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether a detector's log says it stopped because it was fenced (the detector's
+/// `Fenced` error, or its batch loop's line).
+pub(crate) fn was_fenced(log: &str) -> bool {
+    log.contains("this worker was fenced") || log.contains("fenced by another producer")
+}
+
+/// An exit status in words.
+pub(crate) fn exit_text(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => s.to_string(),
+        },
+        None => "status unknown".into(),
     }
 }
 
@@ -712,6 +781,9 @@ fn verdict(
             streamed.failed,
             streamed.first_error.clone().unwrap_or_default()
         ));
+    }
+    if !run.crashes.is_empty() {
+        return Verdict::NotExact(format!("{} crash(es): {}", run.crashes.len(), run.crashes.join("; ")));
     }
     if let Some(why) = drained {
         return Verdict::NotExact(why);
@@ -791,6 +863,27 @@ mod tests {
             ..config()
         };
         assert!(cluster.validate().is_ok());
+    }
+
+    #[test]
+    fn only_a_fenced_exit_is_not_a_crash() {
+        let fenced =
+            "ERROR vigil::detector::batch_loop: fenced by another producer with this transactional.id; stopping";
+        assert!(was_fenced(fenced));
+        assert!(was_fenced("Error: this worker was fenced: another producer took over transactional.id x"));
+        for crash in [
+            "thread 'model' panicked at src/detector/model_thread.rs:10:5",
+            "Error: the consumer lost its assignment",
+            "ERROR vigil::detector: offset commit failed",
+            "",
+        ] {
+            assert!(!was_fenced(crash), "{crash}");
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let status = |raw| Some(std::process::ExitStatus::from_raw(raw));
+        assert_eq!(exit_text(status(1 << 8)), "exit code 1");
+        assert_eq!(exit_text(status(9)), "killed by signal 9");
+        assert_eq!(exit_text(None), "status unknown");
     }
 
     #[test]

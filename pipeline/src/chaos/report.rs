@@ -108,6 +108,9 @@ pub struct ScenarioReport {
     pub aborted_txns: u64,
     /// Detector processes that stopped because they were fenced.
     pub fenced: u64,
+    /// Detectors that exited by themselves without being fenced, or did not stop cleanly
+    /// on SIGTERM (see the module docs of `chaos`); any makes the scenario not exact.
+    pub crashes: u64,
     pub mttr_ms_p50: Option<u64>,
     pub mttr_ms_p95: Option<u64>,
     /// Per fault kind (`detector-kill9`, `sigterm`, `broker-kill9`, …).
@@ -138,7 +141,7 @@ impl ScenarioReport {
         let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let mut line = format!(
             "{:<16} frames={} rows={} dlq={} missing={} duplicates={} topic_duplicates={} faults={} \
-             aborted_txns={} fenced={} mttr_ms_p50={} mttr_ms_p95={} max_stall_ms={} seconds={:.1}",
+             aborted_txns={} fenced={} crashes={} mttr_ms_p50={} mttr_ms_p95={} max_stall_ms={} seconds={:.1}",
             self.scenario,
             self.frames,
             self.rows,
@@ -149,6 +152,7 @@ impl ScenarioReport {
             self.faults_injected,
             self.aborted_txns,
             self.fenced,
+            self.crashes,
             ms(self.mttr_ms_p50),
             ms(self.mttr_ms_p95),
             self.max_stall_ms,
@@ -209,6 +213,7 @@ mod tests {
             "faults_injected",
             "aborted_txns",
             "fenced",
+            "crashes",
             "mttr_ms_p50",
             "mttr_ms_p95",
             "max_stall_ms",

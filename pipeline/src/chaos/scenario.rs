@@ -28,7 +28,8 @@ pub enum Scenario {
     SinkKill,
     /// The database server restarted mid-run (`--db-restart-command`).
     DbRestart,
-    /// Bad input of every kind, 1% of the frames.
+    /// Bad input of every kind, in turn: 1% of the frames (`--quick`: 1 in 13, each kind
+    /// once).
     Poison,
     /// Kills, rebalances and broker faults mixed, at ~70% of capacity, with RSS watched.
     Soak,

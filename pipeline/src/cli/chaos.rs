@@ -27,10 +27,14 @@ use super::{EXIT_OK, EXIT_RUNTIME};
         (1 -> 3 -> 1 detectors), slow-batch (a batch slower than the transaction timeout; cluster), broker-faults \
         (cluster: kill -9 of a leader and of the controller, a broker stopped 30 s, through --kafka-script; embedded: \
         request errors and coordinator moves), sink-kill (also right before and after the database commit), \
-        db-restart (--db-restart-command), poison (every bad-input kind), soak (everything mixed; RSS growth < 10%).\n\n\
+        db-restart (--db-restart-command), poison (every bad-input kind: not_avro, unknown_schema, bad_record, \
+        oversized, invalid_field, empty, unknown_format, corrupt_image, too_large; 1% of the frames, 1 in 13 with \
+        --quick), soak (everything mixed; RSS growth < 10%).\n\n\
         Prints one line per scenario (one JSON object with --json): scenario, frames, rows, dlq, missing, \
-        duplicates, topic_duplicates, faults_injected (effective faults only), aborted_txns, fenced, mttr_ms_p50, \
-        mttr_ms_p95 (fault -> every affected partition stores a new row), max_stall_ms, seconds, verdict. A scenario \
+        duplicates, topic_duplicates, faults_injected (effective faults only: injected while frames were in flight, \
+        and showing what that fault causes), aborted_txns, fenced, crashes (detectors that exited without being \
+        fenced, or did not stop cleanly on SIGTERM: any fails the scenario), mttr_ms_p50, mttr_ms_p95 (fault -> \
+        what was waiting at the fault is stored in every partition), max_stall_ms, seconds, verdict. A scenario \
         whose faults had no effect fails with `no effect`. Progress goes to stderr. Exit status 0 only when every \
         scenario that ran is exact; scenarios that cannot run here are reported as skipped, with the reason.",
     after_help = "Examples:\n  \
