@@ -96,6 +96,11 @@ fn rolling(run: &mut Run<'_>) -> Result<(), ChaosError> {
             }
             let busy = run.wait_in_flight(FLIGHT_TIMEOUT)?;
             let victim = run.slots[i].proc;
+            if !run.fleet.is_running(victim) {
+                // It exited by itself meanwhile: not a SIGTERM's doing.
+                run.revive()?;
+                continue;
+            }
             let owned = fleet::owns_partitions(&run.fleet.log(victim));
             let at = run.now_ms();
             let status = run.fleet.terminate(victim, STOP_TIMEOUT);
@@ -203,7 +208,11 @@ fn storm_cycle(run: &mut Run<'_>, cycle: u32, joiners: usize) -> Result<(), Chao
     let before = run.assignments();
     let at = run.now_ms();
     for id in &ids {
-        run.fleet.terminate(*id, STOP_TIMEOUT);
+        let status = run.fleet.terminate(*id, STOP_TIMEOUT);
+        if !status.is_some_and(|s| s.success()) {
+            let label = run.fleet.label(*id).to_string();
+            run.crash(format!("{label} did not stop cleanly on SIGTERM ({})", super::exit_text(status)));
+        }
     }
     let rebalanced = wait_rebalance(run, before, EFFECT_WINDOW)?;
     run.fault("rebalance-leave", at, busy && rebalanced);

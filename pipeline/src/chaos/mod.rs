@@ -655,8 +655,15 @@ fn run_scenario(
 
     // Stop everything cleanly and read what the detectors say about themselves.
     let all = run.fleet.all();
-    for id in all.iter().copied().filter(|id| *id != run.sink) {
-        run.fleet.terminate(id, STOP_TIMEOUT);
+    let sink = run.sink;
+    for id in all.iter().copied().filter(|id| *id != sink) {
+        if run.fleet.is_running(id) {
+            let status = run.fleet.terminate(id, STOP_TIMEOUT);
+            if !status.is_some_and(|s| s.success()) {
+                let label = run.fleet.label(id).to_string();
+                run.crash(format!("{label} did not stop cleanly on SIGTERM at the end ({})", exit_text(status)));
+            }
+        }
     }
     run.fleet.terminate(run.sink, STOP_TIMEOUT);
     for id in all {
