@@ -267,8 +267,7 @@ impl<'a> BatchLoop<'a> {
             return Ok(());
         }
         let started = Instant::now();
-        let failed_attempts = self.consecutive_failures;
-        let batch = Outputs { dest: &self.dest, records: &records, verdicts: &verdicts, failed_attempts };
+        let batch = Outputs { dest: &self.dest, records: &records, verdicts: &verdicts };
         match self.committer.commit(self.consumer, &batch).await {
             Ok(()) => {
                 self.consecutive_failures = 0;

@@ -7,10 +7,12 @@
 //! detector learns the DLQ's limit at start ([`Destinations::new`]); a dead letter whose
 //! whole form exceeds it is sent truncated: its payload cut to what fits, flagged with
 //! `vigil.dlq.truncated`, `vigil.dlq.original_bytes` and `vigil.dlq.sha256` (see
-//! `codec::dlq`). Should a dead letter be in [`TRUNCATE_AFTER_FAILURES`] failed attempts
-//! anyway (the limit was lowered after start, or misread), it goes truncated to half its
-//! size, then a quarter, ..., so that the redo ends in a commit. Failures are counted per
-//! dead letter, not per batch: batches without it commit in between while it is redone.
+//! `codec::dlq`). Should its own delivery be refused for its size anyway (the limit was
+//! lowered after start, or misread) [`TRUNCATE_AFTER_FAILURES`] times, it goes truncated
+//! to half its size, then a quarter, ..., so that the redo ends in a commit. Only size
+//! refusals of the dead letter itself count: a broker outage, however long, fails every
+//! attempt but truncates nothing. Refusals are counted per dead letter, not per batch:
+//! batches without it commit in between while it is redone.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,10 +29,8 @@ use crate::kafka::{max_message_bytes, DLQ_HEADROOM_BYTES};
 use crate::settings::Settings;
 use crate::telemetry::{extract_context, inject_context, spans, start_process_span};
 
-/// Failed attempts after which a dead letter goes truncated, whatever its size. Any
-/// failure of an attempt that held it counts (the loop does not say which record failed
-/// it): during a longer outage the redone dead letters lose their tail too (flagged, with
-/// the digest and size of the original), the price of never redoing a batch forever.
+/// Size refusals of its own delivery after which a dead letter goes truncated, whatever
+/// its size (see the module doc; [`Destinations::refused`]).
 pub(crate) const TRUNCATE_AFTER_FAILURES: u32 = 3;
 
 /// Most dead letters whose failures are remembered (those of revoked partitions are never
@@ -47,7 +47,7 @@ pub(crate) enum DeadLetterForm {
 }
 
 impl DeadLetterForm {
-    /// The form for a dead letter that was in `failures` failed attempts.
+    /// The form for a dead letter whose delivery was refused for its size `failures` times.
     pub(crate) fn after_failures(failures: u32) -> Self {
         match failures.checked_sub(TRUNCATE_AFTER_FAILURES) {
             None => DeadLetterForm::Sized,
@@ -56,8 +56,8 @@ impl DeadLetterForm {
     }
 }
 
-/// Topic names and the consumer group, for records and spans; the DLQ's limit and what
-/// became of the dead letters sent.
+/// Topic names and the consumer group, for records and spans; the DLQ's limit and the
+/// size refusals of the dead letters not committed yet.
 #[derive(Debug)]
 pub(crate) struct Destinations {
     pub(crate) images: String,
@@ -67,15 +67,9 @@ pub(crate) struct Destinations {
     /// Largest dead letter the DLQ topic and the producer both accept, bytes (as counted
     /// by [`record_size`]).
     pub(crate) dlq_limit: usize,
-    attempts: Mutex<DeadLetterAttempts>,
-}
-
-/// The dead letters of the last commit attempt, and how many failed attempts each dead
-/// letter not yet committed has been in, by its `(partition, offset)` in `images`.
-#[derive(Debug, Default)]
-struct DeadLetterAttempts {
-    last: Vec<(i32, i64)>,
-    failures: HashMap<(i32, i64), u32>,
+    /// Size refusals of each dead letter not committed yet, by its `(partition, offset)`
+    /// in `images`.
+    refusals: Mutex<HashMap<(i32, i64), u32>>,
 }
 
 /// An output record and, for a dead letter, its size against [`Destinations::dlq_limit`].
@@ -120,43 +114,46 @@ impl Destinations {
             dlq: topics.dlq.name.clone(),
             group_id: settings.detector.group_id.clone(),
             dlq_limit: dlq_limit as usize,
-            attempts: Mutex::default(),
+            refusals: Mutex::default(),
         }
     }
 
     /// The form of each record's dead letter in a new commit attempt (one per record;
-    /// [`DeadLetterForm::Sized`] for results). `previous_failed`: whether the previous
-    /// attempt failed, which settles its dead letters (failed once more, or committed).
-    pub(crate) fn attempt(
-        &self,
-        previous_failed: bool,
-        records: &[InputRecord],
-        verdicts: &[Verdict],
-    ) -> Vec<DeadLetterForm> {
-        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        let DeadLetterAttempts { last, failures } = &mut *attempts;
-        for key in last.drain(..) {
-            if previous_failed {
-                *failures.entry(key).or_default() += 1;
-            } else {
-                failures.remove(&key);
-            }
-        }
-        if failures.len() > MAX_REMEMBERED {
-            failures.clear();
-        }
+    /// [`DeadLetterForm::Sized`] for results), after its size refusals so far.
+    pub(crate) fn forms(&self, records: &[InputRecord], verdicts: &[Verdict]) -> Vec<DeadLetterForm> {
+        let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         records
             .iter()
             .zip(verdicts)
             .map(|(record, verdict)| match verdict {
                 Verdict::Result { .. } => DeadLetterForm::Sized,
-                Verdict::DeadLetter { .. } => {
-                    let key = (record.partition, record.offset);
-                    last.push(key);
-                    DeadLetterForm::after_failures(failures.get(&key).copied().unwrap_or(0))
-                }
+                Verdict::DeadLetter { .. } => DeadLetterForm::after_failures(
+                    refusals.get(&(record.partition, record.offset)).copied().unwrap_or(0),
+                ),
             })
             .collect()
+    }
+
+    /// The dead letter of the `images` record at `position` was refused for its size
+    /// (by the producer or the broker): its next attempt is one step nearer truncation.
+    pub(crate) fn refused(&self, position: (i32, i64)) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if refusals.len() >= MAX_REMEMBERED {
+            refusals.clear();
+        }
+        let n = refusals.entry(position).or_default();
+        *n += 1;
+        warn!(partition = position.0, offset = position.1, refusals = *n, "dead letter refused for its size");
+    }
+
+    /// `records` were committed: their dead letters' refusals are forgotten.
+    pub(crate) fn committed(&self, records: &[InputRecord]) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if !refusals.is_empty() {
+            for record in records {
+                refusals.remove(&(record.partition, record.offset));
+            }
+        }
     }
 
     /// The output record for `record`: a borrowed view for the producer. Ends the frame's
@@ -296,7 +293,7 @@ mod tests {
             dlq: "images.dlq".into(),
             group_id: "g".into(),
             dlq_limit,
-            attempts: Mutex::default(),
+            refusals: Mutex::default(),
         }
     }
 
@@ -352,30 +349,25 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_counted_per_dead_letter_across_batches_that_commit() {
+    fn size_refusals_are_counted_per_dead_letter_until_it_commits() {
         let dest = destinations(1 << 20);
         let (poison, v) = (poison(), not_avro());
         let mut other = record(3, Some(vec![1, 2, 3]));
         other.partition = 0;
         let result = Verdict::Result { key: "cam-0".into(), value: vec![0] };
-        let mut previous_failed = false;
         let mut forms = Vec::new();
-        // The poison's batch fails, a batch of other records commits, and so on.
+        // The poison is refused for its size, a batch of other records commits, and so on.
         for _ in 0..TRUNCATE_AFTER_FAILURES + 1 {
-            forms.push(dest.attempt(previous_failed, std::slice::from_ref(&poison), std::slice::from_ref(&v))[0]);
-            let batch = dest.attempt(true, &[other.clone()], std::slice::from_ref(&result));
-            assert_eq!(batch, vec![DeadLetterForm::Sized]);
-            previous_failed = false; // the other batch committed
+            forms.push(dest.forms(std::slice::from_ref(&poison), std::slice::from_ref(&v))[0]);
+            dest.refused((poison.partition, poison.offset));
+            assert_eq!(dest.forms(&[other.clone()], std::slice::from_ref(&result)), vec![DeadLetterForm::Sized]);
+            dest.committed(&[other.clone()]);
         }
         let truncated = DeadLetterForm::Truncated { halvings: 1 };
         assert_eq!(forms, vec![DeadLetterForm::Sized, DeadLetterForm::Sized, DeadLetterForm::Sized, truncated]);
-        // Once committed (the attempt after its own did not fail), it is forgotten.
-        dest.attempt(false, std::slice::from_ref(&poison), std::slice::from_ref(&v));
-        dest.attempt(false, &[], &[]);
-        assert_eq!(
-            dest.attempt(false, std::slice::from_ref(&poison), std::slice::from_ref(&v)),
-            vec![DeadLetterForm::Sized]
-        );
+        // Once committed, it is forgotten.
+        dest.committed(std::slice::from_ref(&poison));
+        assert_eq!(dest.forms(std::slice::from_ref(&poison), std::slice::from_ref(&v)), vec![DeadLetterForm::Sized]);
     }
 
     #[test]

@@ -124,16 +124,24 @@ impl Committer {
         Ok(Committer { producer, config, delivery, transactional_id: transactional_id.to_owned(), timeout, shutdown })
     }
 
-    /// Commits `batch` in the configured delivery mode.
+    /// Commits `batch` in the configured delivery mode. Whatever the outcome, the
+    /// attempt's dead letters are settled with [`Destinations`]: forgotten once committed,
+    /// one refusal more for each whose own delivery was refused for its size.
     pub(crate) async fn commit(
         &self,
         consumer: &StreamConsumer<DetectorContext>,
         batch: &Outputs<'_>,
     ) -> Result<(), Failure> {
-        match self.delivery {
-            Delivery::ExactlyOnce => self.commit_transactional(consumer, batch).await,
-            Delivery::AtLeastOnce => self.commit_at_least_once(consumer, batch).await,
+        let mut pending = Vec::new();
+        let result = match self.delivery {
+            Delivery::ExactlyOnce => self.commit_transactional(consumer, batch, &mut pending).await,
+            Delivery::AtLeastOnce => self.commit_at_least_once(consumer, batch, &mut pending).await,
+        };
+        match &result {
+            Ok(()) => batch.dest.committed(batch.records),
+            Err(_) => note_refusals(batch.dest, pending).await,
         }
+        result
     }
 
     /// Replaces the producer with a fresh one (same id: a new epoch), retrying while the
@@ -176,12 +184,13 @@ impl Committer {
         &self,
         consumer: &StreamConsumer<DetectorContext>,
         batch: &Outputs<'_>,
+        pending: &mut Vec<Pending>,
     ) -> Result<(), Failure> {
         if let Err(e) = self.producer.begin_transaction() {
             return Err(failure("begin_transaction", &e));
         }
         failpoint::transaction_begun();
-        let result = self.transaction_body(consumer, batch).await;
+        let result = self.transaction_body(consumer, batch, pending).await;
         if let Err(Failure::Abort(_)) = &result {
             self.abort().await?;
         }
@@ -192,9 +201,11 @@ impl Committer {
         &self,
         consumer: &StreamConsumer<DetectorContext>,
         batch: &Outputs<'_>,
+        pending: &mut Vec<Pending>,
     ) -> Result<(), Failure> {
-        // Deliveries are settled by the commit (it flushes; a failed record fails the commit).
-        let _deliveries = self.produce_all(batch).await?;
+        // Deliveries are settled by the commit (it flushes; a failed record fails the commit);
+        // those of a failed attempt are read by [`note_refusals`].
+        self.produce_all(batch, pending).await?;
         failpoint::kill_at(Point::KillAfterProduce);
         let offsets = batch.next_offsets();
         let Some(metadata) = consumer.group_metadata() else {
@@ -236,11 +247,16 @@ impl Committer {
         &self,
         consumer: &StreamConsumer<DetectorContext>,
         batch: &Outputs<'_>,
+        pending: &mut Vec<Pending>,
     ) -> Result<(), Failure> {
         failpoint::transaction_begun();
-        let deliveries = self.produce_all(batch).await?;
-        for delivery in deliveries {
-            settle(delivery).await?;
+        self.produce_all(batch, pending).await?;
+        let mut deliveries = std::mem::take(pending).into_iter();
+        for delivery in deliveries.by_ref() {
+            if let Err(failure) = settle(batch.dest, delivery).await {
+                pending.extend(deliveries);
+                return Err(failure);
+            }
         }
         // The same crash points as a transaction's: delivered but not committed, during and
         // after the offset commit.
@@ -255,18 +271,17 @@ impl Committer {
         Ok(())
     }
 
-    /// Enqueues every output record (waiting while librdkafka's queue is full); returns
-    /// their delivery futures.
+    /// Enqueues every output record (waiting while librdkafka's queue is full); adds their
+    /// delivery futures to `pending` (those not settled here).
     ///
     /// Dead letters are sized to fit the DLQ one by one, but librdkafka may put several
     /// into one batch, and the broker applies `max.message.bytes` to the batch: a dead
     /// letter that would join others still in flight beyond the limit waits for their
     /// delivery first (rare: it takes several large dead letters in one batch).
-    async fn produce_all(&self, batch: &Outputs<'_>) -> Result<Vec<DeliveryFuture>, Failure> {
-        let mut deliveries = Vec::with_capacity(batch.records.len());
-        let forms = batch.dest.attempt(batch.failed_attempts > 0, batch.records, batch.verdicts);
+    async fn produce_all(&self, batch: &Outputs<'_>, pending: &mut Vec<Pending>) -> Result<(), Failure> {
+        let forms = batch.dest.forms(batch.records, batch.verdicts);
         if forms.iter().any(|f| *f != DeadLetterForm::Sized) {
-            warn!(?forms, "dead letters in repeatedly failed attempts go truncated");
+            warn!(?forms, "dead letters refused repeatedly for their size go truncated");
         }
         let (mut dlq_in_flight, mut dlq_bytes) = (Vec::new(), 0usize);
         for ((record, verdict), form) in batch.records.iter().zip(batch.verdicts).zip(forms) {
@@ -274,41 +289,92 @@ impl Committer {
             let mut out = output.record;
             if let Some(bytes) = output.dead_letter_bytes {
                 if !dlq_in_flight.is_empty() && dlq_bytes + bytes > batch.dest.dlq_limit {
-                    for delivery in dlq_in_flight.drain(..) {
-                        settle(delivery).await?;
+                    let mut in_flight = std::mem::take(&mut dlq_in_flight).into_iter();
+                    for delivery in in_flight.by_ref() {
+                        if let Err(failure) = settle(batch.dest, delivery).await {
+                            pending.extend(in_flight);
+                            return Err(failure);
+                        }
                     }
                     dlq_bytes = 0;
                 }
                 dlq_bytes += bytes;
             }
+            let dead_letter = output.dead_letter_bytes.map(|_| (record.partition, record.offset));
             let mut waits = 0u32;
             let delivery = loop {
-                match try_enqueue(&self.producer, out).map_err(|e| failure("produce", &e))? {
-                    Enqueued::Sent(delivery) => break delivery,
-                    Enqueued::Full(back) if waits < 1000 => {
+                let enqueued = try_enqueue(&self.producer, out).map_err(|e| {
+                    if let Some(position) = dead_letter.filter(|_| is_size_refusal(&e)) {
+                        batch.dest.refused(position);
+                    }
+                    failure("produce", &e)
+                });
+                match enqueued {
+                    Err(failure) => {
+                        pending.extend(dlq_in_flight);
+                        return Err(failure);
+                    }
+                    Ok(Enqueued::Sent(delivery)) => break Pending { dead_letter, delivery },
+                    Ok(Enqueued::Full(back)) if waits < 1000 => {
                         waits += 1;
                         out = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Enqueued::Full(_) => return Err(Failure::Abort("produce: librdkafka's queue stayed full".into())),
+                    Ok(Enqueued::Full(_)) => {
+                        pending.extend(dlq_in_flight);
+                        return Err(Failure::Abort("produce: librdkafka's queue stayed full".into()));
+                    }
                 }
             };
-            match output.dead_letter_bytes {
+            match dead_letter {
                 Some(_) => dlq_in_flight.push(delivery),
-                None => deliveries.push(delivery),
+                None => pending.push(delivery),
             }
         }
-        deliveries.extend(dlq_in_flight);
-        Ok(deliveries)
+        pending.extend(dlq_in_flight);
+        Ok(())
     }
 }
 
-/// Waits for one delivery; a failed one fails the batch.
-async fn settle(delivery: DeliveryFuture) -> Result<(), Failure> {
-    match delivery.await {
+/// An output record's delivery; for a dead letter, the `images` record it is of.
+pub(crate) struct Pending {
+    dead_letter: Option<(i32, i64)>,
+    delivery: DeliveryFuture,
+}
+
+/// Whether the producer or the broker refused a record for its size.
+fn is_size_refusal(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::{InvalidRecord, MessageBatchTooLarge, MessageSizeTooLarge};
+    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidRecord))
+}
+
+/// Waits for one delivery; a failed one fails the batch (and a dead letter refused for
+/// its size counts as such, see [`Destinations::refused`]).
+async fn settle(dest: &Destinations, pending: Pending) -> Result<(), Failure> {
+    match pending.delivery.await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(Failure::Abort(format!("delivery failed: {e}"))),
+        Ok(Err((e, _))) => {
+            if let Some(position) = pending.dead_letter.filter(|_| is_size_refusal(&e)) {
+                dest.refused(position);
+            }
+            Err(Failure::Abort(format!("delivery failed: {e}")))
+        }
         Err(_) => Err(Failure::Fatal("producer dropped a delivery".into())),
+    }
+}
+
+/// How long a failed attempt waits for its dead letters' delivery reports.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// After a failed attempt: the dead letters refused for their size (the commit or abort
+/// has flushed or purged them, so their reports are in or about to be; waited for at most
+/// [`REFUSAL_WAIT`] in all).
+async fn note_refusals(dest: &Destinations, pending: Vec<Pending>) {
+    let deadline = tokio::time::Instant::now() + REFUSAL_WAIT;
+    for p in pending.into_iter().filter(|p| p.dead_letter.is_some()) {
+        if tokio::time::timeout_at(deadline, settle(dest, p)).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -317,10 +383,6 @@ pub(crate) struct Outputs<'a> {
     pub(crate) dest: &'a Destinations,
     pub(crate) records: &'a [InputRecord],
     pub(crate) verdicts: &'a [Verdict],
-    /// Failed attempts in a row before this one: whether the last attempt failed settles
-    /// its dead letters; a dead letter in a few failed attempts goes truncated (see
-    /// [`Destinations::attempt`]), so that a batch is never redone forever.
-    pub(crate) failed_attempts: u32,
 }
 
 impl Outputs<'_> {
@@ -427,6 +489,17 @@ mod tests {
             Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
         });
         assert!(matches!(limited.await, Err(Failure::Abort(_))), "a limited call gives up and aborts");
+    }
+
+    #[test]
+    fn only_size_errors_count_against_a_dead_letter() {
+        use RDKafkaErrorCode::*;
+        for code in [MessageSizeTooLarge, MessageBatchTooLarge, InvalidRecord] {
+            assert!(is_size_refusal(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in [TopicAuthorizationFailed, MessageTimedOut, NotEnoughReplicas, BrokerTransportFailure, PurgeQueue] {
+            assert!(!is_size_refusal(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
     }
 
     #[test]

@@ -127,6 +127,8 @@ fn beyond_one<K: std::hash::Hash + Eq + Clone>(items: impl IntoIterator<Item = K
 /// at-least-once detectors and the in-memory broker (no read_committed filtering) leave
 /// redeliveries in the topics that the sink's idempotent insert removes.
 pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
+    let resolved = resolve_dead_letters(evidence);
+    let evidence = &resolved;
     let lost = lost_frames(evidence);
     let frames: HashSet<&str> = evidence
         .images
@@ -208,6 +210,23 @@ pub(super) fn audit(evidence: &Evidence, topics_exact: bool) -> VerifyReport {
     report
 }
 
+/// `evidence` with each dead letter named by position (its value does not decode as a
+/// `Frame`: truncated to fit the DLQ, or not a frame at all) renamed after the `images`
+/// record at that position, whose identity may be its `frame_id`.
+fn resolve_dead_letters(evidence: &Evidence) -> Evidence {
+    let by_position: HashMap<Position, &str> = evidence.images.iter().map(|r| (r.position, r.frame.as_str())).collect();
+    let mut resolved = evidence.clone();
+    for d in &mut resolved.dead_letters {
+        let Some((p, o)) = d.source else { continue };
+        if d.frame == format!("images/{p}/{o}") {
+            if let Some(frame) = by_position.get(&(p, o)) {
+                d.frame = frame.to_string();
+            }
+        }
+    }
+    resolved
+}
+
 /// An `images` record: identified by its `frame_id`, or by its position when it is not a
 /// decodable `Frame`; with its sequence when the frame has a session.
 pub(super) fn image_record(message: &BorrowedMessage<'_>) -> ImageRecord {
@@ -231,9 +250,10 @@ pub(super) fn result_outcome(message: &BorrowedMessage<'_>) -> Option<TopicOutco
     })
 }
 
-/// An `images.dlq` record: the original record's `frame_id` when it is a `Frame`, else its
-/// `vigil.source.partition`/`vigil.source.offset` headers; the headers also say which
-/// `images` record it is the outcome of.
+/// An `images.dlq` record: the original record's `frame_id` when it is a whole `Frame`,
+/// else (not a frame, or truncated: `vigil.dlq.truncated`) `images/<partition>/<offset>`
+/// from its `vigil.source.*` headers, which [`audit`] resolves to that record's identity;
+/// the headers also say which `images` record it is the outcome of.
 pub(super) fn dead_letter(message: &BorrowedMessage<'_>) -> TopicOutcome {
     let header = |name: &str| -> Option<String> {
         message
@@ -247,7 +267,9 @@ pub(super) fn dead_letter(message: &BorrowedMessage<'_>) -> TopicOutcome {
         (Some(p), Some(o)) => p.parse().ok().zip(o.parse().ok()),
         _ => None,
     };
-    let frame = match (message.payload().map(Frame::decode), source) {
+    let truncated = header(dlq::HEADER_TRUNCATED).is_some_and(|v| v == "true");
+    let payload = message.payload().filter(|_| !truncated);
+    let frame = match (payload.map(Frame::decode), source) {
         (Some(Ok(frame)), _) => frame.frame_id,
         (_, Some((p, o))) => format!("images/{p}/{o}"),
         _ => format!("dlq/{}/{}", message.partition(), message.offset()),
