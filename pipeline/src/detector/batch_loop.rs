@@ -9,6 +9,9 @@
 //! the worker is not ready ([`Readiness`]), rewinds and redoes it with backoff, and
 //! stops with [`DetectorError::BackendUnavailable`] once the backend has failed for
 //! `detector.backend_failure_limit_ms`, so that a restart or another worker takes over.
+//! Until a batch succeeds again, every batch starts with a probe of the backend and gets
+//! no overload verdict: the redone backlog ages during the outage, and would otherwise be
+//! committed as `expired` without the model, while the worker says it is not ready.
 //!
 //! A rewind that fails stops the worker ([`DetectorError::Seek`]): the consumer's
 //! position would stay past the uncommitted records and the next commit would skip
@@ -110,7 +113,8 @@ impl<'a> BatchLoop<'a> {
                     continue;
                 }
                 if batcher.due() {
-                    in_flight = Some(self.model.submit(batcher.take())?);
+                    let backend_down = self.backend_down_since.is_some();
+                    in_flight = Some(self.model.submit(batcher.take(), backend_down)?);
                 }
             }
             if in_flight.is_some() && batcher.full() && !batcher.paused() {
@@ -130,7 +134,9 @@ impl<'a> BatchLoop<'a> {
                     match processed.backend_failure.take() {
                         Some(reason) => self.backend_failed(processed.records, reason, &mut batcher, shutdown).await?,
                         None => {
-                            if processed.inferred > 0 {
+                            // While the backend was down the batch was probed first (see
+                            // `judge::process_while_backend_down`): judged means it works.
+                            if processed.inferred > 0 || self.backend_down_since.is_some() {
                                 self.backend_works();
                             }
                             self.complete(processed, &mut batcher, shutdown).await?;

@@ -107,6 +107,28 @@ pub(crate) fn process(model: &mut dyn Detector, records: Vec<InputRecord>, limit
     }
 }
 
+/// [`process`] for a batch while the model backend is failing (see `batch_loop`): the
+/// known-good probe image first, so that a batch whose frames need no model (bad input,
+/// or nothing but overload verdicts) is not committed while the backend is still down;
+/// and no overload verdicts, since the backlog is old because of the outage, not the load.
+pub(crate) fn process_while_backend_down(
+    model: &mut dyn Detector,
+    records: Vec<InputRecord>,
+    limits: &InputLimits,
+) -> Processed {
+    if let Err(failure) = probe(model) {
+        let reason = format!("the backend still fails a known-good probe image ({failure})");
+        return Processed {
+            records,
+            verdicts: Vec::new(),
+            inferred: 0,
+            inference_ms: 0.0,
+            backend_failure: Some(reason),
+        };
+    }
+    process(model, records, &InputLimits { overload: Overload::default(), ..*limits })
+}
+
 /// What judging a batch came to.
 enum Judged {
     /// One verdict per record, in order.

@@ -269,11 +269,15 @@ async fn a_broken_backend_expires_nothing() {
     let broker = DevBroker::start(1).unwrap();
     broker.group_initial_rebalance_delay(Duration::ZERO);
     let mut settings = settings_for(&broker, Delivery::ExactlyOnce);
-    settings.detector.backend_failure_limit_ms = 3_000;
-    settings.detector.max_frame_age_ms = 500;
-    produce_frames(&settings, 0..GOOD, false).await;
+    // Fresh when first read (sent once the worker is starting, read within the limit),
+    // older than the limit on the redos (backoff 0.2 s, 0.4 s, ... adds up to 6.2 s after
+    // the fifth failure), still short of the backend limit.
+    settings.detector.backend_failure_limit_ms = 10_000;
+    settings.detector.max_frame_age_ms = 4_000;
     let (shutdown, task) = start(&settings, Box::new(BrokenModel::forever())).await;
-    let (outcome, by_itself) = outcome_within(&shutdown, task, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    produce_frames(&settings, 0..GOOD, false).await;
+    let (outcome, by_itself) = outcome_within(&shutdown, task, Duration::from_secs(40)).await;
     let (results, kinds) = results_and_dead_letter_kinds(&settings);
     assert_eq!((results.len(), kinds.as_slice()), (0, &[][..]), "nothing may be committed: {outcome:?}");
     assert!(by_itself, "the worker must stop by itself after the limit: {outcome:?}");

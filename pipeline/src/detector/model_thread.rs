@@ -11,7 +11,7 @@ use tracing::info;
 
 use rdkafka::message::{Headers, Message};
 
-use super::judge::{process, InputLimits, Verdict};
+use super::judge::{process, process_while_backend_down, InputLimits, Verdict};
 use super::DetectorError;
 use crate::model::{Detector, ModelError, NanoDet};
 use crate::settings::Settings;
@@ -120,10 +120,18 @@ impl ModelThread {
     }
 
     /// Hands a batch to the model thread; the receiver yields it processed.
-    pub(crate) fn submit(&self, records: Vec<InputRecord>) -> Result<oneshot::Receiver<Processed>, DetectorError> {
+    /// `backend_down`: the backend has been failing (see [`process_while_backend_down`]).
+    pub(crate) fn submit(
+        &self,
+        records: Vec<InputRecord>,
+        backend_down: bool,
+    ) -> Result<oneshot::Receiver<Processed>, DetectorError> {
         let limits = self.limits;
         self.actor
-            .call(move |model: &mut Box<dyn Detector>| process(model.as_mut(), records, &limits))
+            .call(move |model: &mut Box<dyn Detector>| match backend_down {
+                false => process(model.as_mut(), records, &limits),
+                true => process_while_backend_down(model.as_mut(), records, &limits),
+            })
             .map_err(|_| DetectorError::ModelThread(None))
     }
 }
@@ -145,7 +153,7 @@ mod tests {
     async fn round_trip_and_load_errors() {
         let thread = ModelThread::start(preloaded(Box::new(FakeModel { calls: 0 })), limits()).await.unwrap();
         assert_eq!(thread.model_name(), "fake");
-        let rx = thread.submit(vec![record(0, Some(frame_bytes("a", png(4, 4, [1, 2, 3]))))]).unwrap();
+        let rx = thread.submit(vec![record(0, Some(frame_bytes("a", png(4, 4, [1, 2, 3]))))], false).unwrap();
         let processed = rx.await.unwrap();
         assert!(matches!(processed.verdicts[0], Verdict::Result { .. }));
         drop(thread);
@@ -160,9 +168,9 @@ mod tests {
     async fn survives_a_panic_while_judging_a_frame() {
         let thread = ModelThread::start(preloaded(Box::new(FakeModel { calls: 0 })), limits()).await.unwrap();
         let poison = vec![record(0, Some(frame_bytes(PANICKING_FRAME, png(4, 4, [1, 2, 3]))))];
-        let processed = thread.submit(poison).unwrap().await.expect("the batch comes back");
+        let processed = thread.submit(poison, false).unwrap().await.expect("the batch comes back");
         assert!(matches!(processed.verdicts[0], Verdict::DeadLetter { kind: "panic", .. }));
-        let next = thread.submit(vec![record(1, Some(frame_bytes("b", png(4, 4, [1, 2, 3]))))]).unwrap();
+        let next = thread.submit(vec![record(1, Some(frame_bytes("b", png(4, 4, [1, 2, 3]))))], false).unwrap();
         assert!(matches!(next.await.expect("the thread still runs").verdicts[0], Verdict::Result { .. }));
     }
 }
