@@ -205,6 +205,20 @@ impl DetectorConfig {
         if self.decode.max_dimension_px == 0 || self.decode.max_pixels == 0 || self.decode.max_alloc_bytes == 0 {
             return Err(("detector.decode", "limits must be > 0".into()));
         }
+        // The overload verdicts depend on the clock and on the batch a frame is in, and
+        // at-least-once redoes delivered work: a redo could give a frame that already has a
+        // result an `expired` or `shed` dead letter too (or the other way round).
+        if self.delivery == Delivery::AtLeastOnce && (self.max_frame_age_ms > 0 || self.max_frames_per_source > 0) {
+            let key =
+                if self.max_frame_age_ms > 0 { "detector.max_frame_age_ms" } else { "detector.max_frames_per_source" };
+            return Err((
+                key,
+                "detector.max_frame_age_ms and detector.max_frames_per_source need detector.delivery = \"exactly-once\": \
+                 with at-least-once a batch redone after a failure may judge a frame differently (the clock moved on, \
+                 the batch holds other frames) and give it both a result and a dead letter"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
