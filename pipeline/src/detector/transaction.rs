@@ -169,6 +169,25 @@ impl Committer {
         &self.transactional_id
     }
 
+    /// After the loop was given up at the shutdown deadline, perhaps inside a transaction:
+    /// aborts it, waiting until `deadline` at most. Best effort: with the broker gone it
+    /// cannot, and the coordinator aborts it after `transaction.timeout.ms`; until then
+    /// `read_committed` readers of the output partitions wait.
+    pub(crate) async fn abort_left_open(&self, deadline: tokio::time::Instant) {
+        if self.delivery != Delivery::ExactlyOnce {
+            return;
+        }
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let p = self.producer.clone();
+        let abort = tokio::task::spawn_blocking(move || p.abort_transaction(within));
+        match tokio::time::timeout_at(deadline, abort).await {
+            Ok(Ok(Ok(()))) => info!("aborted the transaction left open by the shutdown timeout"),
+            // None open (the loop was in the model), or a commit still in progress.
+            Ok(Ok(Err(e))) => info!(error = %e, "no transaction aborted on the shutdown timeout"),
+            _ => warn!("could not abort a transaction left open before the shutdown deadline"),
+        }
+    }
+
     /// Waits (bounded) for what is still queued; for the way out.
     pub(crate) async fn flush(&self) {
         let p = self.producer.clone();
