@@ -15,9 +15,10 @@
 //! Rebalances never meet an open transaction (see `context`); results of revoked
 //! partitions still in the model are dropped. Shutdown (SIGTERM, Ctrl-C) lets the batch
 //! in the model finish and commit, then leaves the group, all within
-//! `detector.shutdown_timeout_ms`: past it (a broker that is gone) the worker stops
-//! waiting and fails with [`DetectorError::ShutdownTimeout`]; what it did not commit is
-//! read again by the partitions' next owner. The loop is given up a little before the
+//! `detector.shutdown_timeout_ms`: past it with a batch unfinished (a broker that is gone)
+//! the worker stops waiting and fails with [`DetectorError::ShutdownTimeout`]; what it did
+//! not commit is read again by the partitions' next owner. A clean drain whose group leave
+//! outlasts the deadline only logs it (everything is committed). The loop is given up a little before the
 //! deadline, and the time left aborts a transaction it may have left open (best effort),
 //! so that `read_committed` readers need not wait for `transaction.timeout.ms`.
 //!
