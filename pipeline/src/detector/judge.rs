@@ -403,15 +403,19 @@ mod tests {
         assert_eq!(kind(&out.verdicts[0]), "corrupt_image");
     }
 
-    #[test]
-    fn a_failing_frame_is_isolated() {
-        let mut model = FakeModel { calls: 0 };
-        let records = vec![
+    /// Three frames, the middle one red (the frame the test models fail on).
+    fn blue_red_green() -> Vec<InputRecord> {
+        vec![
             record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
             record(1, Some(frame_bytes("red", png(8, 8, [255, 0, 0])))),
             record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
-        ];
-        let out = process(&mut model, records, &limits());
+        ]
+    }
+
+    #[test]
+    fn a_failing_frame_is_isolated() {
+        let mut model = FakeModel { calls: 0 };
+        let out = process(&mut model, blue_red_green(), &limits());
         let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
         assert_eq!(kinds, ["result", "inference_failed", "result"]);
         assert_eq!(model.calls, 6, "the batch, a probe, each frame, a probe after the frame that failed");
@@ -422,12 +426,7 @@ mod tests {
     #[test]
     fn a_panic_in_the_forward_pass_fails_only_its_frame() {
         let mut model = PanickingModel { inner: FakeModel { calls: 0 } };
-        let records = vec![
-            record(0, Some(frame_bytes("a", png(8, 8, [0, 0, 255])))),
-            record(1, Some(frame_bytes("red", png(8, 8, [255, 0, 0])))),
-            record(2, Some(frame_bytes("c", png(8, 8, [0, 255, 0])))),
-        ];
-        let out = process(&mut model, records, &limits());
+        let out = process(&mut model, blue_red_green(), &limits());
         let kinds: Vec<&str> = out.verdicts.iter().map(kind).collect();
         assert_eq!(kinds, ["result", "inference_failed", "result"]);
         let Verdict::DeadLetter { message, .. } = &out.verdicts[1] else { panic!() };

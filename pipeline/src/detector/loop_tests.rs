@@ -357,29 +357,19 @@ async fn a_backend_that_recovers_loses_no_frame() {
 /// `inference_failed`, the others get results, and the worker goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_forward_pass_fails_only_its_frame() {
-    let broker = DevBroker::start(1).unwrap();
-    broker.group_initial_rebalance_delay(Duration::ZERO);
-    let settings = settings_for(&broker, Delivery::ExactlyOnce);
-    produce_frames(&settings, 0..GOOD, false).await;
-    let producer: FutureProducer = idempotent_producer_config(&settings.kafka).create().unwrap();
-    let red = frame_bytes("red", png(8, 8, [255, 0, 0]));
-    let images = &settings.kafka.topics.images.name;
-    producer.send(FutureRecord::to(images).key("cam-0").payload(&red), Duration::from_secs(10)).await.unwrap();
-    let (shutdown, task) = start(&settings, Box::new(PanickingModel { inner: FakeModel { calls: 0 } })).await;
-    let (results, kinds) = wait_for_outputs(&settings, Duration::from_secs(60), |results, kinds| {
-        results.len() == GOOD && !kinds.is_empty()
-    })
-    .await;
-    assert!(!task.is_finished(), "the worker goes on");
-    shutdown.cancel();
-    let summary = task.await.unwrap().unwrap();
-    assert_eq!((results.len(), kinds.as_slice()), (GOOD, &["inference_failed".to_owned()][..]), "{summary:?}");
+    good_frames_and_one_red(Box::new(PanickingModel { inner: FakeModel { calls: 0 } })).await;
 }
 
 /// A frame of a marked kind fails in the model every time, alone or not (a model bug
 /// that one input triggers): it alone is `inference_failed`; the backend is healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_that_fails_alone_is_its_own_dead_letter() {
+    good_frames_and_one_red(Box::new(FakeModel { calls: 0 })).await;
+}
+
+/// Runs `model` (which fails on the red frame) over GOOD frames and one red one: GOOD
+/// results, the red frame alone `inference_failed`, and the worker still running.
+async fn good_frames_and_one_red(model: Box<dyn crate::model::Detector>) {
     let broker = DevBroker::start(1).unwrap();
     broker.group_initial_rebalance_delay(Duration::ZERO);
     let settings = settings_for(&broker, Delivery::ExactlyOnce);
@@ -388,11 +378,12 @@ async fn a_frame_that_fails_alone_is_its_own_dead_letter() {
     let red = frame_bytes("red", png(8, 8, [255, 0, 0]));
     let images = &settings.kafka.topics.images.name;
     producer.send(FutureRecord::to(images).key("cam-0").payload(&red), Duration::from_secs(10)).await.unwrap();
-    let (shutdown, task) = start(&settings, Box::new(FakeModel { calls: 0 })).await;
+    let (shutdown, task) = start(&settings, model).await;
     let (results, kinds) = wait_for_outputs(&settings, Duration::from_secs(60), |results, kinds| {
         results.len() == GOOD && !kinds.is_empty()
     })
     .await;
+    assert!(!task.is_finished(), "the worker goes on");
     shutdown.cancel();
     let summary = task.await.unwrap().unwrap();
     assert_eq!((results.len(), kinds.as_slice()), (GOOD, &["inference_failed".to_owned()][..]), "{summary:?}");
