@@ -469,6 +469,41 @@ impl Pipeline {
         }
     }
 
+    /// Joins the detectors' group as static member `instance` (`group.instance.id`), the way
+    /// a second process started under that name would, and leaves again: the broker fences
+    /// the member that held the name. Returns once this consumer got an assignment (or was
+    /// fenced back itself), at most after `timeout`.
+    pub fn join_as_static_member(&self, instance: &str, timeout: Duration) {
+        let group = self.env_value("VIGIL__DETECTOR__GROUP_ID").expect("the detectors' group id");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("group.instance.id", instance)
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .expect("static member consumer");
+        consumer.subscribe(&[&self.images]).expect("subscribe");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
+                eprintln!("[vigil-tests] static member {instance}: {e}");
+                if consumer.client().fatal_error().is_some() {
+                    return;
+                }
+            }
+            if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                return;
+            }
+        }
+        panic!("joining as static member {instance} got no assignment within {timeout:?}");
+    }
+
+    /// The value of a setting's environment variable the stages get.
+    fn env_value(&self, key: &str) -> Option<String> {
+        self.env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
     /// A detector armed with a failpoint (`VIGIL_FAILPOINT`, see the detector's
     /// `failpoint` module): e.g. `kill-after-offsets:3` kills it in its third transaction.
     pub fn detector_with_failpoint(&self, label: &str, instance_id: &str, failpoint: &str) -> Proc {

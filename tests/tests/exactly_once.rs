@@ -201,6 +201,39 @@ fn two_workers_sharing_an_instance_id_one_stops() {
     assert_exactly_once(&p, "two workers, one transactional.id", frames, &[&*survivor]);
 }
 
+/// A static member fenced by a newer join under its `group.instance.id` gets a fatal
+/// `FencedInstanceId` from librdkafka, also when the newer join was its own rejoin after a
+/// session timeout under load (librdkafka #3437, seen in `vigil chaos`). It must rejoin
+/// with a new consumer and keep working, not exit.
+#[test]
+fn a_fenced_static_member_rejoins() {
+    if skipped("static member fenced") {
+        return;
+    }
+    let _serial = serial();
+    let env = vec![("VIGIL__DETECTOR__STATIC_MEMBERSHIP".to_string(), "true".to_string())];
+    let p = Pipeline::start("eos-static-fenced", Options { env, ..Options::default() });
+    let mut sink = p.sink("sink");
+    let mut worker = p.detector("detector-1", Some("static-1"));
+    wait_assigned(&mut worker);
+    let mut frames = p.produce_cameras(6, 4);
+    p.wait_rows(frames, LONG, &mut [&mut sink, &mut worker]);
+    p.join_as_static_member("static-1", Duration::from_secs(60));
+    assert!(
+        worker.wait_for_log("rejoining the group with a new consumer", Duration::from_secs(60)),
+        "the fenced static member rejoins (running: {}):\n{}",
+        worker.is_running(),
+        worker.stderr()
+    );
+    frames += p.produce_cameras(6, 4);
+    p.wait_rows(frames, LONG, &mut [&mut sink, &mut worker]);
+    assert!(worker.is_running(), "still working after the rejoin:\n{}", worker.stderr());
+    stop(&mut worker);
+    stop(&mut sink);
+    assert_eq!(summary_u64(&worker, "rejoins"), 1, "one rejoin:\n{}", worker.stderr());
+    assert_exactly_once(&p, "static member fenced by a newer join, rejoined", frames, &[&worker]);
+}
+
 /// Rolling restarts: every detector in turn is stopped with SIGTERM (it finishes its batch,
 /// commits and leaves the group) and started again under the same instance id, while
 /// frames keep coming.

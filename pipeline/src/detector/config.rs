@@ -139,7 +139,7 @@ impl DetectorConfig {
             }
             GroupProtocol::Consumer => {
                 // librdkafka refuses classic-only properties with the consumer protocol.
-                config.set("group.protocol", "consumer").remove("session.timeout.ms");
+                config.set("group.protocol", "consumer").remove("session.timeout.ms").remove("heartbeat.interval.ms");
             }
         }
         if self.static_membership {
@@ -264,6 +264,7 @@ mod tests {
         let kip848 = consumer_settings(&cfg);
         assert_eq!(kip848.get("group.protocol"), Some("consumer"));
         assert_eq!(kip848.get("session.timeout.ms"), None, "librdkafka refuses it with the consumer protocol");
+        assert_eq!(kip848.get("heartbeat.interval.ms"), None, "the broker sets it with the consumer protocol");
         assert_eq!(kip848.get("group.instance.id"), None);
         cfg.static_membership = true;
         assert_eq!(consumer_settings(&cfg).get("group.instance.id"), Some("pod-0"));

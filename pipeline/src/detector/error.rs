@@ -29,6 +29,8 @@ pub enum DetectorError {
     InitTransactions { transactional_id: String, cause: KafkaError },
     #[error("this worker was fenced: another producer took over transactional.id {transactional_id} ({reason}). It stops, so that two workers do not abort each other's transactions. Two workers started with the same --instance-id (detector.instance_id) fence each other: give each its own. A worker frozen past detector.transaction_timeout_ms is fenced too: restart it.")]
     Fenced { transactional_id: String, reason: String },
+    #[error("static member {instance} was fenced {times} times within 5 minutes (FencedInstanceId: another consumer joined the group with the same group.instance.id; last: {cause}). Another worker is most likely running with the same --instance-id (detector.instance_id): give each worker its own")]
+    InstanceFenced { instance: String, times: u64, cause: KafkaError },
     #[error("cannot read the group's committed offsets after recreating the producer: {0}")]
     CommittedOffsets(KafkaError),
     #[error("Kafka consumer failed: {0}")]

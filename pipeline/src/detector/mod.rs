@@ -22,6 +22,11 @@
 //! deadline, and the time left aborts a transaction it may have left open (best effort),
 //! so that `read_committed` readers need not wait for `transaction.timeout.ms`.
 //!
+//! A static member fenced by the broker (`FencedInstanceId`: librdkafka makes the consumer
+//! unusable, also after the member's own rejoin following a session timeout) rejoins with
+//! a new consumer; a fourth fence within 5 minutes means another worker runs under the
+//! same instance id, and the worker stops with [`DetectorError::InstanceFenced`].
+//!
 //! A failing model backend (see `judge`) is not bad input: nothing is committed, the
 //! worker is not ready ([`Readiness`]) and retries, and stops after
 //! `detector.backend_failure_limit_ms`.
@@ -57,7 +62,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::{Delivery, DetectorConfig, GroupProtocol};
 pub use error::DetectorError;
@@ -91,6 +96,8 @@ pub struct DetectorSummary {
     pub dropped_on_rebalance: u64,
     /// Rebalance events seen.
     pub rebalances: u64,
+    /// New consumers created after the static member was fenced (`FencedInstanceId`).
+    pub rejoins: u64,
 }
 
 /// Runs a detector worker with a started model thread until `shutdown`, then commits the
@@ -139,11 +146,7 @@ pub async fn run_with_readiness(
         .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
         .set("client.id", format!("vigil-detect-{instance}"));
     cfg.apply_group_protocol(&mut consumer_cfg, &instance);
-    let consumer: StreamConsumer<DetectorContext> = consumer_cfg
-        .create_with_context(DetectorContext::new(&topics.images.name))
-        .map_err(|cause| DetectorError::Client { role: "consumer", cause })?;
-    let committer = Committer::create(settings, &transactional_id, shutdown.clone()).await?;
-    consumer.subscribe(&[&topics.images.name]).map_err(DetectorError::Consumer)?;
+    let mut committer = Committer::create(settings, &transactional_id, shutdown.clone()).await?;
     info!(
         group = %cfg.group_id,
         instance = %instance,
@@ -157,30 +160,56 @@ pub async fn run_with_readiness(
         "detector started"
     );
 
-    let dest = Destinations::new(settings).await;
-    let summary = DetectorSummary {
-        instance_id: if cfg.delivery == Delivery::ExactlyOnce { transactional_id } else { instance },
+    let mut dest = Destinations::new(settings).await;
+    let mut summary = DetectorSummary {
+        instance_id: if cfg.delivery == Delivery::ExactlyOnce { transactional_id } else { instance.clone() },
         delivery: cfg.delivery.to_string(),
         ..DetectorSummary::default()
     };
     let deadline = StopDeadline::start(&shutdown, cfg.shutdown_timeout());
-    let mut batch_loop = BatchLoop::new(cfg, &consumer, committer, &model, dest, summary, readiness.clone());
-    let result = tokio::select! {
-        result = batch_loop.run(&shutdown) => result,
-        () = deadline.expired.cancelled() => {
-            warn!(timeout_ms = cfg.shutdown_timeout_ms, "shutdown timed out with a batch in flight; leaving it uncommitted");
-            Err(DetectorError::ShutdownTimeout {
-                timeout_ms: cfg.shutdown_timeout_ms,
-                waiting_for: "finishing the batch in flight",
-            })
+    let mut rejoins = Rejoins::default();
+    let (result, consumer) = loop {
+        let consumer: StreamConsumer<DetectorContext> = consumer_cfg
+            .create_with_context(DetectorContext::new(&topics.images.name))
+            .map_err(|cause| DetectorError::Client { role: "consumer", cause })?;
+        consumer.subscribe(&[&topics.images.name]).map_err(DetectorError::Consumer)?;
+        let mut batch_loop = BatchLoop::new(cfg, &consumer, committer, &model, dest, summary, readiness.clone());
+        let result = tokio::select! {
+            result = batch_loop.run(&shutdown) => result,
+            () = deadline.expired.cancelled() => {
+                warn!(timeout_ms = cfg.shutdown_timeout_ms, "shutdown timed out with a batch in flight; leaving it uncommitted");
+                Err(DetectorError::ShutdownTimeout {
+                    timeout_ms: cfg.shutdown_timeout_ms,
+                    waiting_for: "finishing the batch in flight",
+                })
+            }
+        };
+        readiness.set_not_ready("stopping");
+        if matches!(result, Err(DetectorError::ShutdownTimeout { .. })) {
+            batch_loop.committer.abort_left_open(deadline.at()).await;
         }
+        BatchLoop { committer, dest, summary, .. } = batch_loop;
+        summary.rebalances += consumer.context().rebalances();
+        let Some(cause) = instance_fenced(cfg, &consumer, &result) else {
+            break (result, consumer);
+        };
+        if shutdown.is_cancelled() {
+            break (result, consumer);
+        }
+        if !rejoins.allow(std::time::Instant::now()) {
+            let times = REJOIN_LIMIT + 1;
+            error!(%instance, times, "static member fenced again and again; stopping");
+            break (Err(DetectorError::InstanceFenced { instance: instance.clone(), times, cause }), consumer);
+        }
+        // librdkafka makes a fenced static member's consumer unusable (a fatal error), also
+        // when what fenced it was its own rejoin after a session timeout (librdkafka #3437).
+        // Nothing of the loop's batch is committed: a new consumer joins under the same
+        // group.instance.id, takes the membership back and reads from the committed offsets.
+        warn!(%instance, error = %cause, "static member fenced (FencedInstanceId); rejoining the group with a new consumer");
+        summary.rejoins += 1;
+        readiness.set_not_ready("rejoining the consumer group");
+        drop_until(consumer, Instant::now() + REJOIN_CLOSE_TIMEOUT).await;
     };
-    readiness.set_not_ready("stopping");
-    if matches!(result, Err(DetectorError::ShutdownTimeout { .. })) {
-        batch_loop.committer.abort_left_open(deadline.at()).await;
-    }
-    let BatchLoop { mut summary, committer, .. } = batch_loop;
-    summary.rebalances = consumer.context().rebalances();
     // Leave the group now (revocation runs in the close), then let the producer and the
     // model go; each on a thread of its own, waited for until the deadline only (closing
     // a consumer whose broker is gone blocks).
@@ -207,9 +236,50 @@ pub async fn run_with_readiness(
         aborts = summary.aborts,
         producer_restarts = summary.producer_restarts,
         dropped_on_rebalance = summary.dropped_on_rebalance,
+        rejoins = summary.rejoins,
         "detector stopped"
     );
     result.map(|()| summary)
+}
+
+/// Rejoins after `FencedInstanceId` allowed within [`REJOIN_WINDOW`]; one more stops the
+/// worker. A member fenced by its own rejoin needs one; two workers running with the same
+/// instance id would fence each other without end.
+const REJOIN_LIMIT: u64 = 3;
+const REJOIN_WINDOW: Duration = Duration::from_secs(300);
+/// Longest wait for a fenced consumer to close before the new one joins.
+const REJOIN_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Recent rejoins, to tell a one-off fence from two workers sharing an instance id.
+#[derive(Debug, Default)]
+struct Rejoins(std::collections::VecDeque<std::time::Instant>);
+
+impl Rejoins {
+    /// Whether one more rejoin at `now` stays within [`REJOIN_LIMIT`] per [`REJOIN_WINDOW`].
+    fn allow(&mut self, now: std::time::Instant) -> bool {
+        while self.0.front().is_some_and(|t| now.duration_since(*t) >= REJOIN_WINDOW) {
+            self.0.pop_front();
+        }
+        if self.0.len() as u64 >= REJOIN_LIMIT {
+            return false;
+        }
+        self.0.push_back(now);
+        true
+    }
+}
+
+/// The consumer's error when the loop stopped because this static member was fenced
+/// (`FencedInstanceId`, which librdkafka raises as a fatal consumer error).
+fn instance_fenced(
+    cfg: &DetectorConfig,
+    consumer: &StreamConsumer<DetectorContext>,
+    result: &Result<(), DetectorError>,
+) -> Option<rdkafka::error::KafkaError> {
+    use rdkafka::types::RDKafkaErrorCode::FencedInstanceId;
+    let Err(DetectorError::Consumer(e)) = result else { return None };
+    let fenced = e.rdkafka_error_code() == Some(FencedInstanceId)
+        || consumer.client().fatal_error().is_some_and(|(code, _)| code == FencedInstanceId);
+    (cfg.static_membership && fenced).then(|| e.clone())
 }
 
 /// Time kept from `detector.shutdown_timeout_ms` to abort a transaction the loop left open.
@@ -270,5 +340,23 @@ async fn drop_until<T: Send + 'static>(value: T, deadline: Instant) -> bool {
             warn!(error = %e, "cannot start a thread to close a Kafka client; not waiting for it");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejoins_are_limited_per_window() {
+        let mut rejoins = Rejoins::default();
+        let t0 = std::time::Instant::now();
+        for i in 0..REJOIN_LIMIT {
+            assert!(rejoins.allow(t0 + Duration::from_secs(i)), "rejoin {i} is allowed");
+        }
+        assert!(!rejoins.allow(t0 + Duration::from_secs(60)), "one more within the window stops the worker");
+        // Once the first has left the window, one more fits.
+        assert!(rejoins.allow(t0 + REJOIN_WINDOW));
+        assert!(!rejoins.allow(t0 + REJOIN_WINDOW), "the next two are still within it");
     }
 }

@@ -43,7 +43,18 @@ pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeo
         // the broker the leader asks (brokers learn of new topics asynchronously): the group
         // then assigns nothing for it until the next refresh, 5 minutes by default.
         .set("topic.metadata.refresh.interval.ms", "5000");
+    if kafka.client.get("heartbeat.interval.ms").is_none() {
+        config.set("heartbeat.interval.ms", heartbeat_interval_ms(session_timeout_ms).to_string());
+    }
     config
+}
+
+/// A third of the session timeout, at most librdkafka's default 3 s. The default alone
+/// equals a 3 s session, where one late heartbeat evicts the member (seen as a static
+/// member fenced by its own rejoin under load); and members learn that a rebalance began
+/// (a worker left on SIGTERM) only at their next heartbeat, so it bounds that failover too.
+pub(crate) fn heartbeat_interval_ms(session_timeout_ms: u64) -> u64 {
+    (session_timeout_ms / 3).clamp(100, 3_000)
 }
 
 /// A consumer outside any group's offset management (manual `assign`, reads watermarks
@@ -76,5 +87,20 @@ mod tests {
         let c = consumer_config(&kafka, "g", 6000);
         assert_eq!(c.get("isolation.level"), Some("read_committed"));
         assert_eq!(c.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn heartbeats_come_three_times_per_session() {
+        let kafka = KafkaConfig::default();
+        assert_eq!(consumer_config(&kafka, "g", 3_000).get("heartbeat.interval.ms"), Some("1000"));
+        assert_eq!(consumer_config(&kafka, "g", 6_000).get("heartbeat.interval.ms"), Some("2000"));
+        assert_eq!(consumer_config(&kafka, "g", 45_000).get("heartbeat.interval.ms"), Some("3000"));
+        let mut kafka = KafkaConfig::default();
+        kafka.client.insert("heartbeat.interval.ms".into(), "500".into());
+        assert_eq!(
+            consumer_config(&kafka, "g", 3_000).get("heartbeat.interval.ms"),
+            Some("500"),
+            "an explicit one wins"
+        );
     }
 }
