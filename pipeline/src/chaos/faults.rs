@@ -16,6 +16,8 @@ use super::{ChaosError, Run, Scenario, SESSION_TIMEOUT_MS, STOP_TIMEOUT};
 
 /// How long a restarted or joining detector may take to own partitions.
 const OWN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for a kill or SIGTERM to be recovered from before the next one.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long to wait for a batch in flight before injecting anyway.
 const FLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an armed process may take to reach its failpoint.
@@ -29,6 +31,8 @@ pub(crate) struct Fault {
     pub kind: &'static str,
     pub at_ms: u64,
     pub effective: bool,
+    /// The partitions the faulted detector owned (empty: not a detector's fault).
+    pub partitions: Vec<i32>,
 }
 
 /// Runs the scenario's faults; returns when they are done (the stream then ends).
@@ -76,13 +80,14 @@ fn detector_kill(run: &mut Run<'_>) -> Result<(), ChaosError> {
         (0..run.slots.len()).filter(|i| fleet::owns_partitions(&run.fleet.log(run.slots[*i].proc))).collect();
     let i = if owners.is_empty() { random_below(run.slots.len()) } else { owners[random_below(owners.len())] };
     let victim = run.slots[i].proc;
-    let owned = fleet::owns_partitions(&run.fleet.log(victim));
+    let partitions = fleet::owned_partitions(&run.fleet.log(victim));
     let at = run.now_ms();
     run.fleet.kill9(victim);
     let back = run.restart_slot(i, &[])?;
     let recovered = run.wait_owns(back, OWN_TIMEOUT);
-    run.fault("detector-kill9", at, busy && owned && recovered);
-    Ok(())
+    let effective = busy && !partitions.is_empty() && recovered;
+    run.detector_fault("detector-kill9", at, effective, partitions);
+    run.settle(at, SETTLE_TIMEOUT)
 }
 
 /// SIGTERM of every detector in turn (it commits its batch and leaves), restarted.
@@ -101,7 +106,7 @@ fn rolling(run: &mut Run<'_>) -> Result<(), ChaosError> {
                 run.revive()?;
                 continue;
             }
-            let owned = fleet::owns_partitions(&run.fleet.log(victim));
+            let partitions = fleet::owned_partitions(&run.fleet.log(victim));
             let at = run.now_ms();
             let status = run.fleet.terminate(victim, STOP_TIMEOUT);
             if !status.is_some_and(|s| s.success()) {
@@ -111,7 +116,9 @@ fn rolling(run: &mut Run<'_>) -> Result<(), ChaosError> {
             }
             let back = run.restart_slot(i, &[])?;
             let recovered = run.wait_owns(back, OWN_TIMEOUT);
-            run.fault("sigterm", at, busy && owned && recovered);
+            let effective = busy && !partitions.is_empty() && recovered;
+            run.detector_fault("sigterm", at, effective, partitions);
+            run.settle(at, SETTLE_TIMEOUT)?;
         }
     }
     Ok(())
@@ -268,6 +275,7 @@ fn sink_kills(run: &mut Run<'_>) -> Result<(), ChaosError> {
             None => run.restart_sink(&[])?,
         };
         run.fault(if point.is_some() { "sink-failpoint-kill9" } else { "sink-kill9" }, at, effective);
+        run.settle(at, SETTLE_TIMEOUT)?;
     }
     Ok(())
 }

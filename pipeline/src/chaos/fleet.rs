@@ -208,6 +208,29 @@ pub(crate) fn owns_partitions(log: &str) -> bool {
         .is_some_and(|l| l.contains("partitions assigned") && !l.contains("partitions=[]"))
 }
 
+/// The partitions a detector owns by its log: assignments add, revocations remove (the
+/// cooperative protocols log increments; eager rebalances revoke everything first).
+pub(crate) fn owned_partitions(log: &str) -> Vec<i32> {
+    let mut owned = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let assigned = line.contains("partitions assigned");
+        if !assigned && !line.contains("partitions revoked") {
+            continue;
+        }
+        let Some(list) = line.split("partitions=[").nth(1).and_then(|rest| rest.split(']').next()) else {
+            continue;
+        };
+        for p in list.split(',').filter_map(|p| p.trim().parse::<i32>().ok()) {
+            if assigned {
+                owned.insert(p);
+            } else {
+                owned.remove(&p);
+            }
+        }
+    }
+    owned.into_iter().collect()
+}
+
 /// Assignment lines in a log (each a rebalance this member took part in).
 pub(crate) fn assignments(log: &str) -> usize {
     log.lines().filter(|l| l.contains("partitions assigned")).count()
@@ -216,6 +239,15 @@ pub(crate) fn assignments(log: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_partitions_follow_assignments_and_revocations() {
+        let log = "x partitions assigned topic=t partitions=[0, 1, 2]\n\
+                   x partitions revoked topic=t partitions=[1] lost=false\n\
+                   x partitions assigned topic=t partitions=[5]\n";
+        assert_eq!(owned_partitions(log), [0, 2, 5]);
+        assert_eq!(owned_partitions("x partitions revoked topic=t partitions=[0, 2, 5] lost=true"), Vec::<i32>::new());
+    }
 
     #[test]
     fn ownership_follows_the_last_assignment_line() {

@@ -21,7 +21,13 @@
 //!   what had been sent at the fault: a row from work begun before the fault is not
 //!   recovery), and every partition sent input only after the fault has stored a row for
 //!   an offset sent after it;
-//!   reported per fault kind and overall as median and 95th percentile (nearest rank);
+//!   reported per fault kind and overall as median and 95th percentile (nearest rank).
+//!   Faults of one kind come one at a time: the next is injected once this one is
+//!   recovered from (at most 90 s later), so that no MTTR is the sum of overlapping outages;
+//! - *time to the first result* of a detector's fault (kill -9, SIGTERM): until each
+//!   partition that detector owned (its log) has a row stored for a frame inferred after the
+//!   fault (the rows' `processed_at_us`): the partitions are served again. MTTR adds the
+//!   time to work off the backlog the outage built up, which grows with the load;
 //! - *max stall*: the longest time any partition had input waiting with no new row;
 //! - *effective fault*: one that took hold: the killed or stopped detector owned
 //!   partitions (its log) and its partitions were taken over or it came back; the armed
@@ -93,6 +99,11 @@ pub struct ChaosConfig {
     pub scenarios: Vec<Scenario>,
     /// Every scenario small (CI).
     pub quick: bool,
+    /// Frames per scenario instead of the size's (at least; more while faults go on).
+    pub frames: Option<u64>,
+    /// Faults, rounds or cycles per scenario instead of the size's: e.g. 20 kill -9 in a
+    /// short run, to measure MTTR under one setting without the full run's frames.
+    pub faults: Option<u32>,
     /// Frames per second; `None`: 70% of the capacity the baseline measures.
     pub rate: Option<f64>,
     /// Detector processes per scenario (the storm starts with one).
@@ -182,6 +193,9 @@ impl ChaosConfig {
                 return usage("--rate must be a positive number of frames per second");
             }
         }
+        if self.frames == Some(0) || self.faults == Some(0) {
+            return usage("--frames and --faults must be at least 1");
+        }
         if !(1..=8).contains(&self.detectors) {
             return usage("--detectors must be 1..=8");
         }
@@ -194,6 +208,12 @@ impl ChaosConfig {
             return Err(ChaosError::Usage(format!("--set {key:?}: expected KEY=VALUE with a dotted key")));
         }
         Ok(())
+    }
+
+    /// A scenario's size: `--quick` or full, with `--frames` and `--faults` applied.
+    pub(crate) fn size(&self, scenario: Scenario) -> Size {
+        let size = scenario.size(self.quick);
+        Size { frames: self.frames.unwrap_or(size.frames), rounds: self.faults.unwrap_or(size.rounds), ..size }
     }
 
     /// The scenarios to run, in order; the baseline first whenever the rate must be measured.
@@ -447,12 +467,30 @@ impl Run<'_> {
         self.fleet.wait_for_log(id, fleet::owns_partitions, timeout, &stop)
     }
 
+    /// Waits (up to `timeout`) until what was waiting at the fault at `at_ms` is stored, so
+    /// that the next fault's MTTR is its own and not the sum of overlapping outages.
+    pub(crate) fn settle(&mut self, at_ms: u64, timeout: Duration) -> Result<(), ChaosError> {
+        let deadline = Instant::now() + timeout;
+        while !self.sampler.recovered(at_ms) {
+            if Instant::now() >= deadline {
+                self.notes.push(format!(
+                    "the fault at {:.1} s was not recovered from within {} s; the next one overlaps it",
+                    at_ms as f64 / 1000.0,
+                    timeout.as_secs()
+                ));
+                return Ok(());
+            }
+            self.pause(Duration::from_millis(100))?;
+        }
+        Ok(())
+    }
+
     /// Records a fault.
     pub(crate) fn fault(&mut self, kind: &'static str, at_ms: u64, effective: bool) {
         if !effective {
             self.notes.push(format!("a {kind} at {:.1} s had no effect", at_ms as f64 / 1000.0));
         }
-        self.faults.push(Fault { kind, at_ms, effective });
+        self.faults.push(Fault { kind, at_ms, effective, partitions: Vec::new() });
         eprintln!(
             "chaos: {}: {kind} at {:.1} s{} ({} rows, {} frames sent)",
             self.scenario,
@@ -461,6 +499,15 @@ impl Run<'_> {
             self.sampler.rows(),
             self.sent.load(std::sync::atomic::Ordering::Relaxed)
         );
+    }
+
+    /// Records a fault of detector `victim`, with the partitions it owned (for the time to
+    /// the first result, see the module docs).
+    pub(crate) fn detector_fault(&mut self, kind: &'static str, at_ms: u64, effective: bool, partitions: Vec<i32>) {
+        self.fault(kind, at_ms, effective);
+        if let Some(last) = self.faults.last_mut() {
+            last.partitions = partitions;
+        }
     }
 
     /// Assignment lines in every detector log (each a rebalance a member took part in).
@@ -523,7 +570,9 @@ fn scenario_env(env: &Env<'_>, scenario: Scenario, db_url: &str) -> (Vec<(String
 /// The scenario's database URL (a PostgreSQL schema is created for it).
 fn scenario_database(env: &Env<'_>, scenario: Scenario, dir: &Path) -> Result<String, ChaosError> {
     let Some(url) = &env.config.database else {
-        return Ok(format!("sqlite://{}", dir.join("vigil.sqlite").display()));
+        // Named by the run: a --work-dir used before holds an earlier run's database, whose
+        // rows would count as this run's.
+        return Ok(format!("sqlite://{}", dir.join(format!("vigil-{}.sqlite", env.run_id)).display()));
     };
     if url.starts_with("sqlite://") {
         // One file per scenario next to the one named, so each audit sees its own rows.
@@ -572,7 +621,7 @@ fn run_scenario(
             runtime.block_on(crate::kafka::ensure_topics(&kafka, &kafka.topics.all()))?;
         }
     }
-    let size = scenario.size(env.config.quick);
+    let size = env.config.size(scenario);
     eprintln!("chaos: {scenario}: starting (logs in {})", dir.display());
     let mut fleet = Fleet::new(&env.config.vigil_bin, &dir, vars);
     let sink = fleet.spawn("sink", &["sink"], &[])?;
@@ -702,6 +751,18 @@ fn run_scenario(
         overall.push(ms);
     }
     report.mttr = by_kind.iter().map(|(k, v)| (k.clone(), MttrStats::of(v))).collect();
+    let wall_start_us = wall_clock_us() - run.started.elapsed().as_micros() as i64;
+    let mut probe = progress::DbProbe::new(&run.db_url);
+    let first: Vec<Option<u64>> = run
+        .faults
+        .iter()
+        .filter(|f| f.effective && !f.partitions.is_empty())
+        .map(|f| progress::first_result_ms(&mut probe, wall_start_us + f.at_ms as i64 * 1000, &f.partitions))
+        .collect();
+    if !first.is_empty() {
+        let stats = MttrStats::of(&first);
+        (report.first_result_ms_p50, report.first_result_ms_p95) = (stats.p50_ms, stats.p95_ms);
+    }
     let stats = MttrStats::of(&overall);
     (report.mttr_ms_p50, report.mttr_ms_p95) = (stats.p50_ms, stats.p95_ms);
     report.max_stall_ms = progress::max_stall_ms(&samples);
@@ -756,6 +817,11 @@ fn drain(run: &mut Run<'_>, good: u64, budget: Duration) -> Result<Option<String
 
 /// Whether a detector's log says it stopped because it was fenced (the detector's
 /// `Fenced` error, or its batch loop's line).
+/// Microseconds since the Unix epoch (the clock of the rows' `processed_at_us`).
+fn wall_clock_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
 pub(crate) fn was_fenced(log: &str) -> bool {
     log.contains("this worker was fenced") || log.contains("fenced by another producer")
 }
@@ -836,6 +902,8 @@ mod tests {
             database: None,
             scenarios: Vec::new(),
             quick: true,
+            frames: None,
+            faults: None,
             rate: None,
             detectors: 2,
             kafka_script: None,
@@ -856,6 +924,8 @@ mod tests {
             ChaosConfig { rate: Some(0.0), ..config() },
             ChaosConfig { rate: Some(f64::NAN), ..config() },
             ChaosConfig { detectors: 0, ..config() },
+            ChaosConfig { frames: Some(0), ..config() },
+            ChaosConfig { faults: Some(0), ..config() },
             ChaosConfig { database: Some("mysql://x".into()), ..config() },
             ChaosConfig { sets: vec![("".into(), "1".into())], ..config() },
         ];
@@ -891,6 +961,14 @@ mod tests {
         assert_eq!(exit_text(status(1 << 8)), "exit code 1");
         assert_eq!(exit_text(status(9)), "killed by signal 9");
         assert_eq!(exit_text(None), "status unknown");
+    }
+
+    #[test]
+    fn frames_and_faults_override_the_size() {
+        let c = ChaosConfig { frames: Some(50), faults: Some(20), ..config() };
+        let quick = Scenario::DetectorKill.size(true);
+        assert_eq!(c.size(Scenario::DetectorKill), Size { frames: 50, rounds: 20, ..quick });
+        assert_eq!(config().size(Scenario::DetectorKill), quick);
     }
 
     #[test]

@@ -57,6 +57,19 @@ pub(crate) fn recovery_ms(samples: &[Sample], fault_ms: u64) -> Option<u64> {
     Some(worst)
 }
 
+/// Time from a detector fault at `fault_us` (wall clock) until each partition it owned has
+/// a stored row for a frame inferred after the fault: the partitions are served again.
+/// `None` when one never was. Shorter than [`recovery_ms`], which also waits for the
+/// backlog the outage built up to drain.
+pub(crate) fn first_result_ms(probe: &mut DbProbe, fault_us: i64, partitions: &[i32]) -> Option<u64> {
+    let mut worst = 0;
+    for p in partitions {
+        let stored = probe.first_stored_after(*p, fault_us)?;
+        worst = worst.max(u64::try_from(stored - fault_us).unwrap_or(0) / 1000);
+    }
+    Some(worst)
+}
+
 /// The longest time any partition had input waiting while storing no new row.
 pub(crate) fn max_stall_ms(samples: &[Sample]) -> u64 {
     let Some(first) = samples.first() else { return 0 };
@@ -123,6 +136,23 @@ impl DbProbe {
                 Vec::new()
             }
         }
+    }
+
+    /// When partition `partition` had its first row stored for a frame inferred after
+    /// `after_us` (wall clock, microseconds); `None` when it has none (or on an error).
+    pub(crate) fn first_stored_after(&mut self, partition: i32, after_us: i64) -> Option<i64> {
+        const SQL: &str = "SELECT CAST(MIN(stored_at_us) AS BIGINT) FROM detections \
+                           WHERE CAST(source_partition AS BIGINT) = $1 AND processed_at_us > $2";
+        let partition = i64::from(partition);
+        if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+            return conn.query_row(SQL, rusqlite::params![partition, after_us], |r| r.get(0)).ok().flatten();
+        }
+        if self.pg.is_none() {
+            self.pg = postgres::Client::connect(&self.url, postgres::NoTls).ok();
+        }
+        let row = self.pg.as_mut()?.query_one(SQL, &[&partition, &after_us]).ok()?;
+        row.get(0)
     }
 
     /// Total rows.
@@ -198,6 +228,11 @@ impl Sampler {
             .ok()
             .and_then(|s| s.last().map(|s| (0..s.sent.len()).any(|p| s.waiting(p))))
             .unwrap_or(false)
+    }
+
+    /// Whether every partition has recovered from a fault at `fault_ms` (see [`recovery_ms`]).
+    pub(crate) fn recovered(&self, fault_ms: u64) -> bool {
+        self.samples.lock().is_ok_and(|s| recovery_ms(&s, fault_ms).is_some())
     }
 
     /// Stops the thread and returns every sample.

@@ -115,6 +115,12 @@ pub struct ScenarioReport {
     pub mttr_ms_p95: Option<u64>,
     /// Per fault kind (`detector-kill9`, `sigterm`, `broker-kill9`, …).
     pub mttr: BTreeMap<String, MttrStats>,
+    /// Detector faults only: time until each partition the detector owned has a stored
+    /// result for a frame inferred after the fault (see the module docs of `chaos`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_result_ms_p50: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_result_ms_p95: Option<u64>,
     pub max_stall_ms: u64,
     /// Largest RSS growth of a process after its warm-up, percent (soak only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +164,13 @@ impl ScenarioReport {
             self.max_stall_ms,
             self.seconds,
         );
+        if self.first_result_ms_p50.is_some() {
+            line.push_str(&format!(
+                " first_result_ms_p50={} first_result_ms_p95={}",
+                ms(self.first_result_ms_p50),
+                ms(self.first_result_ms_p95)
+            ));
+        }
         if let Some(growth) = self.rss_growth_pct {
             line.push_str(&format!(" rss_growth_pct={growth:.1}"));
         }

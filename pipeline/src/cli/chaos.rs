@@ -34,7 +34,9 @@ use super::{EXIT_OK, EXIT_RUNTIME};
         duplicates, topic_duplicates, faults_injected (effective faults only: injected while frames were in flight, \
         and showing what that fault causes), aborted_txns, fenced, crashes (detectors that exited without being \
         fenced, or did not stop cleanly on SIGTERM: any fails the scenario), mttr_ms_p50, mttr_ms_p95 (fault -> \
-        what was waiting at the fault is stored in every partition), max_stall_ms, seconds, verdict. A scenario \
+        what was waiting at the fault is stored in every partition), first_result_ms_p50/p95 (a detector's kill or \
+        SIGTERM -> each partition it owned has a stored result for a frame inferred after the fault), max_stall_ms, \
+        seconds, verdict. A scenario \
         whose faults had no effect fails with `no effect`. Progress goes to stderr. Exit status 0 only when every \
         scenario that ran is exact; scenarios that cannot run here are reported as skipped, with the reason.",
     after_help = "Examples:\n  \
@@ -51,6 +53,14 @@ pub(crate) struct ChaosArgs {
     /// Every scenario small enough for CI (120 frames each, a 60 s soak: ~8 minutes in all on 2 cores, ~10 on a cluster).
     #[arg(long)]
     quick: bool,
+    /// Frames per scenario instead of the --quick or full size (at least: more are sent while
+    /// faults are still being injected).
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// Faults (kills, rounds, cycles) per scenario instead of the --quick or full size, e.g.
+    /// `--scenario detector-kill --frames 200 --faults 20` for 20 kill -9 under one setting.
+    #[arg(long, value_name = "N")]
+    faults: Option<u32>,
     /// One JSON object per scenario instead of a line.
     #[arg(long)]
     json: bool,
@@ -75,7 +85,7 @@ pub(crate) struct ChaosArgs {
     #[arg(long, value_name = "CMD")]
     db_restart_command: Option<String>,
     /// A setting for the started detectors and sinks, KEY=VALUE (repeatable), e.g.
-    /// detector.static_membership=true or kafka.client.session.timeout.ms=10000.
+    /// detector.static_membership=true or detector.session_timeout_ms=3000.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
     sets: Vec<(String, String)>,
     /// Where logs and databases go (a directory per scenario); default: a fresh temporary directory.
@@ -123,6 +133,8 @@ impl ChaosArgs {
             database: self.database.clone(),
             scenarios: self.scenarios.clone(),
             quick: self.quick,
+            frames: self.frames,
+            faults: self.faults,
             rate: self.rate,
             detectors: self.detectors,
             kafka_script: self.kafka_script.clone(),
