@@ -43,7 +43,7 @@ pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeo
         // the broker the leader asks (brokers learn of new topics asynchronously): the group
         // then assigns nothing for it until the next refresh, 5 minutes by default.
         .set("topic.metadata.refresh.interval.ms", "5000");
-    if kafka.client.get("heartbeat.interval.ms").is_none() {
+    if !kafka.client.contains_key("heartbeat.interval.ms") {
         config.set("heartbeat.interval.ms", heartbeat_interval_ms(session_timeout_ms).to_string());
     }
     config
