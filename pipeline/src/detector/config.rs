@@ -78,7 +78,10 @@ pub struct DetectorConfig {
     /// also how long the broker keeps a dead worker's open transaction, which holds back
     /// the partitions' next owner and every read_committed reader (the sink).
     pub transaction_timeout_ms: u64,
-    /// Kafka `session.timeout.ms` of the consumer: how soon a dead worker's partitions move.
+    /// Kafka `session.timeout.ms` of the consumer: how soon a dead worker's partitions move
+    /// (the bound on failover after a kill -9, docs/reliability.md). The default is the
+    /// lowest a stock broker accepts (`group.min.session.timeout.ms`, 6 s); 3 s halves the
+    /// failover again where the brokers allow it. Heartbeats go every third of it.
     pub session_timeout_ms: u64,
     /// Kafka `max.poll.interval.ms`: longest gap between polls before the worker is evicted.
     pub max_poll_interval_ms: u64,
@@ -117,7 +120,7 @@ impl Default for DetectorConfig {
             max_batch: 8,
             max_wait_ms: 50,
             transaction_timeout_ms: 10_000,
-            session_timeout_ms: 10_000,
+            session_timeout_ms: 6_000,
             max_poll_interval_ms: 300_000,
             backend_failure_limit_ms: 60_000,
             shutdown_timeout_ms: 10_000,

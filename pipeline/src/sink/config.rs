@@ -16,7 +16,8 @@ pub struct SinkConfig {
     pub max_batch: usize,
     /// Longest wait for a batch to fill after its first result arrived, milliseconds.
     pub max_wait_ms: u64,
-    /// Kafka `session.timeout.ms` of the consumer.
+    /// Kafka `session.timeout.ms` of the consumer (default: 6 s, the lowest a stock broker
+    /// accepts; see `detector.session_timeout_ms`).
     pub session_timeout_ms: u64,
     /// How long the sink keeps retrying an unavailable database (reconnecting with
     /// backoff) before it stops with an error, milliseconds: long enough for a database
@@ -31,7 +32,7 @@ impl Default for SinkConfig {
             group_id: "vigil-sink".into(),
             max_batch: 500,
             max_wait_ms: 200,
-            session_timeout_ms: 10_000,
+            session_timeout_ms: 6_000,
             db_outage_limit_ms: 240_000,
         }
     }
