@@ -815,13 +815,13 @@ fn drain(run: &mut Run<'_>, good: u64, budget: Duration) -> Result<Option<String
     }
 }
 
-/// Whether a detector's log says it stopped because it was fenced (the detector's
-/// `Fenced` error, or its batch loop's line).
 /// Microseconds since the Unix epoch (the clock of the rows' `processed_at_us`).
 fn wall_clock_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
+/// Whether a detector's log says it stopped because it was fenced (the detector's
+/// `Fenced` error, or its batch loop's line).
 pub(crate) fn was_fenced(log: &str) -> bool {
     log.contains("this worker was fenced") || log.contains("fenced by another producer")
 }
