@@ -168,6 +168,20 @@ mod tests {
     use crate::detector::Delivery;
     use crate::model::Backend;
 
+    /// The Kubernetes configuration (`ops/vigil.toml`) loads through the real loader.
+    #[test]
+    fn the_kubernetes_config_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/vigil.toml");
+        let settings = no_env().file(&path).load().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(settings.telemetry.http_addr.as_deref(), Some("0.0.0.0:9464"));
+    }
+
+    #[test]
+    fn an_http_addr_must_be_host_and_port() {
+        let err = no_env().set("telemetry.http_addr", "localhost").load().unwrap_err().to_string();
+        assert!(err.contains("telemetry.http_addr") && err.contains("HOST:PORT"), "{err}");
+    }
+
     fn no_env() -> SettingsLoader {
         Settings::loader().env(HashMap::new())
     }

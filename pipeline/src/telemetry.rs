@@ -30,11 +30,19 @@ pub struct TelemetryConfig {
     /// Reserved for the OTLP trace exporter, which is not implemented yet: setting it is
     /// rejected at start-up rather than silently ignored.
     pub otlp_endpoint: Option<String>,
+    /// Address (`HOST:PORT`) of the HTTP port serving `/healthz`, `/readyz` and
+    /// `/metrics` in `vigil detect` and `vigil sink` (e.g. `127.0.0.1:9464`, or
+    /// `0.0.0.0:9464` in a container); unset: no port.
+    pub http_addr: Option<String>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_filter: "info,opentelemetry=warn,opentelemetry_sdk=warn".into(), otlp_endpoint: None }
+        Self {
+            log_filter: "info,opentelemetry=warn,opentelemetry_sdk=warn".into(),
+            otlp_endpoint: None,
+            http_addr: None,
+        }
     }
 }
 
@@ -43,6 +51,14 @@ impl TelemetryConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Err(e) = EnvFilter::try_new(&self.log_filter) {
             return Err(("telemetry.log_filter", format!("{:?}: {e}", self.log_filter)));
+        }
+        if let Some(addr) = &self.http_addr {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err((
+                    "telemetry.http_addr",
+                    format!("{addr:?}: expected HOST:PORT with an IP address, e.g. 127.0.0.1:9464"),
+                ));
+            }
         }
         if let Some(endpoint) = &self.otlp_endpoint {
             return Err((

@@ -16,6 +16,7 @@
 //! checks apply too ([`Pipeline::exactly_once_topics`]).
 
 pub mod cluster;
+pub mod http;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

@@ -58,6 +58,7 @@ classified!(
     vigil::verify::VerifyError,
     vigil::kafka::KafkaPlumbingError,
     vigil::chaos::ChaosError,
+    vigil::http::HttpError,
 );
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 use vigil::detector::ModelThread;
+use vigil::health::Health;
+use vigil::metrics::MetricsGuard;
 use vigil::producer::ProduceRequest;
 use vigil::settings::Settings;
 use vigil::up::{UpBroker, UpOptions};
@@ -109,12 +111,15 @@ pub(crate) async fn produce(
         SIGTERM or Ctrl-C finishes and commits the current batch, then leaves the group, within \
         detector.shutdown_timeout_ms (else exit 1: a broker that is gone). A model backend that keeps failing \
         (a lost GPU) commits nothing and exits 1 after detector.backend_failure_limit_ms. On exit it prints \
-        one `summary: {json}` line on stdout.",
+        one `summary: {json}` line on stdout.\n\n\
+        With telemetry.http_addr set it serves /healthz, /readyz (model loaded, group joined, backend \
+        answering) and /metrics (Prometheus text) on that address.",
     after_help = "Examples:\n  \
         vigil detect                                    # model on the GPU if there is one, else CPU\n  \
         vigil detect --backend cpu --instance-id det-1\n  \
         vigil detect --instance-id \"$POD_NAME\"          # stable id: a restart fences its predecessor at once\n  \
         vigil detect --delivery at-least-once           # for the in-memory broker (vigil broker)\n  \
+        VIGIL__TELEMETRY__HTTP_ADDR=127.0.0.1:9464 vigil detect   # then: curl 127.0.0.1:9464/metrics\n  \
         VIGIL__DETECTOR__MAX_BATCH=16 VIGIL__DETECTOR__MAX_WAIT_MS=100 vigil detect"
 )]
 pub(crate) struct DetectArgs {
@@ -145,8 +150,11 @@ impl DetectArgs {
 
 /// `vigil detect`: loads the model, runs until a signal, prints a `summary:` line.
 pub(crate) async fn detect(settings: &Settings, shutdown: CancellationToken) -> Result<u8, Failure> {
+    let health = Health::new();
+    let _metrics = observe(settings, "vigil-detector", &health, &shutdown).await?;
+    health.set_not_ready("loading the model");
     let model = ModelThread::nanodet(settings).await?;
-    let summary = vigil::detector::run(settings, model, shutdown).await?;
+    let summary = vigil::detector::run_with_health(settings, model, shutdown, health).await?;
     println!("summary: {}", serde_json::to_string(&summary).map_err(Failure::runtime)?);
     Ok(EXIT_OK)
 }
@@ -164,7 +172,9 @@ pub(crate) async fn detect(settings: &Settings, shutdown: CancellationToken) -> 
         committed batch ended, and a redelivered result is skipped. Offsets are also committed to Kafka, \
         after the database, for lag monitoring only.\n\n\
         The schema is created or migrated at start-up. Several sinks may share the consumer group \
-        (sink.group_id) and the database.",
+        (sink.group_id) and the database.\n\n\
+        With telemetry.http_addr set it serves /healthz, /readyz (not ready while the database is \
+        unavailable) and /metrics (Prometheus text) on that address.",
     after_help = "Examples:\n  \
         vigil sink                                             # sqlite://vigil.sqlite (sink.database_url)\n  \
         vigil sink --database sqlite://vigil-data/run1.sqlite\n  \
@@ -187,8 +197,26 @@ impl SinkArgs {
 
 /// `vigil sink`: runs until a signal, then stores what it has read.
 pub(crate) async fn sink(settings: &Settings, shutdown: CancellationToken) -> Result<u8, Failure> {
-    vigil::sink::run(settings, None, shutdown).await?;
+    let health = Health::new();
+    let _metrics = observe(settings, "vigil-sink", &health, &shutdown).await?;
+    vigil::sink::run_with_health(settings, None, shutdown, health).await?;
     Ok(EXIT_OK)
+}
+
+/// Installs the process's metrics (`service.name` = `service`) and, when
+/// `telemetry.http_addr` is set, serves them with `health` until `shutdown`. Keep the
+/// guard for the life of the stage.
+async fn observe(
+    settings: &Settings,
+    service: &'static str,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Option<MetricsGuard>, Failure> {
+    let guard = vigil::metrics::install(service);
+    if let Some(addr) = &settings.telemetry.http_addr {
+        vigil::http::serve(addr, health.clone(), shutdown.clone()).await?;
+    }
+    Ok(guard)
 }
 
 /// `vigil up` arguments.

@@ -6,7 +6,7 @@
 //! [`super::context`]); a failed commit rewinds those partitions and redoes the records.
 //!
 //! A batch the model backend could not process (see `judge`) is not committed at all:
-//! the worker is not ready ([`Readiness`]), rewinds and redoes it with backoff, and
+//! the worker is not ready ([`Health`]), rewinds and redoes it with backoff, and
 //! stops with [`DetectorError::BackendUnavailable`] once the backend has failed for
 //! `detector.backend_failure_limit_ms`, so that a restart or another worker takes over.
 //! Until a batch succeeds again, every batch starts with a probe of the backend and gets
@@ -32,12 +32,13 @@ use super::context::DetectorContext;
 use super::judge::Verdict;
 use super::model_thread::{InputRecord, ModelThread, Processed};
 use super::output::Destinations;
-use super::readiness::Readiness;
 use super::transaction::{blocking, Committer, Failure, Outputs};
 use super::{Delivery, DetectorConfig, DetectorError, DetectorSummary};
 use crate::backoff::Backoff;
 use crate::codec::kinds;
+use crate::health::{Health, BEAT_EVERY};
 use crate::kafka::{classify, ErrorClass};
+use crate::metrics::{self, metrics};
 
 /// Wait before redoing a failed batch: 0.2 s doubling to 5 s.
 const REDO_BACKOFF: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(5) };
@@ -63,7 +64,7 @@ pub(crate) struct BatchLoop<'a> {
     pub(crate) summary: DetectorSummary,
     consecutive_failures: u32,
     last_report: Instant,
-    readiness: Readiness,
+    health: Health,
     /// Since when every batch has been a backend failure (`None`: the backend works).
     backend_down_since: Option<Instant>,
     /// Backend failures in a row, for the backoff.
@@ -78,7 +79,7 @@ impl<'a> BatchLoop<'a> {
         model: &'a ModelThread,
         dest: Destinations,
         summary: DetectorSummary,
-        readiness: Readiness,
+        health: Health,
     ) -> Self {
         BatchLoop {
             cfg,
@@ -89,7 +90,7 @@ impl<'a> BatchLoop<'a> {
             summary,
             consecutive_failures: 0,
             last_report: Instant::now(),
-            readiness,
+            health,
             backend_down_since: None,
             backend_failures: 0,
         }
@@ -100,8 +101,17 @@ impl<'a> BatchLoop<'a> {
         let mut batcher = Batcher::new(self.cfg.max_batch, self.cfg.max_wait());
         let mut in_flight: Option<oneshot::Receiver<Processed>> = None;
         let mut phase = Phase::Consuming;
-        self.readiness.set_ready();
+        let mut joined = false;
+        self.health.set_not_ready("joining the consumer group");
         while phase != Phase::Done {
+            self.health.beat();
+            if !joined && self.consumer.context().rebalances() > 0 {
+                // A first assignment (empty with more workers than partitions): a member.
+                joined = true;
+                if self.backend_down_since.is_none() {
+                    self.health.set_ready();
+                }
+            }
             if let Some(reason) = self.consumer.context().ownership_uncertain() {
                 error!(%reason, "partition ownership uncertain after a rebalance; stopping");
                 return Err(DetectorError::Assignment(reason));
@@ -136,6 +146,11 @@ impl<'a> BatchLoop<'a> {
                         None => {
                             // While the backend was down the batch was probed first (see
                             // `judge::process_while_backend_down`): judged means it works.
+                            if processed.inferred > 0 {
+                                let m = metrics();
+                                m.batch_size.record(processed.inferred as u64, &[]);
+                                m.inference_duration.record(processed.inference_ms / 1000.0, &[]);
+                            }
                             if processed.inferred > 0 || self.backend_down_since.is_some() {
                                 self.backend_works();
                             }
@@ -150,6 +165,7 @@ impl<'a> BatchLoop<'a> {
                 }
                 received = self.consumer.recv(), if reading => match received {
                     Ok(message) => {
+                        metrics().frames_consumed.add(1, &[]);
                         let epoch = self.consumer.context().epoch(rdkafka::Message::partition(&message));
                         batcher.push(InputRecord::from_message(&message, epoch));
                     }
@@ -159,6 +175,8 @@ impl<'a> BatchLoop<'a> {
                     },
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if in_flight.is_none() && deadline.is_some() => {}
+                // Idle: the loop still turns, for /healthz.
+                _ = tokio::time::sleep(BEAT_EVERY) => {}
             }
         }
         Ok(())
@@ -179,7 +197,7 @@ impl<'a> BatchLoop<'a> {
             warn!(%reason, limit_ms = limit.as_millis() as u64, "model backend failing: not ready; nothing is committed, the batch is retried");
             Instant::now()
         });
-        self.readiness.set_not_ready(format!("model backend failing: {reason}"));
+        self.health.set_not_ready(format!("model backend failing: {reason}"));
         self.backend_failures += 1;
         if since.elapsed() >= limit {
             error!(%reason, failing_s = since.elapsed().as_secs(), "model backend failing for too long; stopping");
@@ -206,7 +224,7 @@ impl<'a> BatchLoop<'a> {
         self.backend_failures = 0;
         if let Some(since) = self.backend_down_since.take() {
             info!(after_s = since.elapsed().as_secs(), "model backend answers again; ready");
-            self.readiness.set_ready();
+            self.health.set_ready();
         }
     }
 
@@ -281,6 +299,8 @@ impl<'a> BatchLoop<'a> {
                 self.summary.batches += 1;
                 self.summary.dead_letters += dead;
                 self.summary.results += verdicts.len() as u64 - dead;
+                metrics().results_produced.add(verdicts.len() as u64 - dead, &[]);
+                metrics::transaction("committed");
                 debug!(
                     frames = records.len(),
                     inferred = processed.inferred,
@@ -294,6 +314,7 @@ impl<'a> BatchLoop<'a> {
             }
             Err(failure) => {
                 self.summary.aborts += 1;
+                metrics::transaction("aborted");
                 self.consecutive_failures += 1;
                 let mut new_producer = false;
                 match failure {
@@ -431,11 +452,12 @@ impl<'a> BatchLoop<'a> {
     }
 }
 
-/// One line per bad input; overload outcomes (expired, shed) only at debug level, since
+/// One line per bad input (and its count in the metrics); overload outcomes (expired, shed) only at debug level, since
 /// under overload they come by the thousand (the progress line counts every dead letter).
 fn log_dead_letters(records: &[InputRecord], verdicts: &[Verdict]) {
     for (record, verdict) in records.iter().zip(verdicts) {
         if let Verdict::DeadLetter { kind, message } = verdict {
+            metrics::dead_letter(kind);
             if [kinds::EXPIRED, kinds::SHED].contains(kind) {
                 debug!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
             } else {

@@ -92,6 +92,7 @@ impl DetectorContext {
     }
 
     fn assign(&self, partitions: &[i32]) {
+        crate::metrics::metrics().rebalances.add(1, &[]);
         let mut state = self.state();
         state.rebalances += 1;
         for &p in partitions {

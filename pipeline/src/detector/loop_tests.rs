@@ -187,21 +187,21 @@ async fn start(
     settings: &Settings,
     model: Box<dyn crate::model::Detector>,
 ) -> (CancellationToken, tokio::task::JoinHandle<Result<DetectorSummary, DetectorError>>) {
-    start_with(settings, model, Readiness::new()).await
+    start_with(settings, model, Health::new()).await
 }
 
-/// [`start`], the worker keeping `readiness` up to date.
+/// [`start`], the worker keeping `health` up to date.
 async fn start_with(
     settings: &Settings,
     model: Box<dyn crate::model::Detector>,
-    readiness: Readiness,
+    health: Health,
 ) -> (CancellationToken, tokio::task::JoinHandle<Result<DetectorSummary, DetectorError>>) {
     let worker = ModelThread::start(preloaded(model), limits_of(&settings.detector)).await.unwrap();
     let shutdown = CancellationToken::new();
     let task = {
         let settings = settings.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { run_with_readiness(&settings, worker, shutdown, readiness).await })
+        tokio::spawn(async move { run_with_health(&settings, worker, shutdown, health).await })
     };
     (shutdown, task)
 }
@@ -325,14 +325,14 @@ async fn a_backend_that_recovers_loses_no_frame() {
     let settings = settings_for(&broker, Delivery::ExactlyOnce);
     produce_inputs(&settings).await;
     let flaky = BrokenModel::for_a_while(Duration::from_secs(2));
-    let readiness = Readiness::new();
-    let (shutdown, task) = start_with(&settings, Box::new(flaky), readiness.clone()).await;
+    let health = Health::new();
+    let (shutdown, task) = start_with(&settings, Box::new(flaky), health.clone()).await;
     // What the worker said while the backend was down.
     let watcher = tokio::spawn({
-        let readiness = readiness.clone();
+        let health = health.clone();
         async move {
             loop {
-                if let Some(reason) = readiness.reason().filter(|r| r.contains("model backend failing")) {
+                if let Some(reason) = health.reason().filter(|r| r.contains("model backend failing")) {
                     return reason;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -343,12 +343,12 @@ async fn a_backend_that_recovers_loses_no_frame() {
         results.len() == GOOD && !kinds.is_empty()
     })
     .await;
-    assert!(readiness.is_ready(), "ready again: {:?}", readiness.reason());
+    assert!(health.is_ready(), "ready again: {:?}", health.reason());
     let reason = tokio::time::timeout(Duration::from_secs(1), watcher).await.expect("was not ready meanwhile").unwrap();
     assert!(reason.contains("device lost"), "{reason}");
     shutdown.cancel();
     let summary = task.await.unwrap().unwrap();
-    assert!(!readiness.is_ready(), "not ready once stopped");
+    assert!(!health.is_ready(), "not ready once stopped");
     assert_eq!((results.len(), kinds.as_slice()), (GOOD, &["not_avro".to_owned()][..]), "{summary:?}");
     assert_eq!((summary.results, summary.dead_letters), (GOOD as u64, 1), "{summary:?}");
 }

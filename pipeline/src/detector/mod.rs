@@ -28,7 +28,7 @@
 //! same instance id, and the worker stops with [`DetectorError::InstanceFenced`].
 //!
 //! A failing model backend (see `judge`) is not bad input: nothing is committed, the
-//! worker is not ready ([`Readiness`]) and retries, and stops after
+//! worker is not ready ([`Health`]) and retries, and stops after
 //! `detector.backend_failure_limit_ms`.
 //!
 //! Bad input never stops a partition: oversized, non-Avro, unknown-schema, empty,
@@ -47,7 +47,6 @@ mod judge;
 mod model_thread;
 mod output;
 mod overload;
-mod readiness;
 mod transaction;
 
 #[cfg(test)]
@@ -67,12 +66,12 @@ use tracing::{error, info, warn};
 pub use config::{Delivery, DetectorConfig, GroupProtocol};
 pub use error::DetectorError;
 pub use model_thread::ModelThread;
-pub use readiness::Readiness;
 
 use self::batch_loop::BatchLoop;
 use self::context::DetectorContext;
 use self::output::Destinations;
 use self::transaction::Committer;
+use crate::health::Health;
 use crate::kafka::{consumer_config, ensure_topics};
 use crate::settings::Settings;
 
@@ -107,15 +106,15 @@ pub async fn run(
     model: ModelThread,
     shutdown: CancellationToken,
 ) -> Result<DetectorSummary, DetectorError> {
-    run_with_readiness(settings, model, shutdown, Readiness::new()).await
+    run_with_health(settings, model, shutdown, Health::new()).await
 }
 
-/// [`run`], keeping `readiness` up to date for whoever serves it.
-pub async fn run_with_readiness(
+/// [`run`], keeping `health` up to date for whoever serves it.
+pub async fn run_with_health(
     settings: &Settings,
     model: ModelThread,
     shutdown: CancellationToken,
-    readiness: Readiness,
+    health: Health,
 ) -> Result<DetectorSummary, DetectorError> {
     let cfg = &settings.detector;
     let kafka = &settings.kafka;
@@ -173,7 +172,7 @@ pub async fn run_with_readiness(
             .create_with_context(DetectorContext::new(&topics.images.name))
             .map_err(|cause| DetectorError::Client { role: "consumer", cause })?;
         consumer.subscribe(&[&topics.images.name]).map_err(DetectorError::Consumer)?;
-        let mut batch_loop = BatchLoop::new(cfg, &consumer, committer, &model, dest, summary, readiness.clone());
+        let mut batch_loop = BatchLoop::new(cfg, &consumer, committer, &model, dest, summary, health.clone());
         let result = tokio::select! {
             result = batch_loop.run(&shutdown) => result,
             () = deadline.expired.cancelled() => {
@@ -184,7 +183,7 @@ pub async fn run_with_readiness(
                 })
             }
         };
-        readiness.set_not_ready("stopping");
+        health.set_not_ready("stopping");
         if matches!(result, Err(DetectorError::ShutdownTimeout { .. })) {
             batch_loop.committer.abort_left_open(deadline.at()).await;
         }
@@ -207,7 +206,7 @@ pub async fn run_with_readiness(
         // group.instance.id, takes the membership back and reads from the committed offsets.
         warn!(%instance, error = %cause, "static member fenced (FencedInstanceId); rejoining the group with a new consumer");
         summary.rejoins += 1;
-        readiness.set_not_ready("rejoining the consumer group");
+        health.set_not_ready("rejoining the consumer group");
         drop_until(consumer, Instant::now() + REJOIN_CLOSE_TIMEOUT).await;
     };
     // Leave the group now (revocation runs in the close), then let the producer and the

@@ -105,6 +105,7 @@ impl ConsumerContext for SinkContext {
         let cooperative = matches!(base_consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                crate::metrics::metrics().rebalances.add(1, &[]);
                 match self.apply_stored_offsets(tpl) {
                     Ok(applied) => {
                         info!(topic = %self.topic, partitions = ?applied, "assigned; reading from the database's offsets");

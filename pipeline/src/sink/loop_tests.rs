@@ -17,6 +17,7 @@ use super::db::DbWorker;
 use super::store::{self, StoreStats};
 use super::{to_row, Item, Pending, SinkError, SinkLoop, SinkSummary};
 use crate::codec::DetectionResult;
+use crate::health::Health;
 use crate::kafka::{client_config, consumer_config, DevBroker, KafkaConfig, TopicConfig};
 
 const GROUP: &str = "sink-test";
@@ -76,6 +77,7 @@ fn sink_loop<'a>(db: &'a DbWorker, consumer: &'a StreamConsumer<SinkContext>, to
         observer: None,
         summary: SinkSummary::default(),
         db_outage_limit: Duration::from_secs(60),
+        health: Health::new(),
     }
 }
 
@@ -292,6 +294,10 @@ async fn reconnects_after_losing_the_database_connection() {
         let (stats, offsets_stored) = stored(&schema.url, topic);
         assert_eq!((stats.rows, stats.distinct_frames), (offsets.end as u64, offsets.end as u64), "round {round}");
         assert_eq!(offsets_stored, HashMap::from([(0, offsets.end)]), "round {round}");
+        // Not ready from the lost connection on, ready again once a write went through
+        // (the helper's sink starts not ready: only the recovery made it ready).
+        assert!(sink.health.is_ready(), "round {round}: {:?}", sink.health.reason());
+        sink.health.set_not_ready("between rounds");
     }
     assert_eq!((sink.summary.inserted, sink.summary.duplicates, sink.summary.batches), (9, 0, 3));
 }
@@ -358,6 +364,8 @@ async fn stops_when_the_database_stays_unreachable() {
         .expect("still retrying after 30 s");
     assert!(matches!(outcome, Err(SinkError::DatabaseUnavailable { .. })), "{outcome:?}");
     assert!(started.elapsed() >= Duration::from_secs(2), "gave up before the limit: {:?}", started.elapsed());
+    let reason = sink.health.reason().unwrap_or_default();
+    assert!(reason.starts_with("database unavailable"), "readiness during the outage: {reason:?}");
     let (stats, offsets) = stored(&schema.url, topic);
     assert_eq!((stats.rows, offsets), (1, HashMap::from([(0, 1)])));
 }

@@ -48,7 +48,9 @@ use self::db::DbWorker;
 use self::store::{Batch, DetectionRow, PartitionOffset, RejectRow};
 use self::write::Outgoing;
 use crate::codec::{DetectedObject, DetectionResult};
+use crate::health::{Health, BEAT_EVERY};
 use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass, NextOffsets};
+use crate::metrics::{self, metrics};
 use crate::settings::Settings;
 use crate::telemetry::{extract_context, spans, start_process_span};
 
@@ -73,6 +75,18 @@ pub async fn run(
     observer: Option<mpsc::Sender<DetectionResult>>,
     shutdown: CancellationToken,
 ) -> Result<SinkSummary, SinkError> {
+    run_with_health(settings, observer, shutdown, Health::new()).await
+}
+
+/// [`run`], keeping `health` up to date for whoever serves it: ready once the database
+/// is migrated and the consumer subscribed, not ready while the database is unavailable.
+pub async fn run_with_health(
+    settings: &Settings,
+    observer: Option<mpsc::Sender<DetectionResult>>,
+    shutdown: CancellationToken,
+    health: Health,
+) -> Result<SinkSummary, SinkError> {
+    health.set_not_ready("opening the database");
     let cfg = &settings.sink;
     let topic = settings.kafka.topics.detections.name.clone();
     let db = Arc::new(DbWorker::start(&cfg.database_url).await?);
@@ -86,6 +100,7 @@ pub async fn run(
         .map_err(SinkError::Consumer)?;
     consumer.subscribe(&[&topic]).map_err(SinkError::Consumer)?;
     info!(%topic, group = %cfg.group_id, "sink consuming (read_committed)");
+    health.set_ready();
 
     let mut sink = SinkLoop {
         db: &db,
@@ -96,8 +111,10 @@ pub async fn run(
         observer,
         summary: SinkSummary::default(),
         db_outage_limit: cfg.db_outage_limit(),
+        health: health.clone(),
     };
     let result = sink.run(cfg.max_batch, cfg.max_wait(), &shutdown).await;
+    health.set_not_ready("stopping");
     let summary = sink.summary;
     // Leaves the group (the revoke callback runs during the close).
     drop(consumer);
@@ -140,6 +157,7 @@ struct SinkLoop<'a> {
     summary: SinkSummary,
     /// How long a batch waits for an unavailable database before the sink stops.
     db_outage_limit: Duration,
+    health: Health,
 }
 
 impl SinkLoop<'_> {
@@ -151,6 +169,7 @@ impl SinkLoop<'_> {
     ) -> Result<(), SinkError> {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
+            self.health.beat();
             if let Some(reason) = self.consumer.context().failure() {
                 return Err(SinkError::AssignOffsets(reason));
             }
@@ -182,6 +201,8 @@ impl SinkLoop<'_> {
                         _ => warn!(error = %e, "consumer error (librdkafka retries)"),
                     },
                 },
+                // Idle: the loop still turns, for /healthz.
+                _ = tokio::time::sleep(BEAT_EVERY) => {}
             }
         }
         // Store what was read: it is ours until the group is left.
@@ -259,7 +280,18 @@ impl SinkLoop<'_> {
             next.iter().map(|(partition, next_offset)| PartitionOffset { partition, next_offset }).collect();
 
         let started = Instant::now();
-        let outcome = write::store(self.db, &mut outgoing, self.db_outage_limit, shutdown).await?;
+        let outcome = write::store(self.db, &mut outgoing, self.db_outage_limit, &self.health, shutdown).await?;
+        let metrics = metrics();
+        metrics::seconds(&metrics.db_write_duration, started.elapsed());
+        metrics.rows_stored.add(outcome.inserted, &[]);
+        if outcome.duplicates == 0 {
+            // (A batch with redelivered rows is left out: those were stored before.)
+            let now_us = crate::codec::now_us();
+            for row in &outgoing.batch.rows {
+                let latency = Duration::from_micros(now_us.saturating_sub(row.captured_at_us).max(0) as u64);
+                metrics::seconds(&metrics.e2e_latency, latency);
+            }
+        }
         self.summary.batches += 1;
         self.summary.inserted += outcome.inserted;
         self.summary.duplicates += outcome.duplicates;

@@ -22,6 +22,7 @@ use super::store::{Batch, BatchOutcome, DetectionRow, RejectRow};
 use super::SinkError;
 use crate::backoff::Backoff;
 use crate::codec::{kinds, DetectionResult};
+use crate::health::Health;
 
 /// Wait before retrying a failed database write: 0.2 s doubling to 6.4 s.
 const DB_RETRY: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_millis(6400) };
@@ -96,15 +97,18 @@ pub(super) async fn store(
     db: &DbWorker,
     outgoing: &mut Outgoing,
     outage_limit: Duration,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<BatchOutcome, SinkError> {
     let mut attempt = 0u32;
     let mut outage: Option<Outage> = None;
     loop {
+        health.beat();
         let failure = match db.write(outgoing.batch.clone()).await {
             Ok(outcome) => {
                 if let Some(outage) = outage {
                     info!(after_s = outage.since.elapsed().as_secs(), "database reachable again; the sink is ready");
+                    health.set_ready();
                 }
                 return Ok(outcome);
             }
@@ -124,6 +128,7 @@ pub(super) async fn store(
                 warn!(error = %failure, "database unavailable; the sink is not ready and retries until it is back");
                 Outage { since: Instant::now(), limit: outage_limit }
             });
+            health.set_not_ready(format!("database unavailable: {failure}"));
             if outage.exceeded(Instant::now()) {
                 error!(error = %failure, limit = ?outage_limit, "database unavailable for too long; the sink stops");
                 return Err(SinkError::DatabaseUnavailable { waited: outage.since.elapsed(), last: failure });

@@ -1,0 +1,182 @@
+//! The stages' OpenTelemetry metrics, and the reader that serves them as Prometheus text
+//! on `/metrics` (see `http`).
+//!
+//! Instruments come from the global meter provider, which [`install`] sets up once per
+//! process before any stage runs; before that (unit tests, embedders) they record into a
+//! no-op meter. Names follow OpenTelemetry (`vigil.frames.consumed`, unit `s`) and read
+//! the Prometheus way on `/metrics` (`vigil_frames_consumed_total`,
+//! `vigil_inference_duration_seconds`). Labels stay low-cardinality: a dead letter's
+//! kind, a transaction's outcome.
+
+mod prometheus;
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::{global, KeyValue};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::Resource;
+
+/// The instrumentation scope of every Vigil metric.
+const METER_NAME: &str = "vigil";
+
+/// Bucket bounds in seconds for durations from a millisecond to a minute.
+const SECONDS_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+
+/// Bucket bounds for batch sizes.
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Every instrument a stage records into.
+pub(crate) struct Metrics {
+    /// Frames read from `images` (detector).
+    pub frames_consumed: Counter<u64>,
+    /// Results committed to `detections` (detector).
+    pub results_produced: Counter<u64>,
+    /// Dead letters committed, by `kind` (detector).
+    pub dead_letters: Counter<u64>,
+    /// Batch commits by `outcome`: `committed` or `aborted` (detector).
+    pub transactions: Counter<u64>,
+    /// Frames per model call (detector).
+    pub batch_size: Histogram<u64>,
+    /// Time of one model call (detector).
+    pub inference_duration: Histogram<f64>,
+    /// Rebalances this member took part in (detector, sink).
+    pub rebalances: Counter<u64>,
+    /// Rows newly stored in the database (sink).
+    pub rows_stored: Counter<u64>,
+    /// Time to store one batch in the database, retries included (sink).
+    pub db_write_duration: Histogram<f64>,
+    /// From a frame's capture to its result being stored (sink).
+    pub e2e_latency: Histogram<f64>,
+}
+
+/// The process's instruments (no-op ones until [`install`] ran).
+pub(crate) fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| Metrics::new(&global::meter(METER_NAME)))
+}
+
+impl Metrics {
+    fn new(meter: &Meter) -> Self {
+        let seconds = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build()
+        };
+        let counter = |name: &'static str, description: &'static str| {
+            meter.u64_counter(name).with_description(description).build()
+        };
+        Metrics {
+            frames_consumed: counter("vigil.frames.consumed", "Frames read from the images topic"),
+            results_produced: counter("vigil.results.produced", "Results committed to the detections topic"),
+            dead_letters: counter("vigil.dead_letters", "Dead letters committed, by kind"),
+            transactions: counter("vigil.transactions", "Batch commits by outcome (committed, aborted)"),
+            batch_size: meter
+                .u64_histogram("vigil.batch.size")
+                .with_description("Frames per model call")
+                .with_boundaries(BATCH_BUCKETS.to_vec())
+                .build(),
+            inference_duration: seconds("vigil.inference.duration", "Time of one model call"),
+            rebalances: counter(
+                "vigil.rebalances",
+                "Consumer group rebalances this member took part in (assignments received)",
+            ),
+            rows_stored: counter("vigil.rows.stored", "Rows newly stored in the database"),
+            db_write_duration: seconds("vigil.db.write.duration", "Time to store one batch, retries included"),
+            e2e_latency: seconds("vigil.e2e.latency", "From a frame's capture to its result being stored"),
+        }
+    }
+}
+
+/// Records a dead letter of `kind`.
+pub(crate) fn dead_letter(kind: &'static str) {
+    metrics().dead_letters.add(1, &[KeyValue::new("kind", kind)]);
+}
+
+/// Records a batch commit's outcome (`committed` or `aborted`).
+pub(crate) fn transaction(outcome: &'static str) {
+    metrics().transactions.add(1, &[KeyValue::new("outcome", outcome)]);
+}
+
+/// Records a duration into a seconds histogram.
+pub(crate) fn seconds(histogram: &Histogram<f64>, elapsed: Duration) {
+    histogram.record(elapsed.as_secs_f64(), &[]);
+}
+
+/// The process's meter provider and the reader `/metrics` collects from; shuts the
+/// provider down on drop.
+pub struct MetricsGuard {
+    provider: SdkMeterProvider,
+}
+
+impl Drop for MetricsGuard {
+    fn drop(&mut self) {
+        // Nothing is lost either way: the reader is pulled, never pushes.
+        if let Err(e) = self.provider.shutdown() {
+            tracing::debug!(error = %e, "metrics provider shutdown");
+        }
+    }
+}
+
+static READER: OnceLock<SharedReader> = OnceLock::new();
+
+/// Installs the global meter provider, its resource naming the process (`service.name`
+/// `service`, unless `OTEL_SERVICE_NAME` says otherwise), with a reader that
+/// [`render_prometheus`] collects from. Once per process: later calls keep the first
+/// provider and return `None`.
+pub fn install(service: &'static str) -> Option<MetricsGuard> {
+    let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+    READER.set(reader.clone()).ok()?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let resource = resource.build();
+    let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build();
+    global::set_meter_provider(provider.clone());
+    Some(MetricsGuard { provider })
+}
+
+/// Every metric of this process as Prometheus text exposition (format 0.0.4); empty
+/// before [`install`].
+pub fn render_prometheus() -> Result<String, OTelSdkError> {
+    let Some(reader) = READER.get() else {
+        return Ok(String::new());
+    };
+    let mut collected = ResourceMetrics::default();
+    reader.0.collect(&mut collected)?;
+    Ok(prometheus::encode(&collected))
+}
+
+/// A [`ManualReader`] the provider owns and `/metrics` shares.
+#[derive(Debug, Clone)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
