@@ -31,8 +31,12 @@ pub struct Health {
 
 #[derive(Debug)]
 struct Shared {
+    /// The stage's own readiness; `is_ready` also needs a reachable broker.
     ready: AtomicBool,
     reason: Mutex<String>,
+    /// Whether librdkafka's last statistics showed a broker connection up (see
+    /// `kafka::stats`); kept apart so that the stage's own reasons survive an outage.
+    broker_reachable: AtomicBool,
     started: Instant,
     /// Milliseconds from `started` to the last beat.
     last_beat_ms: AtomicU64,
@@ -52,6 +56,7 @@ impl Health {
             shared: Arc::new(Shared {
                 ready: AtomicBool::new(false),
                 reason: Mutex::new("starting".into()),
+                broker_reachable: AtomicBool::new(true),
                 started: Instant::now(),
                 last_beat_ms: AtomicU64::new(0),
             }),
@@ -59,13 +64,20 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Acquire)
+        self.shared.ready.load(Ordering::Acquire) && self.shared.broker_reachable.load(Ordering::Acquire)
     }
 
     /// Why the stage is not ready; `None` when it is.
     pub fn reason(&self) -> Option<String> {
-        let reason = self.shared.reason.lock().unwrap_or_else(|p| p.into_inner());
-        (!self.is_ready()).then(|| reason.clone())
+        if !self.shared.ready.load(Ordering::Acquire) {
+            return Some(self.shared.reason.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        }
+        (!self.shared.broker_reachable.load(Ordering::Acquire)).then(|| "no Kafka broker reachable".to_owned())
+    }
+
+    /// Whether a broker connection is up, from the Kafka client's statistics.
+    pub(crate) fn set_broker_reachable(&self, reachable: bool) {
+        self.shared.broker_reachable.store(reachable, Ordering::Release);
     }
 
     pub fn set_ready(&self) {
@@ -108,6 +120,21 @@ mod tests {
         assert_eq!(health.reason(), None);
         health.set_not_ready("database unavailable");
         assert_eq!(health.reason().as_deref(), Some("database unavailable"));
+    }
+
+    #[test]
+    fn a_lost_broker_adds_to_the_stage_own_readiness() {
+        let health = Health::new();
+        health.set_ready();
+        health.set_broker_reachable(false);
+        assert!(!health.is_ready());
+        assert_eq!(health.reason().as_deref(), Some("no Kafka broker reachable"));
+        health.set_not_ready("model backend failing");
+        assert_eq!(health.reason().as_deref(), Some("model backend failing"));
+        health.set_broker_reachable(true);
+        assert_eq!(health.reason().as_deref(), Some("model backend failing"), "the stage's reason stays");
+        health.set_ready();
+        assert!(health.is_ready());
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub(crate) async fn produce(
         detector.shutdown_timeout_ms (else exit 1: a broker that is gone). A model backend that keeps failing \
         (a lost GPU) commits nothing and exits 1 after detector.backend_failure_limit_ms. On exit it prints \
         one `summary: {json}` line on stdout.\n\n\
-        With telemetry.http_addr set it serves /healthz, /readyz (model loaded, group joined, backend \
+        With telemetry.http_addr set it serves /healthz, /readyz (model loaded, group joined, a broker and the backend \
         answering) and /metrics (Prometheus text) on that address.",
     after_help = "Examples:\n  \
         vigil detect                                    # model on the GPU if there is one, else CPU\n  \
@@ -173,7 +173,7 @@ pub(crate) async fn detect(settings: &Settings, shutdown: CancellationToken) -> 
         after the database, for lag monitoring only.\n\n\
         The schema is created or migrated at start-up. Several sinks may share the consumer group \
         (sink.group_id) and the database.\n\n\
-        With telemetry.http_addr set it serves /healthz, /readyz (not ready while the database is \
+        With telemetry.http_addr set it serves /healthz, /readyz (not ready while the database or every broker is \
         unavailable) and /metrics (Prometheus text) on that address.",
     after_help = "Examples:\n  \
         vigil sink                                             # sqlite://vigil.sqlite (sink.database_url)\n  \

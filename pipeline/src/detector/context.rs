@@ -28,8 +28,12 @@ use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use tracing::{info, warn};
+
+use crate::health::Health;
+use crate::kafka::stats;
 
 #[derive(Debug, Default)]
 struct Ownership {
@@ -50,11 +54,13 @@ struct Ownership {
 pub(super) struct DetectorContext {
     topic: String,
     state: Mutex<Ownership>,
+    /// Told whether a broker is reachable, from the client's statistics.
+    health: Health,
 }
 
 impl DetectorContext {
-    pub(super) fn new(topic: &str) -> Self {
-        DetectorContext { topic: topic.to_owned(), state: Mutex::new(Ownership::default()) }
+    pub(super) fn new(topic: &str, health: Health) -> Self {
+        DetectorContext { topic: topic.to_owned(), state: Mutex::new(Ownership::default()), health }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Ownership> {
@@ -149,7 +155,11 @@ fn end_ownership(state: &mut Ownership, partitions: &[i32]) {
     }
 }
 
-impl ClientContext for DetectorContext {}
+impl ClientContext for DetectorContext {
+    fn stats(&self, statistics: Statistics) {
+        stats::observe(&statistics, &self.topic, &self.health);
+    }
+}
 
 impl ConsumerContext for DetectorContext {
     fn pre_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -189,7 +199,7 @@ mod tests {
 
     #[test]
     fn records_from_an_ended_ownership_are_stale() {
-        let ctx = DetectorContext::new("images");
+        let ctx = DetectorContext::new("images", Health::new());
         assert!(!ctx.is_current(0, ctx.epoch(0)), "nothing assigned yet");
         ctx.assign(&[0, 1]);
         let e0 = ctx.epoch(0);
@@ -218,7 +228,7 @@ mod tests {
         let consumer: BaseConsumer<DetectorContext> = ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap_servers())
             .set("group.id", "rebalance-error")
-            .create_with_context(DetectorContext::new("images"))
+            .create_with_context(DetectorContext::new("images", Health::new()))
             .unwrap();
         let ctx = consumer.context();
         let mut tpl = TopicPartitionList::new();
@@ -248,7 +258,7 @@ mod tests {
         let consumer: BaseConsumer<DetectorContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap_servers())
             .set("group.id", "revoke-not-taken")
-            .create_with_context(DetectorContext::new("images"))
+            .create_with_context(DetectorContext::new("images", Health::new()))
             .unwrap();
         let ctx = consumer.context();
         let mut tpl = TopicPartitionList::new();

@@ -169,7 +169,7 @@ pub async fn run_with_health(
     let mut rejoins = Rejoins::default();
     let (result, consumer) = loop {
         let consumer: StreamConsumer<DetectorContext> = consumer_cfg
-            .create_with_context(DetectorContext::new(&topics.images.name))
+            .create_with_context(DetectorContext::new(&topics.images.name, health.clone()))
             .map_err(|cause| DetectorError::Client { role: "consumer", cause })?;
         consumer.subscribe(&[&topics.images.name]).map_err(DetectorError::Consumer)?;
         let mut batch_loop = BatchLoop::new(cfg, &consumer, committer, &model, dest, summary, health.clone());

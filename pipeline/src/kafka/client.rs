@@ -42,7 +42,9 @@ pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeo
         // A topic created just before the group forms may be missing from the metadata of
         // the broker the leader asks (brokers learn of new topics asynchronously): the group
         // then assigns nothing for it until the next refresh, 5 minutes by default.
-        .set("topic.metadata.refresh.interval.ms", "5000");
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        // For readiness and the lag gauge (see `stats`); the stage's context reads them.
+        .set("statistics.interval.ms", super::stats::STATISTICS_INTERVAL_MS.to_string());
     if !kafka.client.contains_key("heartbeat.interval.ms") {
         config.set("heartbeat.interval.ms", heartbeat_interval_ms(session_timeout_ms).to_string());
     }

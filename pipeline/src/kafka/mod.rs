@@ -8,6 +8,7 @@ mod enqueue;
 mod error;
 mod mock;
 mod offsets;
+pub(crate) mod stats;
 mod topics;
 
 pub(crate) use client::{client_config, consumer_config, idempotent_producer_config, reader_config};

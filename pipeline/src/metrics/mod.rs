@@ -6,14 +6,15 @@
 //! no-op meter. Names follow OpenTelemetry (`vigil.frames.consumed`, unit `s`) and read
 //! the Prometheus way on `/metrics` (`vigil_frames_consumed_total`,
 //! `vigil_inference_duration_seconds`). Labels stay low-cardinality: a dead letter's
-//! kind, a transaction's outcome.
+//! kind, a transaction's outcome, a partition number.
 
 mod prometheus;
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 use opentelemetry::{global, KeyValue};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -52,6 +53,22 @@ pub(crate) struct Metrics {
     pub db_write_duration: Histogram<f64>,
     /// From a frame's capture to its result being stored (sink).
     pub e2e_latency: Histogram<f64>,
+    /// Records behind the end of each partition this process consumes, by `topic` and
+    /// `partition` (detector, sink), observed from [`consumer_lag`]'s table at each
+    /// collection. Held only to keep its callback registered.
+    _consumer_lag: ObservableGauge<i64>,
+}
+
+/// The latest lag per (topic, partition) a consumer of this process reported, replaced
+/// topic by topic, so that partitions it no longer owns disappear from `/metrics`.
+static CONSUMER_LAG: Mutex<BTreeMap<(String, i32), i64>> = Mutex::new(BTreeMap::new());
+
+/// Sets the lag of every partition of `topic` this process consumes now (librdkafka's
+/// statistics); partitions left out are no longer reported.
+pub(crate) fn consumer_lag(topic: &str, lags: impl IntoIterator<Item = (i32, i64)>) {
+    let mut table = CONSUMER_LAG.lock().unwrap_or_else(|p| p.into_inner());
+    table.retain(|(t, _), _| t != topic);
+    table.extend(lags.into_iter().map(|(partition, lag)| ((topic.to_owned(), partition), lag)));
 }
 
 /// The process's instruments (no-op ones until [`install`] ran).
@@ -91,6 +108,18 @@ impl Metrics {
             rows_stored: counter("vigil.rows.stored", "Rows newly stored in the database"),
             db_write_duration: seconds("vigil.db.write.duration", "Time to store one batch, retries included"),
             e2e_latency: seconds("vigil.e2e.latency", "From a frame's capture to its result being stored"),
+            _consumer_lag: meter
+                .i64_observable_gauge("vigil.consumer.lag")
+                .with_description("Records behind the end of each partition this process consumes")
+                .with_callback(|observer| {
+                    let table = CONSUMER_LAG.lock().unwrap_or_else(|p| p.into_inner());
+                    for ((topic, partition), lag) in table.iter() {
+                        let labels =
+                            [KeyValue::new("topic", topic.clone()), KeyValue::new("partition", i64::from(*partition))];
+                        observer.observe(*lag, &labels);
+                    }
+                })
+                .build(),
         }
     }
 }

@@ -20,12 +20,15 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use super::db::DbWorker;
 use crate::backoff::Backoff;
+use crate::health::Health;
+use crate::kafka::stats;
 
 /// Consumer context that seeks newly assigned partitions to the database's offsets.
 pub(super) struct SinkContext {
@@ -37,16 +40,19 @@ pub(super) struct SinkContext {
     failure: Mutex<Option<String>>,
     /// Partitions of our topic revoked since the loop last asked.
     revoked: Mutex<Vec<i32>>,
+    /// Told whether a broker is reachable, from the client's statistics.
+    health: Health,
 }
 
 impl SinkContext {
-    pub(super) fn new(db: Arc<DbWorker>, group_id: &str, topic: &str) -> Self {
+    pub(super) fn new(db: Arc<DbWorker>, group_id: &str, topic: &str, health: Health) -> Self {
         SinkContext {
             db,
             group_id: group_id.to_owned(),
             topic: topic.to_owned(),
             failure: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
+            health,
         }
     }
 
@@ -98,7 +104,11 @@ impl SinkContext {
     }
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: Statistics) {
+        stats::observe(&statistics, &self.topic, &self.health);
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

@@ -58,7 +58,9 @@ fn pending(result: DetectionResult, partition: i32, offset: i64) -> Pending {
 
 /// A consumer of `topic` on `kafka` with the sink's context over `db`.
 fn consumer(kafka: &KafkaConfig, db: &Arc<DbWorker>, topic: &str) -> StreamConsumer<SinkContext> {
-    consumer_config(kafka, GROUP, 6_000).create_with_context(SinkContext::new(db.clone(), GROUP, topic)).unwrap()
+    consumer_config(kafka, GROUP, 6_000)
+        .create_with_context(SinkContext::new(db.clone(), GROUP, topic, Health::new()))
+        .unwrap()
 }
 
 /// A consumer that never reaches a broker: for tests of the database side only.

@@ -94,7 +94,7 @@ pub async fn run_with_health(
 
     ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections]).await?;
 
-    let context = SinkContext::new(db.clone(), &cfg.group_id, &topic);
+    let context = SinkContext::new(db.clone(), &cfg.group_id, &topic, health.clone());
     let consumer: StreamConsumer<SinkContext> = consumer_config(&settings.kafka, &cfg.group_id, cfg.session_timeout_ms)
         .create_with_context(context)
         .map_err(SinkError::Consumer)?;
