@@ -23,6 +23,10 @@
 #     (pg_ctlcluster), and for the default URL creates the role vigil (password vigil) and
 #     the database vigil_test it owns (root or password-less sudo; idempotent). Otherwise
 #     it says that the PostgreSQL test will be skipped.
+#  5. The deployment checkers (scripts/validate-deploy.sh): check-jsonschema,
+#     kubernetes-validate and PyYAML, pinned, in a virtual environment
+#     ($VIGIL_DEPLOY_TOOLS, default ~/.cache/vigil/deploy-tools); and it checks that
+#     kustomize or kubectl is on PATH.
 # Ends with a summary of what is ready and what was skipped. Exits non-zero only when a
 # step that the tests cannot do without failed (Rust toolchain, package install, model).
 set -euo pipefail
@@ -224,6 +228,22 @@ if [ -z "$pg_done" ]; then
     say "$db_url still does not accept a session${PG_ERROR:+ ($PG_ERROR)} (see /var/log/postgresql/ and pg_hba.conf)"
     record skipped postgres "$db_url unreachable: no PostgreSQL for the sink test"
   fi
+fi
+
+# --- 5. Deployment checkers ---------------------------------------------------------------
+# scripts/validate-deploy.sh's Python tools, pinned, in a virtual environment of their own.
+deploy_tools=${VIGIL_DEPLOY_TOOLS:-$HOME/.cache/vigil/deploy-tools}
+deploy_pins=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.4)
+if [ -x "$deploy_tools/bin/kubernetes-validate" ] && [ -x "$deploy_tools/bin/check-jsonschema" ] &&
+  "$deploy_tools/bin/python" -m pip freeze 2>/dev/null | grep -qx "${deploy_pins[1]}"; then
+  record ok deploy "tools in $deploy_tools"
+elif python3 -m venv "$deploy_tools" && "$deploy_tools/bin/python" -m pip install -q "${deploy_pins[@]}"; then
+  record installed deploy "${deploy_pins[*]} in $deploy_tools"
+else
+  fail deploy "cannot install ${deploy_pins[*]} into $deploy_tools (python3 -m venv, pip)"
+fi
+if ! command -v kustomize >/dev/null 2>&1 && ! command -v kubectl >/dev/null 2>&1; then
+  fail deploy "neither kustomize nor kubectl on PATH: scripts/validate-deploy.sh renders ops/ with one of them"
 fi
 
 say "summary:"
