@@ -1,4 +1,4 @@
-# Helpers shared by scripts/setup-test-deps.sh and scripts/test.sh. Source it; do not run it.
+# Helpers shared by the scripts in scripts/. Source it; do not run it.
 # shellcheck shell=bash
 
 # The database the PostgreSQL sink test uses unless VIGIL_TEST_DATABASE_URL is already set.
@@ -12,6 +12,16 @@ say() { printf '%s: %s\n' "${SCRIPT_NAME:-vigil}" "$*" >&2; }
 
 # Prints the header comment of script $1 (from line 2 to the first non-comment line).
 print_usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$1"; }
+
+# For scripts that take no arguments: `no_arguments SCRIPT "$@"` prints SCRIPT's usage and
+# exits 0 on -h/--help, exits 2 on anything else.
+no_arguments() {
+  case "${2:-}" in
+    -h | --help) print_usage "$1"; exit 0 ;;
+    "") ;;
+    *) say "unknown argument: $2 (see --help)"; exit 2 ;;
+  esac
+}
 
 # Prints "HOST PORT" of a postgres://[user@]host[:port]/db URL (port defaults to 5432).
 pg_host_port() {

@@ -36,11 +36,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/lib.sh"
 
-case "${1:-}" in
-  -h | --help) print_usage "${BASH_SOURCE[0]}"; exit 0 ;;
-  "") ;;
-  *) say "unknown argument: $1 (see --help)"; exit 2 ;;
-esac
+no_arguments "${BASH_SOURCE[0]}" "$@"
 
 summary=()
 failed=0

@@ -19,11 +19,7 @@ SCRIPT_NAME=validate-deploy
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/lib.sh"
-case "${1:-}" in
-  -h | --help) print_usage "${BASH_SOURCE[0]}"; exit 0 ;;
-  "") ;;
-  *) say "unknown argument: $1 (see --help)"; exit 2 ;;
-esac
+no_arguments "${BASH_SOURCE[0]}" "$@"
 cd "$here/.."
 
 tools=${VIGIL_DEPLOY_TOOLS:-$HOME/.cache/vigil/deploy-tools}
