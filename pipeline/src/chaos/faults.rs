@@ -236,7 +236,16 @@ fn sink_kills(run: &mut Run<'_>) -> Result<(), ChaosError> {
             0 => None,
             k => Some(POINTS[k as usize - 1]),
         };
-        // The sink that runs now was started armed when this round has a failpoint.
+        if let Some(point) = point {
+            // Armed only now, by a clean restart (it stores what it read, then leaves): a
+            // sink armed when the last fault restarted it could reach its point while that
+            // fault was still being recovered from, and stall the recovery it is part of.
+            let stopped = run.fleet.terminate(run.sink, Duration::from_secs(30));
+            if !stopped.is_some_and(|s| s.success()) {
+                run.notes.push(format!("the sink did not stop cleanly before {point} was armed: {stopped:?}"));
+            }
+            run.restart_sink(&[("VIGIL_FAILPOINT", &format!("{point}:2"))])?;
+        }
         let sink = run.sink;
         let (at, effective) = match point {
             None => {
@@ -265,15 +274,7 @@ fn sink_kills(run: &mut Run<'_>) -> Result<(), ChaosError> {
                 (at, reached && died)
             }
         };
-        let next = match (round + 1) % 3 {
-            0 => None,
-            k => Some(POINTS[k as usize - 1]),
-        };
-        let armed = next.filter(|_| round + 1 < run.size.rounds).map(|p| format!("{p}:2"));
-        match &armed {
-            Some(spec) => run.restart_sink(&[("VIGIL_FAILPOINT", spec)])?,
-            None => run.restart_sink(&[])?,
-        };
+        run.restart_sink(&[])?;
         run.fault(if point.is_some() { "sink-failpoint-kill9" } else { "sink-kill9" }, at, effective);
         run.settle(at, SETTLE_TIMEOUT)?;
     }
