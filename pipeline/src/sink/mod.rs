@@ -281,15 +281,15 @@ impl SinkLoop<'_> {
 
         let started = Instant::now();
         let outcome = write::store(self.db, &mut outgoing, self.db_outage_limit, &self.health, shutdown).await?;
-        let metrics = metrics();
-        metrics::seconds(&metrics.db_write_duration, started.elapsed());
-        metrics.rows_stored.add(outcome.inserted, &[]);
+        let m = metrics();
+        metrics::seconds(&m.db_write_duration, started.elapsed());
+        m.rows_stored.add(outcome.inserted, &[]);
         if outcome.duplicates == 0 {
             // (A batch with redelivered rows is left out: those were stored before.)
             let now_us = crate::codec::now_us();
             for row in &outgoing.batch.rows {
                 let latency = Duration::from_micros(now_us.saturating_sub(row.captured_at_us).max(0) as u64);
-                metrics::seconds(&metrics.e2e_latency, latency);
+                metrics::seconds(&m.e2e_latency, latency);
             }
         }
         self.summary.batches += 1;
