@@ -248,6 +248,25 @@ def check_kubernetes(paths):
                 problem(f"{name}: vigil-detector", "no nvidia.com/gpu limit")
 
 
+def check_collector(path="ops/otel-collector.yaml"):
+    """The collector config wires OTLP in to a traces and a metrics pipeline, and every
+    component a pipeline names is defined."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    protocols = cfg.get("receivers", {}).get("otlp", {}).get("protocols", {})
+    if set(protocols) != {"grpc", "http"}:
+        problem(path, "the otlp receiver must accept grpc and http (Vigil may send either)")
+    pipelines = cfg.get("service", {}).get("pipelines", {})
+    for signal in ("traces", "metrics"):
+        if "otlp" not in pipelines.get(signal, {}).get("receivers", []):
+            problem(path, f"no {signal} pipeline receiving otlp")
+    for name, pipeline in pipelines.items():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                if component not in cfg.get(kind, {}):
+                    problem(path, f"pipeline {name} names {kind[:-1]} {component}, which is not defined")
+
+
 def main(argv):
     if len(argv) < 3 or argv[1] not in ("compose", "kubernetes"):
         print(__doc__, file=sys.stderr)
@@ -257,6 +276,7 @@ def main(argv):
         check_dockerfile()
     else:
         check_kubernetes(argv[2:])
+        check_collector()
     for line in problems:
         print(f"check_deploy: {line}", file=sys.stderr)
     if problems:

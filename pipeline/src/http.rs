@@ -2,14 +2,15 @@
 //! `/readyz` and `/metrics`. One module and one listener, so that the API (a later
 //! issue) and `vigil up` add routes rather than ports.
 //!
-//! - `/healthz`: 200 while the stage's loop turns (see [`Health`]), 503 once it has not
-//!   for [`crate::health::LIVENESS_WINDOW`]. Never asks the broker or the database.
-//! - `/readyz`: 200 when the stage can work now, else 503 with the reason as the body.
+//! - `/healthz`: 200 while every stage's loop turns (see [`Health`]), 503 once one has
+//!   not for [`crate::health::LIVENESS_WINDOW`]. Never asks the broker or the database.
+//! - `/readyz`: 200 when every stage can work now, else 503 with the reasons as the body.
 //! - `/metrics`: the process's metrics as Prometheus text (see `metrics`).
 //!
 //! Served on the async runtime: every handler only reads atomics or collects metrics.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -45,15 +46,19 @@ pub struct HttpServer {
     pub task: JoinHandle<()>,
 }
 
-/// Starts serving `health` and the metrics on `addr` until `shutdown`.
-pub async fn serve(addr: &str, health: Health, shutdown: CancellationToken) -> Result<HttpServer, HttpError> {
+/// The stages a process runs, each with its [`Health`] (`vigil up` runs two): the
+/// process is alive while every loop turns and ready while every stage is.
+pub type Stages = Vec<(&'static str, Health)>;
+
+/// Starts serving the health of `stages` and the metrics on `addr` until `shutdown`.
+pub async fn serve(addr: &str, stages: Stages, shutdown: CancellationToken) -> Result<HttpServer, HttpError> {
     let listener = TcpListener::bind(addr).await.map_err(|cause| HttpError::Bind { addr: addr.to_owned(), cause })?;
     let bound = listener.local_addr().map_err(|cause| HttpError::Bind { addr: addr.to_owned(), cause })?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
-        .with_state(health);
+        .with_state(Arc::new(stages));
     info!(addr = %bound, "serving /healthz, /readyz and /metrics");
     let task = tokio::spawn(async move {
         let stopped = shutdown.cancelled_owned();
@@ -64,18 +69,28 @@ pub async fn serve(addr: &str, health: Health, shutdown: CancellationToken) -> R
     Ok(HttpServer { addr: bound, task })
 }
 
-async fn healthz(State(health): State<Health>) -> Response {
-    let quiet = health.since_beat();
-    if health.is_alive() {
-        (StatusCode::OK, "alive\n").into_response()
-    } else {
-        let body = format!("stuck: the main loop has not turned for {} s\n", quiet.as_secs());
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+/// `what` of each stage it concerns, named when there are several.
+fn each(stages: &Stages, what: impl Fn(&Health) -> Option<String>) -> Option<String> {
+    let named = stages.len() > 1;
+    let found: Vec<String> = stages
+        .iter()
+        .filter_map(|(name, health)| what(health).map(|w| if named { format!("{name}: {w}") } else { w }))
+        .collect();
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
+async fn healthz(State(stages): State<Arc<Stages>>) -> Response {
+    let stuck = |h: &Health| {
+        (!h.is_alive()).then(|| format!("the main loop has not turned for {} s", h.since_beat().as_secs()))
+    };
+    match each(&stages, stuck) {
+        None => (StatusCode::OK, "alive\n").into_response(),
+        Some(stuck) => (StatusCode::SERVICE_UNAVAILABLE, format!("stuck: {stuck}\n")).into_response(),
     }
 }
 
-async fn readyz(State(health): State<Health>) -> Response {
-    match health.reason() {
+async fn readyz(State(stages): State<Arc<Stages>>) -> Response {
+    match each(&stages, Health::reason) {
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
     }
@@ -111,7 +126,7 @@ mod tests {
     async fn health_and_readiness_answer_what_the_stage_says() {
         let health = Health::new();
         let shutdown = CancellationToken::new();
-        let server = serve("127.0.0.1:0", health.clone(), shutdown.clone()).await.unwrap();
+        let server = serve("127.0.0.1:0", vec![("detector", health.clone())], shutdown.clone()).await.unwrap();
         assert_eq!(get(server.addr, "/healthz").await, (200, "alive\n".into()));
         assert_eq!(get(server.addr, "/readyz").await, (503, "not ready: starting\n".into()));
         health.set_ready();
@@ -126,11 +141,30 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), server.task).await.unwrap().unwrap();
     }
 
+    /// `vigil up` serves two stages on one port: ready only when both are, and the
+    /// reason names the stage.
+    #[tokio::test]
+    async fn several_stages_are_ready_together() {
+        let (detector, sink) = (Health::new(), Health::new());
+        let shutdown = CancellationToken::new();
+        let stages = vec![("detector", detector.clone()), ("sink", sink.clone())];
+        let server = serve("127.0.0.1:0", stages, shutdown.clone()).await.unwrap();
+        detector.set_ready();
+        sink.set_not_ready("opening the database");
+        assert_eq!(get(server.addr, "/readyz").await, (503, "not ready: sink: opening the database\n".into()));
+        sink.set_ready();
+        assert_eq!(get(server.addr, "/readyz").await, (200, "ready\n".into()));
+        assert_eq!(get(server.addr, "/healthz").await.0, 200);
+        shutdown.cancel();
+    }
+
     #[tokio::test]
     async fn a_port_in_use_is_a_clear_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let Err(e) = serve(&addr, Health::new(), CancellationToken::new()).await else { panic!("bound twice") };
+        let Err(e) = serve(&addr, vec![("sink", Health::new())], CancellationToken::new()).await else {
+            panic!("bound twice")
+        };
         assert!(e.to_string().contains("telemetry.http_addr"), "{e}");
     }
 }

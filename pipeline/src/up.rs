@@ -39,6 +39,7 @@ use tracing::{info, warn};
 
 use crate::codec::DetectionResult;
 use crate::detector::{self, Delivery, DetectorError, ModelThread};
+use crate::health::Health;
 use crate::kafka::{DevBroker, DevBrokerOptions, KafkaPlumbingError};
 use crate::producer::{self, ProduceRequest, ProducerError};
 use crate::settings::Settings;
@@ -55,6 +56,9 @@ pub struct UpOptions {
     pub exit_when_done: bool,
     /// Which broker the stages use.
     pub broker: UpBroker,
+    /// Kept up to date by the detector and the sink, for whoever serves them (`/readyz`).
+    pub detector_health: Health,
+    pub sink_health: Health,
 }
 
 /// The broker of an `up` run.
@@ -165,12 +169,14 @@ pub async fn run(settings: &Settings, options: &UpOptions, shutdown: Cancellatio
     let detect = {
         let settings = settings.clone();
         let stop = stop.clone();
-        tokio::spawn(async move { detector::run(&settings, model, stop).await })
+        let health = options.detector_health.clone();
+        tokio::spawn(async move { detector::run_with_health(&settings, model, stop, health).await })
     };
     let sink = {
         let settings = settings.clone();
         let stop = stop.clone();
-        tokio::spawn(async move { sink::run(&settings, Some(seen_tx), stop).await })
+        let health = options.sink_health.clone();
+        tokio::spawn(async move { sink::run_with_health(&settings, Some(seen_tx), stop, health).await })
     };
     let produce = {
         let settings = settings.clone();

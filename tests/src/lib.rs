@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod otlp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

@@ -1,13 +1,16 @@
-//! The stages' HTTP port (`telemetry.http_addr`) end to end, with the real `vigil` binary:
-//! `/healthz`, `/readyz` and `/metrics` of a detector and a sink while frames go through.
+//! Telemetry end to end, with the real `vigil` binary: the stages' HTTP port
+//! (`telemetry.http_addr`: `/healthz`, `/readyz` and `/metrics` of a detector and a sink
+//! while frames go through) and traces exported over OTLP.
 //! (Readiness while the database is away is tested in the sink's own tests, where the
 //! connection can be cut; while the brokers are away in `kafka::stats`. The consumer-lag
 //! series is not asserted here: on the 3-node cluster none appeared within 30 s, an open
 //! question, see docs/operations.md.)
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use vigil_tests::http::{get, sample, served_addr, wait_status};
+use vigil_tests::otlp::{Receiver, Span};
 use vigil_tests::{serial, stop, Options, Pipeline};
 
 /// The sample `key` on `page`, or a failure that shows the page.
@@ -55,4 +58,72 @@ fn stages_serve_health_readiness_and_metrics_that_move_with_traffic() {
 
     stop(&mut detector);
     stop(&mut sink);
+}
+
+/// produce → detect → sink as three processes exporting over OTLP/HTTP to an in-test
+/// receiver: each frame's spans form one trace across the three services with the right
+/// parents, and each model call's `detect batch` span links the frames it served.
+#[test]
+fn a_frames_spans_form_one_trace_across_the_three_processes() {
+    let _serial = serial();
+    let receiver = Receiver::start();
+    let mut p = Pipeline::start("telemetry-traces", Options::default());
+    p.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint);
+    p.set_env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    // Export every 200 ms rather than 5 s; exit flushes the rest anyway.
+    p.set_env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    p.set_env("OTEL_METRIC_EXPORT_INTERVAL", "1000");
+    let mut sink = p.spawn("sink", &["sink"]);
+    let mut detector = p.spawn("detector", &["detect"]);
+    let frames = p.produce_cameras(2, 3);
+    p.wait_rows(frames, Duration::from_secs(300), &mut [&mut sink, &mut detector]);
+    stop(&mut detector);
+    stop(&mut sink);
+
+    let spans = receiver.spans();
+    let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent_of = |s: &Span| by_id.get(s.parent_span_id.as_str()).copied();
+    let named = |name: String| spans.iter().filter(move |s| s.name == name);
+    // Messaging span names are `{operation} {topic}`; the test's topics have its prefix.
+    let (send_images, process_images) = (format!("send {}", p.images), format!("process {}", p.images));
+    let (send_detections, process_detections) = (format!("send {}", p.detections), format!("process {}", p.detections));
+
+    let sends: Vec<&Span> = named(send_images).collect();
+    assert_eq!(sends.len() as u64, frames, "one producer span per frame: {spans:#?}");
+    for send in &sends {
+        assert_eq!((send.service.as_str(), send.kind, send.parent_span_id.as_str()), ("vigil-producer", 4, ""));
+        assert_eq!(send.attributes.get("messaging.system").map(String::as_str), Some("kafka"));
+        assert_eq!(send.attributes.get("messaging.operation.type").map(String::as_str), Some("send"));
+        let trace: Vec<&Span> = spans.iter().filter(|s| s.trace_id == send.trace_id).collect();
+        // The chain, each a child of the one before (at-least-once on the in-memory
+        // broker may add a second chain under the same send; one must be complete).
+        let chain = [process_images.as_str(), &send_detections, &process_detections, "db write"];
+        let services = ["vigil-detector", "vigil-detector", "vigil-sink", "vigil-sink"];
+        let stored = trace.iter().find(|s| s.name == "db write").unwrap_or_else(|| panic!("no db write in {trace:#?}"));
+        let mut span = *stored;
+        for (name, service) in chain.iter().zip(services).rev() {
+            assert_eq!((span.name.as_str(), span.service.as_str()), (*name, service), "{trace:#?}");
+            span = parent_of(span).unwrap_or_else(|| panic!("{name} has no parent in {trace:#?}"));
+        }
+        assert_eq!(span.span_id, send.span_id, "the chain starts at the producer's span");
+        let process = trace.iter().find(|s| s.name == process_images).unwrap();
+        assert_eq!(process.kind, 5, "a consumer span");
+        for key in ["messaging.destination.partition.id", "messaging.kafka.offset", "messaging.consumer.group.name"] {
+            assert!(process.attributes.contains_key(key), "{key} missing: {process:#?}");
+        }
+    }
+
+    // Every frame's `process images` is linked by a `detect batch` span of the detector.
+    let batches: Vec<&Span> = named("detect batch".into()).collect();
+    assert!(!batches.is_empty(), "no detect batch span: {spans:#?}");
+    for process in named(process_images.clone()) {
+        let linked = batches.iter().any(|b| b.links.contains(&(process.trace_id.clone(), process.span_id.clone())));
+        assert!(linked, "no detect batch links {process:#?}\nbatches: {batches:#?}");
+    }
+    for batch in &batches {
+        assert_eq!(batch.service, "vigil-detector");
+        assert_eq!(batch.attributes.get("messaging.batch.message_count"), Some(&batch.links.len().to_string()));
+        assert!(batch.attributes.contains_key("vigil.backend") && batch.attributes.contains_key("vigil.inference_ms"));
+    }
+    assert!(receiver.requests("/v1/metrics") >= 1, "metrics were not exported over OTLP");
 }

@@ -88,6 +88,24 @@ enum Command {
 }
 
 impl Command {
+    /// `service.name` of the process's traces and metrics.
+    fn service_name(&self) -> &'static str {
+        use vigil::telemetry::service;
+        match self {
+            Command::Produce(_) => service::PRODUCER,
+            Command::Detect(_) => service::DETECTOR,
+            Command::Sink(_) => service::SINK,
+            Command::Up(_) => service::UP,
+            Command::Broker(_)
+            | Command::Tail(_)
+            | Command::Verify(_)
+            | Command::Chaos(_)
+            | Command::DetectImage(_)
+            | Command::Bench(_)
+            | Command::Config => service::TOOLS,
+        }
+    }
+
     /// Config keys set by this command's flags (applied above file and environment).
     fn overrides(&self) -> Vec<(&'static str, String)> {
         match self {
@@ -125,18 +143,26 @@ pub(crate) fn main() -> ExitCode {
             }
         };
     }
-    let _telemetry = match vigil::telemetry::init(&settings.telemetry) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("vigil: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    if let Err(e) = vigil::telemetry::init(&settings.telemetry) {
+        eprintln!("vigil: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vigil: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    // Inside the runtime: the gRPC exporter's connection is spawned on it.
+    let telemetry = {
+        let _entered = runtime.enter();
+        match vigil::telemetry::install(cli.command.service_name(), &settings.telemetry) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("vigil: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
         }
     };
     let code = runtime.block_on(async move {
@@ -146,6 +172,9 @@ pub(crate) fn main() -> ExitCode {
             Err(failure) => failure.report(),
         }
     });
+    // Flush the last spans and metrics while the runtime (and the exporters' connections
+    // on it) still runs.
+    drop(telemetry);
     // Do not wait for stray blocking tasks (e.g. a consumer poll) beyond a moment.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(code)

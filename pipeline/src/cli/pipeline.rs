@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 use vigil::detector::ModelThread;
 use vigil::health::Health;
-use vigil::metrics::MetricsGuard;
 use vigil::producer::ProduceRequest;
 use vigil::settings::Settings;
 use vigil::up::{UpBroker, UpOptions};
@@ -151,7 +150,7 @@ impl DetectArgs {
 /// `vigil detect`: loads the model, runs until a signal, prints a `summary:` line.
 pub(crate) async fn detect(settings: &Settings, shutdown: CancellationToken) -> Result<u8, Failure> {
     let health = Health::new();
-    let _metrics = observe(settings, "vigil-detector", &health, &shutdown).await?;
+    serve_http(settings, vec![("detector", health.clone())], &shutdown).await?;
     health.set_not_ready("loading the model");
     let model = ModelThread::nanodet(settings).await?;
     let summary = vigil::detector::run_with_health(settings, model, shutdown, health).await?;
@@ -198,25 +197,22 @@ impl SinkArgs {
 /// `vigil sink`: runs until a signal, then stores what it has read.
 pub(crate) async fn sink(settings: &Settings, shutdown: CancellationToken) -> Result<u8, Failure> {
     let health = Health::new();
-    let _metrics = observe(settings, "vigil-sink", &health, &shutdown).await?;
+    serve_http(settings, vec![("sink", health.clone())], &shutdown).await?;
     vigil::sink::run_with_health(settings, None, shutdown, health).await?;
     Ok(EXIT_OK)
 }
 
-/// Installs the process's metrics (`service.name` = `service`) and, when
-/// `telemetry.http_addr` is set, serves them with `health` until `shutdown`. Keep the
-/// guard for the life of the stage.
-async fn observe(
+/// Serves the health of `stages` and the metrics on `telemetry.http_addr`, when set,
+/// until `shutdown`.
+async fn serve_http(
     settings: &Settings,
-    service: &'static str,
-    health: &Health,
+    stages: vigil::http::Stages,
     shutdown: &CancellationToken,
-) -> Result<Option<MetricsGuard>, Failure> {
-    let guard = vigil::metrics::install(service);
+) -> Result<(), Failure> {
     if let Some(addr) = &settings.telemetry.http_addr {
-        vigil::http::serve(addr, health.clone(), shutdown.clone()).await?;
+        vigil::http::serve(addr, stages, shutdown.clone()).await?;
     }
-    Ok(guard)
+    Ok(())
 }
 
 /// `vigil up` arguments.
@@ -237,9 +233,13 @@ async fn observe(
         runs in the configured detector.delivery (default exactly-once: one Kafka transaction per batch), \
         and the sink keeps sink.group_id, so a second run with the same database resumes where the first \
         stopped. Credentials and other client settings come from kafka.client.* (configuration file or \
-        VIGIL__KAFKA__CLIENT__* environment), as for every command.",
+        VIGIL__KAFKA__CLIENT__* environment), as for every command.\n\n\
+        With telemetry.http_addr set it serves /healthz, /readyz (ready when the detector and the sink both \
+        are) and /metrics on that one address; with OTEL_EXPORTER_OTLP_ENDPOINT (or telemetry.otlp_endpoint) \
+        set it exports every frame's spans as service vigil-up.",
     after_help = "Examples:\n  \
         vigil up                                        # samples/ at 2 frames/s until Ctrl-C\n  \
+        VIGIL__TELEMETRY__HTTP_ADDR=127.0.0.1:9464 vigil up   # then: curl 127.0.0.1:9464/metrics\n  \
         vigil up --fps 0 --count 70                     # 70 frames as fast as possible, keep running\n  \
         vigil up --count 14 --exit-when-done            # stop once 14 results are stored\n  \
         vigil up --database sqlite://vigil-data/demo.sqlite --backend cpu\n  \
@@ -287,7 +287,17 @@ impl UpArgs {
 /// `vigil up`: the whole pipeline until a signal (or `--exit-when-done`).
 pub(crate) async fn up(settings: &Settings, args: UpArgs, shutdown: CancellationToken) -> Result<u8, Failure> {
     let broker = if args.bootstrap.is_some() { UpBroker::Configured } else { UpBroker::Embedded };
-    let options = UpOptions { samples: args.samples, count: args.count, exit_when_done: args.exit_when_done, broker };
+    let (detector_health, sink_health) = (Health::new(), Health::new());
+    let stages = vec![("detector", detector_health.clone()), ("sink", sink_health.clone())];
+    serve_http(settings, stages, &shutdown).await?;
+    let options = UpOptions {
+        samples: args.samples,
+        count: args.count,
+        exit_when_done: args.exit_when_done,
+        broker,
+        detector_health,
+        sink_health,
+    };
     vigil::up::run(settings, &options, shutdown).await?;
     Ok(EXIT_OK)
 }

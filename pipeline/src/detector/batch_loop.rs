@@ -167,7 +167,7 @@ impl<'a> BatchLoop<'a> {
                     Ok(message) => {
                         metrics().frames_consumed.add(1, &[]);
                         let epoch = self.consumer.context().epoch(rdkafka::Message::partition(&message));
-                        batcher.push(InputRecord::from_message(&message, epoch));
+                        batcher.push(InputRecord::from_message(&message, epoch, &self.cfg.group_id));
                     }
                     Err(e) => match classify(&e) {
                         ErrorClass::Fatal => return Err(DetectorError::Consumer(e)),
@@ -458,6 +458,8 @@ fn log_dead_letters(records: &[InputRecord], verdicts: &[Verdict]) {
     for (record, verdict) in records.iter().zip(verdicts) {
         if let Verdict::DeadLetter { kind, message } = verdict {
             metrics::dead_letter(kind);
+            // The line names the frame's trace.
+            let _attached = record.trace.clone().attach();
             if [kinds::EXPIRED, kinds::SHED].contains(kind) {
                 debug!(partition = record.partition, offset = record.offset, kind, %message, "dead-lettered");
             } else {

@@ -94,7 +94,16 @@ mod tests {
     use super::*;
 
     fn rec(partition: i32, offset: i64) -> InputRecord {
-        InputRecord { partition, offset, key: None, payload: None, headers: vec![], epoch: 0, timestamp_ms: None }
+        InputRecord {
+            partition,
+            offset,
+            key: None,
+            payload: None,
+            headers: vec![],
+            epoch: 0,
+            timestamp_ms: None,
+            trace: Default::default(),
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
 use rayon::prelude::*;
 use tracing::warn;
 
@@ -23,6 +25,7 @@ use super::overload::Overload;
 use super::DetectorConfig;
 use crate::codec::{contract, now_us, DetectedObject, DetectionResult, Frame};
 use crate::model::{decode_image, resize_to_input, DecodeLimits, DecodedFrame, Detection, Detector};
+use crate::telemetry::spans;
 use crate::thread_actor::panic_message;
 
 /// What becomes of one input record.
@@ -161,9 +164,16 @@ fn judge_batch(model: &mut dyn Detector, records: &[InputRecord], limits: &Input
     let mut inference_ms = 0.0;
     if !ready.is_empty() {
         let images: Vec<DecodedFrame> = ready.iter().map(|r| r.image.clone()).collect();
+        let batch = spans::detect_batch(ready.iter().map(|r| &records[r.index].trace), model.backend_name());
+        // Ends when this block does; lines logged meanwhile name it.
+        let _attached = batch.clone().attach();
         let started = Instant::now();
         let outcome = detect(model, &images);
         inference_ms = started.elapsed().as_secs_f64() * 1000.0;
+        batch.span().set_attribute(KeyValue::new(spans::attributes::VIGIL_INFERENCE_MS, inference_ms));
+        if let Err(failure) = &outcome {
+            spans::fail(&batch, kinds::INFERENCE_FAILED, failure);
+        }
         let per_frame: Vec<Result<Vec<Detection>, String>> = match outcome {
             Ok(detections) => detections.into_iter().map(Ok).collect(),
             Err(failure) => {

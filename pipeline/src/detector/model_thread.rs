@@ -9,12 +9,14 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tracing::info;
 
+use opentelemetry::Context;
 use rdkafka::message::{Headers, Message};
 
 use super::judge::{process, process_while_backend_down, InputLimits, Verdict};
 use super::DetectorError;
 use crate::model::{Detector, ModelError, NanoDet};
 use crate::settings::Settings;
+use crate::telemetry::{extract_context, spans};
 use crate::thread_actor::{StartError, ThreadActor};
 
 /// A consumed `images` record, owned.
@@ -31,11 +33,26 @@ pub(crate) struct InputRecord {
     pub(crate) epoch: u64,
     /// The record's Kafka timestamp, milliseconds since the epoch (`detector.max_frame_age_ms`).
     pub(crate) timestamp_ms: Option<i64>,
+    /// The frame's `process` span (a child of the producer's `send`), from its reading
+    /// until its result or dead letter is handed to the producer.
+    pub(crate) trace: Context,
 }
 
 impl InputRecord {
-    /// Copies a consumed message, tagged with its partition's current ownership epoch.
-    pub(crate) fn from_message(message: &impl Message, epoch: u64) -> Self {
+    /// Copies a consumed message, tagged with its partition's current ownership epoch, and
+    /// starts its `process` span.
+    pub(crate) fn from_message(message: &impl Message, epoch: u64, group_id: &str) -> Self {
+        let parent = extract_context(message.headers());
+        let trace = spans::process(
+            &parent,
+            spans::Consumed {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                group_id,
+                key: message.key(),
+            },
+        );
         InputRecord {
             partition: message.partition(),
             offset: message.offset(),
@@ -47,6 +64,7 @@ impl InputRecord {
                 .unwrap_or_default(),
             epoch,
             timestamp_ms: message.timestamp().to_millis(),
+            trace,
         }
     }
 

@@ -27,7 +27,7 @@ use super::model_thread::InputRecord;
 use crate::codec::dlq::{cut_to_fit, error_headers, record_size, truncation_headers, Parts, RECORD_OVERHEAD_BYTES};
 use crate::kafka::{max_message_bytes, DLQ_HEADROOM_BYTES};
 use crate::settings::Settings;
-use crate::telemetry::{extract_context, inject_context, spans, start_process_span};
+use crate::telemetry::{inject_context, spans};
 
 /// Size refusals of its own delivery after which a dead letter goes truncated, whatever
 /// its size (see the module doc; [`Destinations::refused`]).
@@ -56,14 +56,13 @@ impl DeadLetterForm {
     }
 }
 
-/// Topic names and the consumer group, for records and spans; the DLQ's limit and the
+/// Topic names, for records and spans; the DLQ's limit and the
 /// size refusals of the dead letters not committed yet.
 #[derive(Debug)]
 pub(crate) struct Destinations {
     pub(crate) images: String,
     pub(crate) detections: String,
     pub(crate) dlq: String,
-    pub(crate) group_id: String,
     /// Largest dead letter the DLQ topic and the producer both accept, bytes (as counted
     /// by [`record_size`]).
     pub(crate) dlq_limit: usize,
@@ -112,7 +111,6 @@ impl Destinations {
             images: topics.images.name.clone(),
             detections: topics.detections.name.clone(),
             dlq: topics.dlq.name.clone(),
-            group_id: settings.detector.group_id.clone(),
             dlq_limit: dlq_limit as usize,
             refusals: Mutex::default(),
         }
@@ -156,8 +154,10 @@ impl Destinations {
         }
     }
 
-    /// The output record for `record`: a borrowed view for the producer. Ends the frame's
-    /// `process` span (a child of the producer's), whose context the result carries on.
+    /// The output record for `record`: a borrowed view for the producer. Its `send` span
+    /// (a child of the frame's `process` span) travels in a result's headers; a dead
+    /// letter keeps the original headers, so its trace stays the producer's, and its
+    /// `process` span ends in error. Ends the frame's `process` span.
     pub(crate) fn output<'a>(
         &'a self,
         record: &'a InputRecord,
@@ -166,24 +166,21 @@ impl Destinations {
     ) -> Output<'a> {
         let (topic, key, payload, headers, dead_letter_bytes) = match verdict {
             Verdict::Result { key, value, .. } => {
-                let parent = extract_context(Some(&owned_headers(&record.headers)));
-                let cx = start_process_span(
-                    spans::IMAGES_PROCESS,
-                    &parent,
-                    &self.images,
-                    record.partition,
-                    &self.group_id,
-                    record.offset,
-                );
-                let headers = inject_context(&cx, OwnedHeaders::new());
-                cx.span().end();
+                let send = spans::send(&record.trace, &self.detections, Some(key.as_bytes()), None);
+                let headers = inject_context(&send, OwnedHeaders::new());
+                send.span().end();
                 (&self.detections, Some(key.as_bytes()), Some(value.as_slice()), headers, None)
             }
             Verdict::DeadLetter { kind, message } => {
+                spans::fail(&record.trace, kind, message);
+                let send = spans::send(&record.trace, &self.dlq, record.key.as_deref(), None);
+                spans::fail(&send, kind, message);
+                send.span().end();
                 let letter = self.dead_letter(record, kind, message, form);
                 (&self.dlq, letter.key, letter.payload, letter.headers, Some(letter.bytes))
             }
         };
+        record.trace.span().end();
         let mut out: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
         if let Some(key) = key {
             out = out.key(key);
@@ -291,7 +288,6 @@ mod tests {
             images: "images".into(),
             detections: "detections".into(),
             dlq: "images.dlq".into(),
-            group_id: "g".into(),
             dlq_limit,
             refusals: Mutex::default(),
         }

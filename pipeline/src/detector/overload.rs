@@ -100,6 +100,7 @@ mod tests {
             headers: vec![],
             epoch: 0,
             timestamp_ms,
+            trace: Default::default(),
         }
     }
 

@@ -25,6 +25,9 @@ impl Detector for FakeModel {
     fn model_version(&self) -> &str {
         "0"
     }
+    fn backend_name(&self) -> &str {
+        "test"
+    }
     fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
         self.calls += 1;
         let plane = (INPUT_SIZE * INPUT_SIZE) as usize;
@@ -70,6 +73,9 @@ impl Detector for BrokenModel {
     fn model_version(&self) -> &str {
         "0"
     }
+    fn backend_name(&self) -> &str {
+        "test"
+    }
     fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
         let first_call = *self.first_call.get_or_insert_with(Instant::now);
         match self.broken_for {
@@ -92,6 +98,9 @@ impl Detector for PanickingModel {
     fn model_version(&self) -> &str {
         "0"
     }
+    fn backend_name(&self) -> &str {
+        "test"
+    }
     fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
         match self.inner.detect(frames) {
             Err(e) => panic!("injected panic in the forward pass: {e}"),
@@ -112,6 +121,9 @@ impl Detector for SlowModel {
     }
     fn model_version(&self) -> &str {
         "0"
+    }
+    fn backend_name(&self) -> &str {
+        "test"
     }
     fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
         std::thread::sleep(self.delay);
@@ -153,6 +165,7 @@ pub(crate) fn record(offset: i64, payload: Option<Vec<u8>>) -> InputRecord {
         headers: vec![],
         epoch: 1,
         timestamp_ms: None,
+        trace: Default::default(),
     }
 }
 

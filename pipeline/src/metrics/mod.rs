@@ -1,8 +1,8 @@
 //! The stages' OpenTelemetry metrics, and the reader that serves them as Prometheus text
 //! on `/metrics` (see `http`).
 //!
-//! Instruments come from the global meter provider, which [`install`] sets up once per
-//! process before any stage runs; before that (unit tests, embedders) they record into a
+//! Instruments come from the global meter provider, which `telemetry::install` sets up once
+//! per process before any stage runs; before that (unit tests, embedders) they record into a
 //! no-op meter. Names follow OpenTelemetry (`vigil.frames.consumed`, unit `s`) and read
 //! the Prometheus way on `/metrics` (`vigil_frames_consumed_total`,
 //! `vigil_inference_duration_seconds`). Labels stay low-cardinality: a dead letter's
@@ -19,8 +19,7 @@ use opentelemetry::{global, KeyValue};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::reader::MetricReader;
-use opentelemetry_sdk::metrics::{InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{InstrumentKind, ManualReader, Pipeline, Temporality};
 
 /// The instrumentation scope of every Vigil metric.
 const METER_NAME: &str = "vigil";
@@ -71,7 +70,7 @@ pub(crate) fn consumer_lag(topic: &str, lags: impl IntoIterator<Item = (i32, i64
     table.extend(lags.into_iter().map(|(partition, lag)| ((topic.to_owned(), partition), lag)));
 }
 
-/// The process's instruments (no-op ones until [`install`] ran).
+/// The process's instruments (no-op ones until `telemetry::install` ran).
 pub(crate) fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| Metrics::new(&global::meter(METER_NAME)))
@@ -139,42 +138,18 @@ pub(crate) fn seconds(histogram: &Histogram<f64>, elapsed: Duration) {
     histogram.record(elapsed.as_secs_f64(), &[]);
 }
 
-/// The process's meter provider and the reader `/metrics` collects from; shuts the
-/// provider down on drop.
-pub struct MetricsGuard {
-    provider: SdkMeterProvider,
-}
-
-impl Drop for MetricsGuard {
-    fn drop(&mut self) {
-        // Nothing is lost either way: the reader is pulled, never pushes.
-        if let Err(e) = self.provider.shutdown() {
-            tracing::debug!(error = %e, "metrics provider shutdown");
-        }
-    }
-}
-
 static READER: OnceLock<SharedReader> = OnceLock::new();
 
-/// Installs the global meter provider, its resource naming the process (`service.name`
-/// `service`, unless `OTEL_SERVICE_NAME` says otherwise), with a reader that
-/// [`render_prometheus`] collects from. Once per process: later calls keep the first
-/// provider and return `None`.
-pub fn install(service: &'static str) -> Option<MetricsGuard> {
+/// The reader [`render_prometheus`] collects from, for the process's meter provider
+/// (`telemetry::install`). Once per process: later calls get `None`.
+pub(crate) fn prometheus_reader() -> Option<impl MetricReader> {
     let reader = SharedReader(Arc::new(ManualReader::builder().build()));
     READER.set(reader.clone()).ok()?;
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(service);
-    }
-    let resource = resource.build();
-    let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build();
-    global::set_meter_provider(provider.clone());
-    Some(MetricsGuard { provider })
+    Some(reader)
 }
 
 /// Every metric of this process as Prometheus text exposition (format 0.0.4); empty
-/// before [`install`].
+/// before `telemetry::install`.
 pub fn render_prometheus() -> Result<String, OTelSdkError> {
     let Some(reader) = READER.get() else {
         return Ok(String::new());

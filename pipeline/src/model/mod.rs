@@ -38,6 +38,8 @@ pub trait Detector: Send {
     /// Model name and version recorded with every result (e.g. `nanodet-g`, `human-models@3.0.4`).
     fn model_name(&self) -> &str;
     fn model_version(&self) -> &str;
+    /// Where it runs (`cpu`, `wgpu`), for the `detect batch` span.
+    fn backend_name(&self) -> &str;
     /// Runs the model on `frames` (any batch size ≥ 1) and returns one entry per frame,
     /// in order, boxes in the frame's original pixel coordinates.
     fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError>;

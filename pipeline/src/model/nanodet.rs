@@ -109,6 +109,14 @@ impl Detector for NanoDet {
         "human-models@3.0.4"
     }
 
+    fn backend_name(&self) -> &str {
+        match self.backend.backend {
+            Backend::Cpu => "cpu",
+            Backend::Wgpu => "wgpu",
+            Backend::Auto => "auto",
+        }
+    }
+
     fn detect(&mut self, frames: &[DecodedFrame]) -> Result<Vec<Vec<Detection>>, ModelError> {
         if frames.is_empty() {
             return Ok(Vec::new());

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -19,7 +19,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::kafka::{ensure_topics, idempotent_producer_config, try_enqueue, Enqueued};
 use crate::settings::Settings;
-use crate::telemetry::{attributes as attr, inject_context, spans, start_span};
+use crate::telemetry::inject_context;
+use crate::telemetry::spans::{self, attributes as attr};
 
 /// Knobs of one `produce_frames` call that are not configuration.
 #[derive(Debug, Clone, Default)]
@@ -251,17 +252,8 @@ where
                 "above detector.max_record_bytes: sending it anyway; the detector will dead-letter it as oversized"
             );
         }
-        let trace = start_span(
-            spans::IMAGES_PUBLISH,
-            SpanKind::Producer,
-            &Context::new(),
-            vec![
-                KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "send"),
-                KeyValue::new(attr::MESSAGING_DESTINATION_NAME, topic.clone()),
-                KeyValue::new(attr::MESSAGING_MESSAGE_ID, frame.frame_id.clone()),
-                KeyValue::new(attr::MESSAGING_KAFKA_MESSAGE_KEY, frame.source.clone()),
-            ],
-        );
+        // A new trace per frame: it follows the frame through every stage.
+        let trace = spans::send(&Context::new(), &topic, Some(frame.source.as_bytes()), Some(&frame.frame_id));
         let headers = inject_context(&trace, OwnedHeaders::new());
         let mut record = FutureRecord::to(&topic).key(&frame.source).payload(&payload).headers(headers);
         let mut held = None;

@@ -52,7 +52,7 @@ use crate::health::{Health, BEAT_EVERY};
 use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass, NextOffsets};
 use crate::metrics::{self, metrics};
 use crate::settings::Settings;
-use crate::telemetry::{extract_context, spans, start_process_span};
+use crate::telemetry::{extract_context, spans};
 
 /// What a sink run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -232,7 +232,13 @@ impl SinkLoop<'_> {
     fn read(&self, message: &BorrowedMessage<'_>) -> Pending {
         let partition = message.partition();
         let offset = message.offset();
-        let trace = extract_context(message.headers());
+        let parent = extract_context(message.headers());
+        let trace = spans::process(
+            &parent,
+            spans::Consumed { topic: &self.topic, partition, offset, group_id: &self.group_id, key: message.key() },
+        );
+        // Lines about this record name its trace.
+        let _attached = trace.clone().attach();
         let payload = message.payload().unwrap_or_default();
         let item = match DetectionResult::decode(payload) {
             Ok(result) => Item::Row {
@@ -241,6 +247,7 @@ impl SinkLoop<'_> {
                 payload: payload.to_vec(),
             },
             Err(e) => {
+                spans::fail(&trace, e.kind(), &e.to_string());
                 warn!(partition, offset, kind = e.kind(), error = %e, "undecodable result; storing it in sink_rejects");
                 Item::Reject(RejectRow {
                     topic: self.topic.clone(),
@@ -264,13 +271,19 @@ impl SinkLoop<'_> {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        let batch_len = pending.len();
         let mut next = NextOffsets::default();
         let mut outgoing =
             Outgoing::new(Batch { group_id: self.group_id.clone(), topic: self.topic.clone(), ..Batch::default() });
+        let system = match self.db.kind() {
+            "postgres" => "postgresql",
+            other => other,
+        };
         let mut traces = Vec::with_capacity(pending.len());
         for p in pending {
             next.record(p.partition, p.offset);
-            traces.push((p.trace, p.partition, p.offset));
+            let table = if matches!(p.item, Item::Row { .. }) { "detections" } else { "sink_rejects" };
+            traces.push((spans::db_write(&p.trace, system, table, batch_len), p.trace));
             match p.item {
                 Item::Row { row, result, payload } => outgoing.push_row(row, result, payload),
                 Item::Reject(reject) => outgoing.batch.rejects.push(reject),
@@ -280,7 +293,15 @@ impl SinkLoop<'_> {
             next.iter().map(|(partition, next_offset)| PartitionOffset { partition, next_offset }).collect();
 
         let started = Instant::now();
-        let outcome = write::store(self.db, &mut outgoing, self.db_outage_limit, &self.health, shutdown).await?;
+        let outcome = match write::store(self.db, &mut outgoing, self.db_outage_limit, &self.health, shutdown).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                for (write, _) in &traces {
+                    spans::fail(write, "db_write_failed", &e.to_string());
+                }
+                return Err(e);
+            }
+        };
         let m = metrics();
         metrics::seconds(&m.db_write_duration, started.elapsed());
         m.rows_stored.add(outcome.inserted, &[]);
@@ -308,10 +329,9 @@ impl SinkLoop<'_> {
         if outcome.duplicates > 0 {
             info!(duplicates = outcome.duplicates, "skipped results whose frames were already stored (redelivery)");
         }
-        for (parent, partition, offset) in traces {
-            let cx =
-                start_process_span(spans::DETECTIONS_PROCESS, &parent, &self.topic, partition, &self.group_id, offset);
-            cx.span().end();
+        for (write, process) in traces {
+            write.span().end();
+            process.span().end();
         }
 
         // Lag monitoring only: never read back, so failures are harmless.
