@@ -28,7 +28,6 @@ use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use tracing::{info, warn};
 
@@ -156,8 +155,8 @@ fn end_ownership(state: &mut Ownership, partitions: &[i32]) {
 }
 
 impl ClientContext for DetectorContext {
-    fn stats(&self, statistics: Statistics) {
-        stats::observe(&statistics, &self.topic, &self.health);
+    fn stats_raw(&self, statistics: &[u8]) {
+        stats::observe_raw(statistics, &self.topic, &self.health);
     }
 }
 

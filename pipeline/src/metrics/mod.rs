@@ -56,6 +56,9 @@ pub(crate) struct Metrics {
     /// `partition` (detector, sink), observed from [`consumer_lag`]'s table at each
     /// collection. Held only to keep its callback registered.
     _consumer_lag: ObservableGauge<i64>,
+    /// Average round-trip time to each broker, by `broker` (node id), from [`broker_rtt`]'s
+    /// table: a slow or overloaded broker shows here first.
+    _broker_rtt: ObservableGauge<f64>,
 }
 
 /// The latest lag per (topic, partition) a consumer of this process reported, replaced
@@ -68,6 +71,23 @@ pub(crate) fn consumer_lag(topic: &str, lags: impl IntoIterator<Item = (i32, i64
     let mut table = CONSUMER_LAG.lock().unwrap_or_else(|p| p.into_inner());
     table.retain(|(t, _), _| t != topic);
     table.extend(lags.into_iter().map(|(partition, lag)| ((topic.to_owned(), partition), lag)));
+}
+
+/// The latest round-trip time per broker node id, seconds (librdkafka's statistics).
+static BROKER_RTT: Mutex<BTreeMap<i32, f64>> = Mutex::new(BTreeMap::new());
+
+/// Sets each broker's average round-trip time, seconds; brokers left out are no longer
+/// reported.
+pub(crate) fn broker_rtt(rtts: impl IntoIterator<Item = (i32, f64)>) {
+    let mut table = BROKER_RTT.lock().unwrap_or_else(|p| p.into_inner());
+    table.clear();
+    table.extend(rtts);
+}
+
+/// A copy of the consumer-lag table, for tests.
+#[cfg(test)]
+pub(crate) fn consumer_lags() -> BTreeMap<(String, i32), i64> {
+    CONSUMER_LAG.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// The process's instruments (no-op ones until `telemetry::install` ran).
@@ -116,6 +136,17 @@ impl Metrics {
                         let labels =
                             [KeyValue::new("topic", topic.clone()), KeyValue::new("partition", i64::from(*partition))];
                         observer.observe(*lag, &labels);
+                    }
+                })
+                .build(),
+            _broker_rtt: meter
+                .f64_observable_gauge("vigil.kafka.broker.rtt")
+                .with_unit("s")
+                .with_description("Average round-trip time of requests to each broker (librdkafka's statistics)")
+                .with_callback(|observer| {
+                    let table = BROKER_RTT.lock().unwrap_or_else(|p| p.into_inner());
+                    for (broker, rtt) in table.iter() {
+                        observer.observe(*rtt, &[KeyValue::new("broker", i64::from(*broker))]);
                     }
                 })
                 .build(),

@@ -20,7 +20,6 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
-use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
@@ -105,8 +104,8 @@ impl SinkContext {
 }
 
 impl ClientContext for SinkContext {
-    fn stats(&self, statistics: Statistics) {
-        stats::observe(&statistics, &self.topic, &self.health);
+    fn stats_raw(&self, statistics: &[u8]) {
+        stats::observe_raw(statistics, &self.topic, &self.health);
     }
 }
 
