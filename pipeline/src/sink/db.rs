@@ -93,6 +93,16 @@ impl DbWorker {
             .map_err(|_| StoreError::WorkerGone)?
     }
 
+    /// Whether the database answers: reads the stored offsets of `group_id` (the cheapest
+    /// query every store answers), reconnecting first when the connection was lost.
+    pub(crate) async fn check(&self, group_id: &str, topic: &str) -> Result<(), StoreError> {
+        let (group_id, topic) = (group_id.to_owned(), topic.to_owned());
+        self.actor
+            .run(move |c: &mut Connection| c.with(|store| store.load_offsets(&group_id, &topic).map(drop)))
+            .await
+            .map_err(|_| StoreError::WorkerGone)?
+    }
+
     /// Reads stored offsets, blocking the caller. Used from the consumer's rebalance
     /// callback, which librdkafka runs synchronously inside a poll.
     pub(crate) fn load_offsets_blocking(&self, group_id: &str, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::consumer::SinkContext;
 use super::db::DbWorker;
 use super::store::{self, StoreStats};
-use super::{to_row, Item, Pending, SinkError, SinkLoop, SinkSummary};
+use super::{to_row, IdleCheck, Item, Pending, SinkError, SinkLoop, SinkSummary, IDLE_CHECK_EVERY};
 use crate::codec::DetectionResult;
 use crate::health::Health;
 use crate::kafka::{client_config, consumer_config, DevBroker, KafkaConfig, TopicConfig};
@@ -80,6 +80,7 @@ fn sink_loop<'a>(db: &'a DbWorker, consumer: &'a StreamConsumer<SinkContext>, to
         summary: SinkSummary::default(),
         db_outage_limit: Duration::from_secs(60),
         health: Health::new(),
+        idle_check: IdleCheck::default(),
     }
 }
 
@@ -313,7 +314,12 @@ struct Proxy {
 
 impl Proxy {
     async fn start(target: String) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy::start_at(target, 0).await
+    }
+
+    /// On `port` (0: any free one).
+    async fn start_at(target: String, port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
@@ -337,19 +343,61 @@ impl Drop for Proxy {
     }
 }
 
-/// A database that stays unreachable: the sink retries for `sink.db_outage_limit_ms`, then
-/// stops with an error, so that a restart policy sees the outage.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stops_when_the_database_stays_unreachable() {
-    let Some(schema) = PgSchema::create() else { return };
+/// The PostgreSQL of the test behind a [`Proxy`]: the URL through it, and the proxy.
+async fn proxied_schema(schema: &PgSchema) -> (String, String, Proxy) {
     let config: postgres::Config = schema.url.parse().unwrap();
     let (host, port) = match (&config.get_hosts()[0], config.get_ports().first()) {
         (postgres::config::Host::Tcp(host), port) => (host.clone(), *port.unwrap_or(&5432)),
         _ => panic!("VIGIL_TEST_DATABASE_URL must name a TCP host"),
     };
-    let proxy = Proxy::start(format!("{host}:{port}")).await;
-    let url = schema.url.replacen(&format!("{host}:{port}"), &format!("127.0.0.1:{}", proxy.port), 1);
+    let target = format!("{host}:{port}");
+    let proxy = Proxy::start(target.clone()).await;
+    let url = schema.url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
     assert_ne!(url, schema.url, "VIGIL_TEST_DATABASE_URL must spell out host:port");
+    (url, target, proxy)
+}
+
+/// An idle sink notices a lost database within a check (not at its next write) and is
+/// ready again once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sink_is_not_ready_while_the_database_is_away() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (url, target, proxy) = proxied_schema(&schema).await;
+    let topic = "detections";
+    let db = Arc::new(DbWorker::start(&url).await.unwrap());
+    let consumer = offline_consumer(&db, topic);
+    let mut sink = sink_loop(&db, &consumer, topic);
+    sink.health.set_ready();
+    let due = |sink: &mut SinkLoop<'_>| sink.idle_check.last = Instant::now() - IDLE_CHECK_EVERY;
+
+    due(&mut sink);
+    sink.check_idle_database().await;
+    assert_eq!(sink.health.reason(), None, "the database answers");
+
+    let port = proxy.port;
+    drop(proxy);
+    // The abort takes effect on the proxy's next turn.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    due(&mut sink);
+    sink.check_idle_database().await;
+    let reason = sink.health.reason().unwrap_or_default();
+    assert!(reason.starts_with("database unavailable"), "{reason:?}");
+    // Not asked again before IDLE_CHECK_EVERY.
+    let _proxy = Proxy::start_at(target, port).await;
+    sink.check_idle_database().await;
+    assert!(sink.health.reason().is_some());
+
+    due(&mut sink);
+    sink.check_idle_database().await;
+    assert_eq!(sink.health.reason(), None, "ready again once the database answers");
+}
+
+/// A database that stays unreachable: the sink retries for `sink.db_outage_limit_ms`, then
+/// stops with an error, so that a restart policy sees the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_when_the_database_stays_unreachable() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (url, _, proxy) = proxied_schema(&schema).await;
     let topic = "detections";
     let db = Arc::new(DbWorker::start(&url).await.unwrap());
     let consumer = offline_consumer(&db, topic);

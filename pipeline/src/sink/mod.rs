@@ -112,6 +112,7 @@ pub async fn run_with_health(
         summary: SinkSummary::default(),
         db_outage_limit: cfg.db_outage_limit(),
         health: health.clone(),
+        idle_check: IdleCheck::default(),
     };
     let result = sink.run(cfg.max_batch, cfg.max_wait(), &shutdown).await;
     health.set_not_ready("stopping");
@@ -158,7 +159,26 @@ struct SinkLoop<'a> {
     /// How long a batch waits for an unavailable database before the sink stops.
     db_outage_limit: Duration,
     health: Health,
+    /// The database check while idle (see [`SinkLoop::check_idle_database`]).
+    idle_check: IdleCheck,
 }
+
+/// While no batch writes, the sink still asks the database every [`IDLE_CHECK_EVERY`], so
+/// that `/readyz` shows a lost database before the next frame finds it.
+struct IdleCheck {
+    last: Instant,
+    /// This check made the sink not ready (only it makes it ready again).
+    failing: bool,
+}
+
+impl Default for IdleCheck {
+    fn default() -> Self {
+        IdleCheck { last: Instant::now(), failing: false }
+    }
+}
+
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
+const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SinkLoop<'_> {
     async fn run(
@@ -174,6 +194,7 @@ impl SinkLoop<'_> {
                 return Err(SinkError::AssignOffsets(reason));
             }
             self.drop_revoked();
+            self.check_idle_database().await;
             if self.pending.is_empty() {
                 // Nothing left to wait for (a revocation may have emptied the batch): a
                 // deadline kept past its time would make the loop spin without polling.
@@ -210,6 +231,36 @@ impl SinkLoop<'_> {
             self.flush(shutdown).await?;
         }
         Ok(())
+    }
+
+    /// Asks the database whether it answers, when nothing is waiting to be written and
+    /// the last check is [`IDLE_CHECK_EVERY`] old: not ready while it does not.
+    async fn check_idle_database(&mut self) {
+        if !self.pending.is_empty() || self.idle_check.last.elapsed() < IDLE_CHECK_EVERY {
+            return;
+        }
+        self.idle_check.last = Instant::now();
+        let checked = tokio::time::timeout(IDLE_CHECK_TIMEOUT, self.db.check(&self.group_id, &self.topic)).await;
+        let failure = match checked {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} s", IDLE_CHECK_TIMEOUT.as_secs())),
+        };
+        match failure {
+            Some(failure) => {
+                if !self.idle_check.failing {
+                    warn!(%failure, "database unavailable while idle: not ready");
+                }
+                self.idle_check.failing = true;
+                self.health.set_not_ready(format!("database unavailable: {failure}"));
+            }
+            None if self.idle_check.failing => {
+                info!("database answers again; ready");
+                self.idle_check.failing = false;
+                self.health.set_ready();
+            }
+            None => {}
+        }
     }
 
     /// Forgets the records read from partitions revoked since the last call: their next
