@@ -293,6 +293,32 @@ mod tests {
         assert!(resolve(Signal::Traces, &config, &[("OTEL_METRICS_EXPORTER", "none")]).unwrap().is_some());
     }
 
+    /// The gRPC exporter dials the configured endpoint and speaks HTTP/2 there (no gRPC
+    /// server runs in the tests: the receiver reads the client's connection preface, which
+    /// every HTTP/2 connection opens with, then hangs up).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_grpc_exporter_sends_to_the_endpoint() {
+        use std::io::Read;
+
+        use opentelemetry::trace::{Tracer, TracerProvider};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let preface = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 24];
+            stream.read_exact(&mut buf).unwrap();
+            buf
+        });
+        let target = Target { protocol: OtlpProtocol::Grpc, endpoint: Some(endpoint) };
+        let provider = SdkTracerProvider::builder().with_batch_exporter(span_exporter(&target).unwrap()).build();
+        provider.tracer("test").in_span("exported", |_| {});
+        // Fails (the receiver hangs up), after sending.
+        let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await.unwrap();
+        assert!(flushed.is_err(), "nothing answered, yet the export succeeded");
+        assert_eq!(&preface.join().unwrap(), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    }
+
     #[test]
     fn an_unknown_protocol_is_an_error_that_names_it() {
         let config = TelemetryConfig { otlp_endpoint: Some("http://x:4318".into()), ..Default::default() };
