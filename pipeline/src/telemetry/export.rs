@@ -127,7 +127,7 @@ impl Drop for TelemetryGuard {
 
 /// Installs the process's tracer and meter providers, their resource naming the process
 /// (`service.name` = `service` unless `OTEL_SERVICE_NAME` says otherwise), with OTLP
-/// exporters where [`target`] finds one. Call once, inside the async runtime (the gRPC
+/// exporters where `target` finds one. Call once, inside the async runtime (the gRPC
 /// exporter's connection is spawned on it), before any stage runs.
 pub fn install(service: &'static str, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let env = |name: &str| std::env::var(name).ok();
