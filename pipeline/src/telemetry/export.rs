@@ -183,22 +183,20 @@ pub(crate) fn install_for_tests() -> TelemetryGuard {
 
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `builder` with the export timeout and, when the config file names one, the endpoint.
+fn configured<B: WithExportConfig>(builder: B, target: &Target) -> B {
+    let builder = builder.with_timeout(EXPORT_TIMEOUT);
+    match &target.endpoint {
+        Some(endpoint) => builder.with_endpoint(endpoint),
+        None => builder,
+    }
+}
+
 fn span_exporter(target: &Target) -> Result<SpanExporter, TelemetryError> {
     let built = match target.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = SpanExporter::builder().with_tonic().with_timeout(EXPORT_TIMEOUT);
-            if let Some(endpoint) = &target.endpoint {
-                b = b.with_endpoint(endpoint);
-            }
-            b.build()
-        }
+        OtlpProtocol::Grpc => configured(SpanExporter::builder().with_tonic(), target).build(),
         OtlpProtocol::HttpProtobuf => {
-            let mut b =
-                SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).with_timeout(EXPORT_TIMEOUT);
-            if let Some(endpoint) = &target.endpoint {
-                b = b.with_endpoint(endpoint);
-            }
-            b.build()
+            configured(SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary), target).build()
         }
     };
     built.map_err(|e| TelemetryError::Exporter(e.to_string()))
@@ -206,20 +204,9 @@ fn span_exporter(target: &Target) -> Result<SpanExporter, TelemetryError> {
 
 fn metric_exporter(target: &Target) -> Result<MetricExporter, TelemetryError> {
     let built = match target.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = MetricExporter::builder().with_tonic().with_timeout(EXPORT_TIMEOUT);
-            if let Some(endpoint) = &target.endpoint {
-                b = b.with_endpoint(endpoint);
-            }
-            b.build()
-        }
+        OtlpProtocol::Grpc => configured(MetricExporter::builder().with_tonic(), target).build(),
         OtlpProtocol::HttpProtobuf => {
-            let mut b =
-                MetricExporter::builder().with_http().with_protocol(Protocol::HttpBinary).with_timeout(EXPORT_TIMEOUT);
-            if let Some(endpoint) = &target.endpoint {
-                b = b.with_endpoint(endpoint);
-            }
-            b.build()
+            configured(MetricExporter::builder().with_http().with_protocol(Protocol::HttpBinary), target).build()
         }
     };
     built.map_err(|e| TelemetryError::Exporter(e.to_string()))
