@@ -97,6 +97,9 @@ const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(100), cap: 
 #[cfg(test)]
 const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) };
 
+/// Added to a transactional call's own timeout before it is given up as stuck.
+const CALL_GRACE: Duration = Duration::from_secs(5);
+
 /// The detector's producer and how it commits.
 pub(crate) struct Committer {
     producer: FutureProducer,
@@ -162,6 +165,14 @@ impl Committer {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// How long one transactional call may block before the producer is taken for wedged:
+    /// its own timeout and a grace. librdkafka can overrun the timeout without bound when
+    /// the coordinator's broker is gone (librdkafka issues #5456 and #5511:
+    /// `send_offsets_to_transaction` waits for a broker state change that never comes).
+    fn call_limit(&self) -> Duration {
+        self.timeout + CALL_GRACE
     }
 
     /// The producer's `transactional.id` (the worker's identity towards the coordinator).
@@ -233,13 +244,14 @@ impl Committer {
         let timeout = self.timeout;
         let p = self.producer.clone();
         let send = move || p.send_offsets_to_transaction(&offsets, &metadata, timeout);
-        retry_call("send_offsets_to_transaction", Retries::Limited(5), send).await?;
+        retry_call("send_offsets_to_transaction", Retries::Limited(5), self.call_limit(), send).await?;
         failpoint::kill_at(Point::KillAfterOffsets);
         failpoint::pause_at(Point::PauseBeforeCommit);
         failpoint::kill_soon(Point::KillDuringCommit, Duration::from_millis(2));
         let p = self.producer.clone();
         let lose_reply = AtomicBool::new(failpoint::reached(Point::CommitReplyLost));
-        retry_call("commit_transaction", Retries::UntilResolved(self.shutdown.clone()), move || {
+        let retries = Retries::UntilResolved(self.shutdown.clone());
+        retry_call("commit_transaction", retries, self.call_limit(), move || {
             let result = p.commit_transaction(timeout);
             if result.is_ok() && lose_reply.swap(false, Ordering::Relaxed) {
                 // The broker committed; the detector only hears a timeout, as when the reply is lost.
@@ -254,7 +266,8 @@ impl Committer {
     async fn abort(&self) -> Result<(), Failure> {
         let p = self.producer.clone();
         let timeout = self.timeout;
-        match retry_call("abort_transaction", Retries::Limited(5), move || p.abort_transaction(timeout)).await {
+        let abort = move || p.abort_transaction(timeout);
+        match retry_call("abort_transaction", Retries::Limited(5), self.call_limit(), abort).await {
             Ok(()) => Ok(()),
             Err(Failure::Abort(reason) | Failure::Fatal(reason)) => Err(Failure::Fatal(reason)),
             Err(fenced @ Failure::Fenced(_)) => Err(fenced),
@@ -461,7 +474,11 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs a blocking transactional call, retrying it while librdkafka says it is
 /// retriable, as long as `retries` allows.
-async fn retry_call<F>(what: &'static str, retries: Retries, call: F) -> Result<(), Failure>
+///
+/// A call still blocked after `limit` is left behind on its thread and the producer is
+/// reported unusable ([`Failure::Fatal`]): the loop then replaces it, and the new
+/// producer's `init_transactions` fences the stuck one and settles its transaction.
+async fn retry_call<F>(what: &'static str, retries: Retries, limit: Duration, call: F) -> Result<(), Failure>
 where
     F: Fn() -> KafkaResult<()> + Send + Sync + 'static,
 {
@@ -469,9 +486,13 @@ where
     let (mut attempt, mut after_shutdown) = (0u32, 0u32);
     loop {
         let c = call.clone();
-        let result = tokio::task::spawn_blocking(move || c())
-            .await
-            .map_err(|e| Failure::Fatal(format!("{what}: blocking task failed: {e}")))?;
+        let result = match tokio::time::timeout(limit, tokio::task::spawn_blocking(move || c())).await {
+            Ok(joined) => joined.map_err(|e| Failure::Fatal(format!("{what}: blocking task failed: {e}")))?,
+            Err(_) => {
+                let limit_ms = limit.as_millis();
+                return Err(Failure::Fatal(format!("{what} still blocked after {limit_ms} ms (coordinator gone?)")));
+            }
+        };
         match result {
             Ok(()) => return Ok(()),
             Err(e) if classify(&e) == ErrorClass::Retriable && retries.allow(attempt, &mut after_shutdown) => {
@@ -498,16 +519,39 @@ mod tests {
             _ => Ok(()),
         };
         let shutdown = CancellationToken::new();
-        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown.clone()), commit).await.is_ok());
+        let limit = Duration::from_secs(10);
+        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown.clone()), limit, commit)
+            .await
+            .is_ok());
         assert_eq!(calls.load(Ordering::Relaxed), 9);
         // Once shutdown is asked, a commit that never resolves is given up, boundedly.
         shutdown.cancel();
         let never = || Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown), never).await.is_err());
-        let limited = retry_call("send_offsets_to_transaction", Retries::Limited(2), || {
+        assert!(retry_call("commit_transaction", Retries::UntilResolved(shutdown), limit, never).await.is_err());
+        let limited = retry_call("send_offsets_to_transaction", Retries::Limited(2), limit, || {
             Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
         });
         assert!(matches!(limited.await, Err(Failure::Abort(_))), "a limited call gives up and aborts");
+    }
+
+    #[tokio::test]
+    async fn a_call_blocked_past_its_limit_makes_the_producer_unusable() {
+        // As librdkafka's send_offsets_to_transaction does when the coordinator's broker is
+        // decommissioned: it neither returns nor times out.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let blocked = std::sync::Mutex::new(blocked);
+        let stuck = move || {
+            let _ = blocked.lock().expect("one caller").recv();
+            Ok(())
+        };
+        let started = std::time::Instant::now();
+        let result = retry_call("send_offsets_to_transaction", Retries::Limited(5), Duration::from_millis(200), stuck);
+        match result.await {
+            Err(Failure::Fatal(reason)) => assert!(reason.contains("still blocked after 200 ms"), "{reason}"),
+            other => panic!("expected the producer to be given up, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "given up at the limit, not at the call's end");
+        drop(release);
     }
 
     #[test]
