@@ -832,15 +832,21 @@ pub fn produce_raw(bootstrap: &str, topic: &str, key: &str, payload: Option<&[u8
 
 /// Rows of `detections` in the database at `url` (0 when it or the table is missing).
 pub fn count_rows(url: &str) -> u64 {
+    count_table(url, "detections")
+}
+
+/// Rows of `table` in the database at `url` (0 when it or the table is missing).
+pub fn count_table(url: &str, table: &str) -> u64 {
+    let sql = format!("SELECT COUNT(*) FROM {table}");
     if let Some(path) = url.strip_prefix("sqlite://") {
         let Ok(conn) = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
             return 0;
         };
         conn.busy_timeout(Duration::from_secs(10)).expect("set the SQLite busy timeout");
-        return conn.query_row("SELECT COUNT(*) FROM detections", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as u64;
+        return conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0) as u64;
     }
     let Ok(mut client) = postgres::Client::connect(url, postgres::NoTls) else { return 0 };
-    client.query_one("SELECT COUNT(*)::BIGINT FROM detections", &[]).map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0)
+    client.query_one(&sql, &[]).map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0)
 }
 
 /// The counters of the sink's `sink stopped` log line (`batches`, `inserted`,

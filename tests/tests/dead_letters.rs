@@ -23,7 +23,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 use serde_json::Value;
-use vigil_tests::{real_kafka, serial, stop, Options, Pipeline, Proc, Record};
+use vigil_tests::{count_table, real_kafka, serial, sink_counts, stop, Options, Pipeline, Proc, Record};
 
 /// How long the pipeline may take to give every good frame its row. A stalled batch
 /// never gets there; a healthy run needs well under a minute for these few frames.
@@ -177,8 +177,15 @@ fn run_with_poison(p: &Pipeline, poison: &[u8], key: &str, sink: &mut Proc, dete
         poison.len(),
         started.elapsed().as_secs_f64()
     );
+    // The sink's second loop stores the dead letter in a table of its own (the API reports it).
+    let deadline = std::time::Instant::now() + BOUND;
+    while count_table(&p.database_url, "dead_letters") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(count_table(&p.database_url, "dead_letters"), 1, "the sink stored the dead letter once");
     stop(detector);
     stop(sink);
+    assert_eq!(sink_counts(sink).and_then(|c| c.get("dead_letters").copied()), Some(1), "{}", sink.stderr());
     p.assert_exact(&report, good + 1, 1);
     let summary = detector.summary().expect("detector summary");
     assert_eq!(summary_u64(&summary, "dead_letters"), 1, "{summary}");

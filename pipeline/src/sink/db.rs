@@ -127,6 +127,7 @@ mod tests {
             topic: "t".into(),
             rows: vec![crate::sink::store::tests::row("a", 0, 0)],
             rejects: vec![],
+            dead_letters: Vec::new(),
             offsets: vec![PartitionOffset { partition: 0, next_offset: 1 }],
         };
         assert_eq!(db.write(batch).await.unwrap().inserted, 1);

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::consumer::SinkContext;
 use super::db::DbWorker;
 use super::store::{self, StoreStats};
-use super::{to_row, IdleCheck, Item, Pending, SinkError, SinkLoop, SinkSummary, IDLE_CHECK_EVERY};
+use super::{to_row, IdleCheck, Item, Pending, Reads, SinkError, SinkLoop, SinkSummary, IDLE_CHECK_EVERY};
 use crate::codec::DetectionResult;
 use crate::health::Health;
 use crate::kafka::{client_config, consumer_config, DevBroker, KafkaConfig, TopicConfig};
@@ -71,6 +71,7 @@ fn offline_consumer(db: &Arc<DbWorker>, topic: &str) -> StreamConsumer<SinkConte
 
 fn sink_loop<'a>(db: &'a DbWorker, consumer: &'a StreamConsumer<SinkContext>, topic: &str) -> SinkLoop<'a> {
     SinkLoop {
+        reads: Reads::Results,
         db,
         consumer,
         group_id: GROUP.into(),

@@ -1,5 +1,7 @@
 //! The sink stage: `detections` (read_committed) into a database, rows and offsets in
-//! one database transaction.
+//! one database transaction; and, by a second loop of its own consumer group
+//! (`sink.group_id` + `.dead-letters`), the dead-letter topic into `dead_letters`, so that
+//! the API can say what became of a frame that has no result.
 //!
 //! Exactly-once into the database, whatever the broker does:
 //! - every batch is ONE database transaction: rows (`ON CONFLICT (frame_id) DO
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -45,9 +47,9 @@ pub use error::{SinkError, StoreError};
 
 use self::consumer::SinkContext;
 use self::db::DbWorker;
-use self::store::{Batch, DetectionRow, PartitionOffset, RejectRow};
+use self::store::{Batch, DeadLetterRow, DetectionRow, PartitionOffset, RejectRow};
 use self::write::Outgoing;
-use crate::codec::{DetectedObject, DetectionResult};
+use crate::codec::{dlq, DetectedObject, DetectionResult, Frame};
 use crate::health::{Health, BEAT_EVERY};
 use crate::kafka::{classify, consumer_config, ensure_topics, ErrorClass, NextOffsets};
 use crate::metrics::{self, metrics};
@@ -65,6 +67,8 @@ pub struct SinkSummary {
     pub duplicates: u64,
     /// Records stored in `sink_rejects`: undecodable, or refused by the database.
     pub rejected: u64,
+    /// Dead letters stored in `dead_letters`.
+    pub dead_letters: u64,
 }
 
 /// Runs the sink until `shutdown`, then stores what it has read and leaves the group.
@@ -92,21 +96,22 @@ pub async fn run_with_health(
     let db = Arc::new(DbWorker::start(&cfg.database_url).await?);
     info!(database = %redact_url(&cfg.database_url), kind = db.kind(), "database ready (schema migrated)");
 
-    ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections]).await?;
+    ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections, &settings.kafka.topics.dlq]).await?;
 
-    let context = SinkContext::new(db.clone(), &cfg.group_id, &topic, health.clone());
-    let consumer: StreamConsumer<SinkContext> = consumer_config(&settings.kafka, &cfg.group_id, cfg.session_timeout_ms)
-        .create_with_context(context)
-        .map_err(SinkError::Consumer)?;
-    consumer.subscribe(&[&topic]).map_err(SinkError::Consumer)?;
-    info!(%topic, group = %cfg.group_id, "sink consuming (read_committed)");
+    let dlq_topic = settings.kafka.topics.dlq.name.clone();
+    let dlq_group = format!("{}{DEAD_LETTER_GROUP_SUFFIX}", cfg.group_id);
+    let results = subscribe(settings, &db, &cfg.group_id, &topic, &health)?;
+    let dead_letters = subscribe(settings, &db, &dlq_group, &dlq_topic, &health)?;
     health.set_ready();
 
-    let mut sink = SinkLoop {
+    // Either loop failing stops the other: the sink is one stage.
+    let stop = shutdown.child_token();
+    let new_loop = |consumer, group_id: &str, topic: String, reads, observer| SinkLoop {
         db: &db,
-        consumer: &consumer,
-        group_id: cfg.group_id.clone(),
+        consumer,
+        group_id: group_id.to_owned(),
         topic,
+        reads,
         pending: Vec::new(),
         observer,
         summary: SinkSummary::default(),
@@ -114,19 +119,53 @@ pub async fn run_with_health(
         health: health.clone(),
         idle_check: IdleCheck::default(),
     };
-    let result = sink.run(cfg.max_batch, cfg.max_wait(), &shutdown).await;
+    let mut sink = new_loop(&results, &cfg.group_id, topic, Reads::Results, observer);
+    let mut dlq_sink = new_loop(&dead_letters, &dlq_group, dlq_topic, Reads::DeadLetters, None);
+    let (result, dlq_result) = tokio::join!(sink.run_then_stop(cfg, &stop), dlq_sink.run_then_stop(cfg, &stop));
     health.set_not_ready("stopping");
-    let summary = sink.summary;
-    // Leaves the group (the revoke callback runs during the close).
-    drop(consumer);
+    let summary = SinkSummary { dead_letters: dlq_sink.summary.dead_letters, ..sink.summary };
+    // Leaves the groups (the revoke callbacks run during the close).
+    drop(results);
+    drop(dead_letters);
     info!(
         batches = summary.batches,
         inserted = summary.inserted,
         duplicates = summary.duplicates,
         rejected = summary.rejected,
+        dead_letters = summary.dead_letters,
         "sink stopped"
     );
-    result.map(|()| summary)
+    result.and(dlq_result).map(|()| summary)
+}
+
+/// Appended to `sink.group_id` for the consumer group of the dead-letter loop.
+pub const DEAD_LETTER_GROUP_SUFFIX: &str = ".dead-letters";
+
+/// A consumer of `topic` in `group_id` that starts at the offsets stored in the database.
+fn subscribe(
+    settings: &Settings,
+    db: &Arc<DbWorker>,
+    group_id: &str,
+    topic: &str,
+    health: &Health,
+) -> Result<StreamConsumer<SinkContext>, SinkError> {
+    let context = SinkContext::new(db.clone(), group_id, topic, health.clone());
+    let consumer: StreamConsumer<SinkContext> =
+        consumer_config(&settings.kafka, group_id, settings.sink.session_timeout_ms)
+            .create_with_context(context)
+            .map_err(SinkError::Consumer)?;
+    consumer.subscribe(&[topic]).map_err(SinkError::Consumer)?;
+    info!(%topic, group = %group_id, "sink consuming (read_committed)");
+    Ok(consumer)
+}
+
+/// What a sink loop reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// `detections`: results become rows.
+    Results,
+    /// The dead-letter topic: each becomes a `dead_letters` row.
+    DeadLetters,
 }
 
 /// A record read but not yet stored.
@@ -146,6 +185,7 @@ enum Item {
         payload: Vec<u8>,
     },
     Reject(RejectRow),
+    DeadLetter(DeadLetterRow),
 }
 
 struct SinkLoop<'a> {
@@ -153,6 +193,7 @@ struct SinkLoop<'a> {
     consumer: &'a StreamConsumer<SinkContext>,
     group_id: String,
     topic: String,
+    reads: Reads,
     pending: Vec<Pending>,
     observer: Option<mpsc::Sender<DetectionResult>>,
     summary: SinkSummary,
@@ -181,6 +222,13 @@ const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
 const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SinkLoop<'_> {
+    /// [`SinkLoop::run`], then stops the other loop too (by `stop`), whatever the outcome.
+    async fn run_then_stop(&mut self, cfg: &SinkConfig, stop: &CancellationToken) -> Result<(), SinkError> {
+        let result = self.run(cfg.max_batch, cfg.max_wait(), stop).await;
+        stop.cancel();
+        result
+    }
+
     async fn run(
         &mut self,
         max_batch: usize,
@@ -291,6 +339,23 @@ impl SinkLoop<'_> {
         // Lines about this record name its trace.
         let _attached = trace.clone().attach();
         let payload = message.payload().unwrap_or_default();
+        if self.reads == Reads::DeadLetters {
+            let item = match dead_letter_row(message) {
+                Ok(row) => Item::DeadLetter(row),
+                Err(reason) => {
+                    warn!(partition, offset, %reason, "not a dead letter; storing it in sink_rejects");
+                    Item::Reject(RejectRow {
+                        topic: self.topic.clone(),
+                        partition,
+                        offset,
+                        kind: "not_dead_letter".to_owned(),
+                        message: reason,
+                        payload: payload.to_vec(),
+                    })
+                }
+            };
+            return Pending { partition, offset, item, trace };
+        }
         let item = match DetectionResult::decode(payload) {
             Ok(result) => Item::Row {
                 row: to_row(&result, partition, offset),
@@ -333,11 +398,16 @@ impl SinkLoop<'_> {
         let mut traces = Vec::with_capacity(pending.len());
         for p in pending {
             next.record(p.partition, p.offset);
-            let table = if matches!(p.item, Item::Row { .. }) { "detections" } else { "sink_rejects" };
+            let table = match p.item {
+                Item::Row { .. } => "detections",
+                Item::Reject(_) => "sink_rejects",
+                Item::DeadLetter(_) => "dead_letters",
+            };
             traces.push((spans::db_write(&p.trace, system, table, batch_len), p.trace));
             match p.item {
                 Item::Row { row, result, payload } => outgoing.push_row(row, result, payload),
                 Item::Reject(reject) => outgoing.batch.rejects.push(reject),
+                Item::DeadLetter(dead) => outgoing.batch.dead_letters.push(dead),
             }
         }
         outgoing.batch.offsets =
@@ -368,6 +438,7 @@ impl SinkLoop<'_> {
         self.summary.inserted += outcome.inserted;
         self.summary.duplicates += outcome.duplicates;
         self.summary.rejected += outcome.rejected;
+        self.summary.dead_letters += outcome.dead_letters;
         debug!(
             rows = outgoing.batch.rows.len(),
             inserted = outcome.inserted,
@@ -400,6 +471,34 @@ impl SinkLoop<'_> {
         }
         Ok(())
     }
+}
+
+/// The `dead_letters` row of a record of the dead-letter topic: the error from its
+/// headers, the frame's id and source from the original record when it decodes.
+fn dead_letter_row(message: &BorrowedMessage<'_>) -> Result<DeadLetterRow, String> {
+    let header = |name: &str| {
+        let headers = message.headers()?;
+        headers.iter().filter(|h| h.key == name).filter_map(|h| std::str::from_utf8(h.value?).ok()).last()
+    };
+    let kind = header(dlq::HEADER_ERROR_KIND).ok_or("no vigil.error.kind header")?;
+    let number = |name: &str| header(name).and_then(|v| v.parse::<i64>().ok()).ok_or(format!("no {name} header"));
+    let source_partition = i32::try_from(number(dlq::HEADER_SOURCE_PARTITION)?).map_err(|e| e.to_string())?;
+    let source_offset = number(dlq::HEADER_SOURCE_OFFSET)?;
+    let key = message.key().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_owned);
+    let (frame_id, source) = match message.payload().map(Frame::decode) {
+        Some(Ok(frame)) => (Some(frame.frame_id), Some(frame.source)),
+        _ => (None, key),
+    };
+    Ok(DeadLetterRow {
+        source_partition,
+        source_offset,
+        frame_id,
+        source,
+        kind: kind.to_owned(),
+        message: header(dlq::HEADER_ERROR_MESSAGE).unwrap_or_default().to_owned(),
+        dlq_partition: message.partition(),
+        dlq_offset: message.offset(),
+    })
 }
 
 /// A stored row from a decoded result and its position in `detections`.

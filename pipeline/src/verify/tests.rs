@@ -175,6 +175,7 @@ fn store_rows(settings: &Settings, rows: Vec<DetectionRow>, next: i64) {
         topic: settings.kafka.topics.detections.name.clone(),
         rows,
         rejects: vec![],
+        dead_letters: Vec::new(),
         offsets: vec![PartitionOffset { partition: 0, next_offset: next }],
     })
     .unwrap();

@@ -66,6 +66,29 @@ pub(crate) struct DetectionRow {
     pub result_offset: i64,
 }
 
+/// A frame the detector could not process, read from the dead-letter topic: stored in
+/// `dead_letters` so that the API can answer for it (`GET /v1/frames/{id}`). One row per
+/// `images` record (its partition and offset are the key): a redelivered dead letter is
+/// stored once.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DeadLetterRow {
+    /// Partition of the frame's record in `images`.
+    pub source_partition: i32,
+    /// Offset of the frame's record in `images`.
+    pub source_offset: i64,
+    /// The frame's id, when its record decodes as a Frame (not for `not_avro` and the like).
+    pub frame_id: Option<String>,
+    /// The source id: the Frame's, else the record key.
+    pub source: Option<String>,
+    /// Stable error kind (`corrupt_image`, `not_avro`, …).
+    pub kind: String,
+    /// What was wrong.
+    pub message: String,
+    /// Where the dead letter itself is, in the dead-letter topic.
+    pub dlq_partition: i32,
+    pub dlq_offset: i64,
+}
+
 /// A record of the input topic the sink could not decode. Stored (with its bytes) in
 /// `sink_rejects` in the same transaction as the offsets, so nothing is lost silently.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +120,7 @@ pub(crate) struct Batch {
     pub topic: String,
     pub rows: Vec<DetectionRow>,
     pub rejects: Vec<RejectRow>,
+    pub dead_letters: Vec<DeadLetterRow>,
     pub offsets: Vec<PartitionOffset>,
 }
 
@@ -109,6 +133,8 @@ pub(crate) struct BatchOutcome {
     pub duplicates: u64,
     /// Undecodable records stored in `sink_rejects`.
     pub rejected: u64,
+    /// Dead letters newly stored in `dead_letters`.
+    pub dead_letters: u64,
 }
 
 /// Totals for audits (`vigil verify`) and tests.
@@ -249,13 +275,14 @@ pub(crate) mod tests {
             topic: topic.into(),
             rows: vec![row("f1", 0, 0), row("f2", 0, 1), row("f3", 1, 0)],
             rejects: vec![],
+            dead_letters: Vec::new(),
             offsets: vec![
                 PartitionOffset { partition: 0, next_offset: 2 },
                 PartitionOffset { partition: 1, next_offset: 1 },
             ],
         };
         let out = store.write_batch(&batch).unwrap();
-        assert_eq!(out, BatchOutcome { inserted: 3, duplicates: 0, rejected: 0 });
+        assert_eq!(out, BatchOutcome { inserted: 3, duplicates: 0, rejected: 0, dead_letters: 0 });
         let offsets = store.load_offsets(group, topic).unwrap();
         assert_eq!(offsets, HashMap::from([(0, 2), (1, 1)]));
 
@@ -272,9 +299,31 @@ pub(crate) mod tests {
         });
         again.offsets = vec![PartitionOffset { partition: 1, next_offset: 3 }];
         let out = store.write_batch(&again).unwrap();
-        assert_eq!(out, BatchOutcome { inserted: 1, duplicates: 3, rejected: 1 });
+        assert_eq!(out, BatchOutcome { inserted: 1, duplicates: 3, rejected: 1, dead_letters: 0 });
         // The same reject again is not stored twice.
         assert_eq!(store.write_batch(&again).unwrap().rejected, 0);
+        // Dead letters: one per images record, also when the dead letter comes twice, with
+        // or without a decodable frame.
+        let dead = |offset, frame_id: Option<&str>| DeadLetterRow {
+            source_partition: 2,
+            source_offset: offset,
+            frame_id: frame_id.map(str::to_owned),
+            source: Some("cam-1".into()),
+            kind: "corrupt_image".into(),
+            message: "truncated JPEG".into(),
+            dlq_partition: 0,
+            dlq_offset: offset,
+        };
+        let dlq = Batch {
+            group_id: "g1.dead-letters".into(),
+            topic: "images.dlq".into(),
+            dead_letters: vec![dead(7, Some("f9")), dead(8, None), dead(7, Some("f9"))],
+            offsets: vec![PartitionOffset { partition: 0, next_offset: 9 }],
+            ..Batch::default()
+        };
+        assert_eq!(store.write_batch(&dlq).unwrap().dead_letters, 2);
+        assert_eq!(store.write_batch(&dlq).unwrap().dead_letters, 0, "redelivered dead letters are stored once");
+        assert_eq!(store.load_offsets("g1.dead-letters", "images.dlq").unwrap(), HashMap::from([(0, 9)]));
         assert_eq!(store.load_offsets(group, topic).unwrap(), HashMap::from([(0, 2), (1, 3)]));
         // A stale batch (a member that lost the partition, stored late) never moves a stored
         // offset backwards: the next owner already stored past it.
@@ -283,6 +332,7 @@ pub(crate) mod tests {
             topic: topic.into(),
             rows: vec![],
             rejects: vec![],
+            dead_letters: Vec::new(),
             offsets: vec![PartitionOffset { partition: 1, next_offset: 1 }],
         };
         store.write_batch(&stale).unwrap();

@@ -58,6 +58,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (topic, partition, "offset")
     );
     "#,
+    // 2: a source's results newest first (the API's pages), results in the order stored
+    // (its live stream), and the dead letters, so that
+    // the API can answer for a frame that has no result.
+    r#"
+    CREATE INDEX detections_source_captured ON detections (source, captured_at_us, frame_id);
+    CREATE INDEX detections_stored ON detections (stored_at_us, frame_id);
+    CREATE TABLE dead_letters (
+        source_partition INTEGER NOT NULL,
+        source_offset    BIGINT  NOT NULL,
+        frame_id         TEXT,
+        source           TEXT,
+        kind             TEXT    NOT NULL,
+        message          TEXT    NOT NULL,
+        dlq_partition    INTEGER NOT NULL,
+        dlq_offset       BIGINT  NOT NULL,
+        stored_at_us     BIGINT  NOT NULL,
+        PRIMARY KEY (source_partition, source_offset)
+    );
+    CREATE INDEX dead_letters_frame_id ON dead_letters (frame_id);
+    "#,
 ];
 
 /// Arbitrary constant key for `pg_advisory_xact_lock` around migrations.
@@ -69,6 +89,11 @@ const INSERT_ROW: &str = "INSERT INTO detections (frame_id, source, seq, capture
         source_partition, source_offset, result_partition, result_offset, stored_at_us)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10::TEXT AS JSONB), $11, $12, $13, $14, $15, $16, $17, $18)
      ON CONFLICT (frame_id) DO NOTHING";
+
+/// Inserts one dead letter; `$9` is the time it is stored.
+const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (source_partition, source_offset, frame_id, source, kind,
+        message, dlq_partition, dlq_offset, stored_at_us)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
 
 /// Runs [`INSERT_ROW`] (prepared as `insert`) for `r`: 1 when stored, 0 when its frame
 /// already was.
@@ -134,6 +159,11 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// The connection, for readers of the stored results (`api`).
+    pub(crate) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let mut tx = self.client.transaction().map_err(err("starting the migration"))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
@@ -191,6 +221,23 @@ impl Store for PostgresStore {
                 out.rejected += tx
                     .execute(&reject, &[&r.topic, &r.partition, &r.offset, &r.kind, &r.message, &r.payload, &now])
                     .map_err(err("inserting a reject"))?;
+            }
+        }
+        if !batch.dead_letters.is_empty() {
+            let insert = tx.prepare(INSERT_DEAD_LETTER).map_err(err("preparing the dead letter insert"))?;
+            for d in &batch.dead_letters {
+                let params: [&(dyn postgres::types::ToSql + Sync); 9] = [
+                    &d.source_partition,
+                    &d.source_offset,
+                    &d.frame_id,
+                    &d.source,
+                    &d.kind,
+                    &d.message,
+                    &d.dlq_partition,
+                    &d.dlq_offset,
+                    &now,
+                ];
+                out.dead_letters += tx.execute(&insert, &params).map_err(err("inserting a dead letter"))?;
             }
         }
         let upsert = tx

@@ -60,6 +60,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (topic, partition, "offset")
     );
     "#,
+    // 2: a source's results newest first (the API's pages), results in the order stored
+    // (its live stream), and the dead letters, so that
+    // the API can answer for a frame that has no result.
+    r#"
+    CREATE INDEX detections_source_captured ON detections (source, captured_at_us, frame_id);
+    CREATE INDEX detections_stored ON detections (stored_at_us, frame_id);
+    CREATE TABLE dead_letters (
+        source_partition INTEGER NOT NULL,
+        source_offset    INTEGER NOT NULL,
+        frame_id         TEXT,
+        source           TEXT,
+        kind             TEXT    NOT NULL,
+        message          TEXT    NOT NULL,
+        dlq_partition    INTEGER NOT NULL,
+        dlq_offset       INTEGER NOT NULL,
+        stored_at_us     INTEGER NOT NULL,
+        PRIMARY KEY (source_partition, source_offset)
+    );
+    CREATE INDEX dead_letters_frame_id ON dead_letters (frame_id);
+    "#,
 ];
 
 /// Inserts one detection row; `?18` is the time it is stored.
@@ -124,6 +144,11 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// The connection, for readers of the stored results (`api`).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         // IMMEDIATE: two sinks starting at once serialise here.
         let tx = self
@@ -183,6 +208,27 @@ impl Store for SqliteStore {
                 out.rejected += reject
                     .execute(params![r.topic, r.partition, r.offset, r.kind, r.message, r.payload, now])
                     .map_err(err("inserting a reject"))? as u64;
+            }
+            let mut dead_letter = tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters (source_partition, source_offset, frame_id, source, kind, message,
+                        dlq_partition, dlq_offset, stored_at_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+                )
+                .map_err(err("preparing the dead letter insert"))?;
+            for d in &batch.dead_letters {
+                let row = params![
+                    d.source_partition,
+                    d.source_offset,
+                    d.frame_id,
+                    d.source,
+                    d.kind,
+                    d.message,
+                    d.dlq_partition,
+                    d.dlq_offset,
+                    now
+                ];
+                out.dead_letters += dead_letter.execute(row).map_err(err("inserting a dead letter"))? as u64;
             }
             let mut upsert = tx
                 .prepare_cached(
@@ -328,6 +374,7 @@ mod tests {
             topic: "t".into(),
             rows: vec![crate::sink::store::tests::row("f1", 0, 0)],
             rejects: vec![],
+            dead_letters: Vec::new(),
             offsets: vec![super::super::PartitionOffset { partition: 0, next_offset: 1 }],
         };
         assert!(store.write_batch(&batch).is_err());
