@@ -11,6 +11,7 @@
 #       libvulkan1 mesa-vulkan-drivers                the Vulkan loader and Mesa's software
 #                                                     Vulkan driver (lavapipe) for burn-wgpu
 #       postgresql (when the test database is local)  the sink test's PostgreSQL server
+#       chromium                                      the viewer test's headless browser
 #       npm (only when no npm command exists)         scripts/fetch-model.sh uses npm pack
 #       openjdk-17-jre-headless, maven (only when no      scripts/kafka.sh: the real Kafka
 #         java / mvn command exists)                  cluster the pipeline tests run on
@@ -27,6 +28,8 @@
 #     kubernetes-validate and PyYAML, pinned, in a virtual environment
 #     ($VIGIL_DEPLOY_TOOLS, default ~/.cache/vigil/deploy-tools); and it checks that
 #     kustomize or kubectl is on PATH.
+#  6. The viewer test's driver: npm playwright-core, pinned by tests/viewer/package-lock.json
+#     (`npm ci`; it drives Debian's /usr/bin/chromium and downloads no browser).
 # Ends with a summary of what is ready and what was skipped. Exits non-zero only when a
 # step that the tests cannot do without failed (Rust toolchain, package install, model).
 set -euo pipefail
@@ -56,7 +59,7 @@ pg_local=0
 case "$pg_host" in 127.0.0.1 | localhost | ::1) pg_local=1 ;; esac
 
 # --- 1. Debian packages ------------------------------------------------------------------
-packages=(make gcc g++ libc6-dev pkg-config zlib1g-dev libssl-dev libvulkan1 mesa-vulkan-drivers)
+packages=(make gcc g++ libc6-dev pkg-config zlib1g-dev libssl-dev libvulkan1 mesa-vulkan-drivers chromium)
 [ "$pg_local" = 0 ] || packages+=(postgresql)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
@@ -240,6 +243,17 @@ else
 fi
 if ! command -v kustomize >/dev/null 2>&1 && ! command -v kubectl >/dev/null 2>&1; then
   fail deploy "neither kustomize nor kubectl on PATH: scripts/validate-deploy.sh renders ops/ with one of them"
+fi
+
+# --- 6. Viewer test driver ----------------------------------------------------------------
+viewer="$here/../tests/viewer"
+lock_copy="$viewer/node_modules/.package-lock.json"
+if [ -d "$viewer/node_modules/playwright-core" ] && [ "$viewer/package-lock.json" -ot "$lock_copy" ]; then
+  record ok viewer "playwright-core in tests/viewer/node_modules"
+elif (cd "$viewer" && npm ci --no-audit --no-fund --loglevel=error); then
+  record installed viewer "playwright-core (npm ci in tests/viewer)"
+else
+  fail viewer "npm ci in tests/viewer failed (message above): the viewer test needs playwright-core"
 fi
 
 say "summary:"

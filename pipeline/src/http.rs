@@ -28,8 +28,8 @@ use crate::metrics;
 /// Why the HTTP port could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen on {addr} (telemetry.http_addr): {cause}; choose a free port or unset it")]
-    Bind { addr: String, cause: std::io::Error },
+    #[error("cannot listen on {addr} ({key}): {cause}; choose a free port or unset it")]
+    Bind { key: &'static str, addr: String, cause: std::io::Error },
 }
 
 impl HttpError {
@@ -52,17 +52,36 @@ pub type Stages = Vec<(&'static str, Health)>;
 
 /// Starts serving the health of `stages` and the metrics on `addr` until `shutdown`.
 pub async fn serve(addr: &str, stages: Stages, shutdown: CancellationToken) -> Result<HttpServer, HttpError> {
-    let listener = TcpListener::bind(addr).await.map_err(|cause| HttpError::Bind { addr: addr.to_owned(), cause })?;
-    let bound = listener.local_addr().map_err(|cause| HttpError::Bind { addr: addr.to_owned(), cause })?;
-    let app = Router::new()
+    let server = serve_app(addr, "telemetry.http_addr", health_routes(stages), shutdown).await?;
+    info!(addr = %server.addr, "serving /healthz, /readyz and /metrics");
+    Ok(server)
+}
+
+/// `/healthz`, `/readyz` and `/metrics` of `stages`, to serve alone or beside other routes.
+pub fn health_routes(stages: Stages) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
-        .with_state(Arc::new(stages));
-    info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+        .with_state(Arc::new(stages))
+}
+
+/// Serves `app` on `addr` (the setting `key` names it in errors) until `shutdown`, then
+/// lets the requests in progress finish. Handlers see the client's address
+/// (`ConnectInfo<SocketAddr>`).
+pub async fn serve_app(
+    addr: &str,
+    key: &'static str,
+    app: Router,
+    shutdown: CancellationToken,
+) -> Result<HttpServer, HttpError> {
+    let bind_error = |cause| HttpError::Bind { key, addr: addr.to_owned(), cause };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
     let task = tokio::spawn(async move {
         let stopped = shutdown.cancelled_owned();
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(stopped).await {
             warn!(error = %e, "HTTP server stopped");
         }
     });

@@ -5,6 +5,7 @@
 //! one entry point taking typed settings, its dependencies and a shutdown token, and
 //! returning a summary; the `vigil` binary parses the command line and calls them.
 
+pub mod api;
 mod backoff;
 pub mod chaos;
 mod codec;

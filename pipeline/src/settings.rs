@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
+use crate::api::ApiConfig;
 use crate::detector::DetectorConfig;
 use crate::kafka::KafkaConfig;
 use crate::model::ModelConfig;
@@ -39,6 +40,8 @@ pub struct Settings {
     pub model: ModelConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// `vigil serve`.
+    pub api: ApiConfig,
 }
 
 /// Configuration could not be loaded or is invalid. Always names the key or file.
@@ -133,6 +136,7 @@ impl Settings {
         self.detector.validate().map_err(|(k, r)| invalid(k.into(), r))?;
         self.sink.validate().map_err(|(k, r)| invalid(k.into(), r))?;
         self.telemetry.validate().map_err(|(k, r)| invalid(k.into(), r))?;
+        self.api.validate().map_err(|(k, r)| invalid(k.into(), r))?;
         let model = &self.model;
         if !(0.0..=1.0).contains(&model.score_threshold) {
             return Err(invalid("model.score_threshold".into(), format!("{} is outside 0..=1", model.score_threshold)));

@@ -1,7 +1,9 @@
 //! `vigil up`: the whole pipeline in one process.
 //!
 //! A broker → producer over `samples/` → one detector worker (NanoDet-g) → SQLite sink,
-//! printing every stored detection. Ctrl-C stops the producer, lets the detector commit its
+//! printing every stored detection, and the HTTP API with the viewer on `api.addr`
+//! (`http://127.0.0.1:8080/` by default), so uploads and the live view work as with
+//! `vigil serve`. Ctrl-C stops the producer, lets the detector commit its
 //! batch and the sink store what it has read, then shuts the broker down (when it is ours).
 //!
 //! # Which broker
@@ -37,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::{self, ApiError};
 use crate::codec::DetectionResult;
 use crate::detector::{self, Delivery, DetectorError, ModelThread};
 use crate::health::Health;
@@ -59,6 +62,8 @@ pub struct UpOptions {
     /// Kept up to date by the detector and the sink, for whoever serves them (`/readyz`).
     pub detector_health: Health,
     pub sink_health: Health,
+    /// Serve the API and the viewer on `api.addr` (with the stages' health on the same port).
+    pub serve_api: bool,
 }
 
 /// The broker of an `up` run.
@@ -82,6 +87,8 @@ pub enum UpError {
     Detector(#[from] DetectorError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("{0} (or run `vigil up --no-api`)")]
+    Api(#[from] ApiError),
     #[error("a stage task failed: {0}")]
     Join(tokio::task::JoinError),
 }
@@ -94,6 +101,7 @@ impl UpError {
             UpError::Producer(e) => e.is_usage(),
             UpError::Detector(e) => e.is_usage(),
             UpError::Sink(e) => e.is_usage(),
+            UpError::Api(e) => e.is_usage(),
             UpError::Join(_) => false,
         }
     }
@@ -166,6 +174,15 @@ pub async fn run(settings: &Settings, options: &UpOptions, shutdown: Cancellatio
     let (seen_tx, mut seen_rx) = mpsc::channel::<DetectionResult>(256);
 
     let model = ModelThread::nanodet(&settings).await?;
+    let api = match options.serve_api {
+        false => None,
+        true => {
+            let stages = vec![("detector", options.detector_health.clone()), ("sink", options.sink_health.clone())];
+            let server = api::start(&settings, Health::new(), stages, stop.clone()).await?;
+            println!("vigil up: viewer and API on http://{}/ (POST images to /v1/frames?source=ID)", server.addr);
+            Some(server)
+        }
+    };
     let detect = {
         let settings = settings.clone();
         let stop = stop.clone();
@@ -214,6 +231,12 @@ pub async fn run(settings: &Settings, options: &UpOptions, shutdown: Cancellatio
     };
     let detected = detect.await.map_err(UpError::Join)?;
     let stored_by_sink = sink.await.map_err(UpError::Join)?;
+    if let Some(api) = api {
+        // Uploads in progress are delivered before the broker goes.
+        if api.task.await.is_err() {
+            warn!("the API server task panicked");
+        }
+    }
     drop(broker);
     let detected = detected?;
     let sunk = stored_by_sink?;

@@ -201,6 +201,8 @@ fn vigil_up_with_a_bootstrap_runs_exactly_once_on_the_cluster() {
             &db,
             "--backend",
             "cpu",
+            "--api-addr",
+            "127.0.0.1:0",
         ],
     );
     let status =

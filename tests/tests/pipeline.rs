@@ -557,8 +557,23 @@ fn vigil_up_runs_the_samples_end_to_end() {
     std::fs::create_dir_all(&dir).unwrap();
     let db = format!("sqlite://{}", dir.join("up.sqlite").display());
     let p = Pipeline::start("up", Options { bootstrap: Some("unused:9092".into()), ..Options::default() });
-    let mut up =
-        p.spawn("up", &["up", "--fps", "0", "--count", "7", "--exit-when-done", "--database", &db, "--backend", "cpu"]);
+    let mut up = p.spawn(
+        "up",
+        &[
+            "up",
+            "--fps",
+            "0",
+            "--count",
+            "7",
+            "--exit-when-done",
+            "--database",
+            &db,
+            "--backend",
+            "cpu",
+            "--api-addr",
+            "127.0.0.1:0",
+        ],
+    );
     let status =
         up.wait(Duration::from_secs(600)).unwrap_or_else(|| panic!("vigil up did not finish:\n{}", up.stderr()));
     let out = up.stdout();
@@ -566,5 +581,6 @@ fn vigil_up_runs_the_samples_end_to_end() {
     assert_eq!(count_rows(&db), 7, "{out}");
     assert!(out.contains("  dog ") || out.contains(", dog "), "NanoDet-g finds the dog in samples/dog.jpg:\n{out}");
     assert!(out.contains("stored 7 rows"), "{out}");
+    assert!(out.contains("viewer and API on http://127.0.0.1:"), "vigil up serves the viewer:\n{out}");
     std::fs::remove_dir_all(&dir).ok();
 }

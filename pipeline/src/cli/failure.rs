@@ -59,6 +59,7 @@ classified!(
     vigil::kafka::KafkaPlumbingError,
     vigil::chaos::ChaosError,
     vigil::http::HttpError,
+    vigil::api::ApiError,
 );
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ enum Command {
     Verify(tools::VerifyArgs),
     Detect(pipeline::DetectArgs),
     Sink(pipeline::SinkArgs),
+    Serve(pipeline::ServeArgs),
     Up(pipeline::UpArgs),
     Chaos(chaos::ChaosArgs),
     DetectImage(detect_image::DetectImageArgs),
@@ -95,6 +96,7 @@ impl Command {
             Command::Produce(_) => service::PRODUCER,
             Command::Detect(_) => service::DETECTOR,
             Command::Sink(_) => service::SINK,
+            Command::Serve(_) => service::API,
             Command::Up(_) => service::UP,
             Command::Broker(_)
             | Command::Tail(_)
@@ -113,6 +115,7 @@ impl Command {
             Command::Verify(args) => args.overrides(),
             Command::Detect(args) => args.overrides(),
             Command::Sink(args) => args.overrides(),
+            Command::Serve(args) => args.overrides(),
             Command::Up(args) => args.overrides(),
             Command::DetectImage(args) => args.model.overrides(),
             Command::Bench(bench::BenchCommand::Model(args)) => args.model.overrides(),
@@ -206,6 +209,7 @@ async fn run_command(
         Command::Verify(args) => tools::verify(settings, args, shutdown).await,
         Command::Detect(_) => pipeline::detect(settings, shutdown).await,
         Command::Sink(_) => pipeline::sink(settings, shutdown).await,
+        Command::Serve(_) => pipeline::serve(settings, shutdown).await,
         Command::Up(args) => pipeline::up(settings, args, shutdown).await,
         Command::Chaos(args) => chaos::run(settings, args, shutdown).await,
         Command::DetectImage(args) => detect_image::run(settings, args).await,

@@ -172,6 +172,9 @@ pub(crate) async fn detect(settings: &Settings, shutdown: CancellationToken) -> 
         after the database, for lag monitoring only.\n\n\
         The schema is created or migrated at start-up. Several sinks may share the consumer group \
         (sink.group_id) and the database.\n\n\
+        A second consumer, in group sink.group_id + \".dead-letters\", stores the dead-letter topic \
+        (kafka.topics.dlq) in the `dead_letters` table (one row per images record: frame id, source, error kind \
+        and message), the same way, so that `vigil serve` can say what became of a frame without a result.\n\n\
         With telemetry.http_addr set it serves /healthz, /readyz (not ready while the database or every broker is \
         unavailable) and /metrics (Prometheus text) on that address.",
     after_help = "Examples:\n  \
@@ -202,6 +205,56 @@ pub(crate) async fn sink(settings: &Settings, shutdown: CancellationToken) -> Re
     Ok(EXIT_OK)
 }
 
+/// `vigil serve` arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(
+    about = "Serve the HTTP API: upload images, read their detections",
+    long_about = "Serve the pipeline over HTTP, for cameras and apps that cannot speak Kafka. Stateless: run \
+        as many replicas as you like behind a load balancer.\n\n\
+        POST /v1/frames?source=ID takes an image (body with Content-Type image/*, or the `image` part of a \
+        multipart/form-data form) and answers 202 {\"frame_id\": ...} once the brokers have acknowledged the \
+        frame on kafka.topics.images (idempotent producer, acks=all). With an Idempotency-Key header a \
+        retried upload gets the same frame_id. 503 with Retry-After while the producer cannot take more.\n\n\
+        GET /v1/frames/FRAME_ID answers the stored result (the sink's database, sink.database_url), 404 until \
+        it is stored; ?wait=SECONDS long-polls. GET /v1/sources lists the sources, \
+        GET /v1/sources/SOURCE/detections pages through one source's results, newest first \
+        (since=RFC3339, label=, min_score=, limit=, cursor=).\n\n\
+        With api.tokens set (VIGIL__API__TOKENS=tok1,tok2:read) every /v1 route needs \
+        `Authorization: Bearer TOKEN`; a `:read` token may not upload. Requests are rate limited per token \
+        (api.rate_limit_per_s, api.rate_limit_burst; 429 with Retry-After). Errors are JSON: \
+        {\"error\": {\"code\", \"message\"}}. /healthz, /readyz (a broker and the database answer) and /metrics \
+        are served on the same port. On SIGTERM it stops taking connections and finishes the uploads in progress.",
+    after_help = "Examples:\n  \
+        vigil serve                                           # http://127.0.0.1:8080 (api.addr)\n  \
+        curl -s -H 'Content-Type: image/jpeg' --data-binary @samples/dog.jpg \\\n       \
+        'http://127.0.0.1:8080/v1/frames?source=cam-1'\n  \
+        curl -s 'http://127.0.0.1:8080/v1/frames/FRAME_ID?wait=10'\n  \
+        curl -s 'http://127.0.0.1:8080/v1/sources/cam-1/detections?label=dog&limit=5'\n  \
+        VIGIL__API__TOKENS=$(openssl rand -hex 24) vigil serve --addr 0.0.0.0:8080"
+)]
+pub(crate) struct ServeArgs {
+    /// Listen address [config: api.addr].
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// Database the sink writes: sqlite://PATH or postgres://... [config: sink.database_url].
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+}
+
+impl ServeArgs {
+    /// Config keys these flags set.
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, String)> {
+        let addr = self.addr.iter().map(|a| ("api.addr", a.clone()));
+        addr.chain(self.database.iter().map(|url| ("sink.database_url", url.clone()))).collect()
+    }
+}
+
+/// `vigil serve`: until a signal, then the uploads in progress are finished.
+pub(crate) async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<u8, Failure> {
+    vigil::api::run(settings, shutdown).await?;
+    Ok(EXIT_OK)
+}
+
 /// Serves the health of `stages` and the metrics on `telemetry.http_addr`, when set,
 /// until `shutdown`.
 async fn serve_http(
@@ -218,10 +271,12 @@ async fn serve_http(
 /// `vigil up` arguments.
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    about = "Run everything in one process: broker (in-memory, or --bootstrap), producer, detector, SQLite sink",
+    about = "Run everything in one process: broker (in-memory, or --bootstrap), producer, detector, SQLite sink, API and viewer",
     long_about = "Run the whole pipeline in one process: a producer sending the sample images (samples/) in a \
         loop, one detector worker running NanoDet-g, and a sink storing every result in SQLite \
-        (sink.database_url, default sqlite://vigil.sqlite). Each stored detection is printed as it lands. \
+        (sink.database_url, default sqlite://vigil.sqlite). Each stored detection is printed as it lands, and \
+        the HTTP API with the viewer runs on api.addr (default http://127.0.0.1:8080/: open it in a browser to \
+        see boxes on the live frames; POST your own images to /v1/frames, as with `vigil serve`). \
         Ctrl-C stops cleanly: the producer stops, the detector commits its batch, the sink stores what it \
         read. The model weights are fetched into model.dir on first use (npm, ~140 MB).\n\n\
         Without --bootstrap it needs no Kafka or Docker: it starts an in-memory broker (librdkafka's mock \
@@ -234,11 +289,12 @@ async fn serve_http(
         and the sink keeps sink.group_id, so a second run with the same database resumes where the first \
         stopped. Credentials and other client settings come from kafka.client.* (configuration file or \
         VIGIL__KAFKA__CLIENT__* environment), as for every command.\n\n\
-        With telemetry.http_addr set it serves /healthz, /readyz (ready when the detector and the sink both \
-        are) and /metrics on that one address; with OTEL_EXPORTER_OTLP_ENDPOINT (or telemetry.otlp_endpoint) \
+        The API's port also serves /healthz, /readyz (ready when the API, the detector and the sink all are) \
+        and /metrics; telemetry.http_addr, when set, serves the same on a second address. With OTEL_EXPORTER_OTLP_ENDPOINT (or telemetry.otlp_endpoint) \
         set it exports every frame's spans as service vigil-up.",
     after_help = "Examples:\n  \
-        vigil up                                        # samples/ at 2 frames/s until Ctrl-C\n  \
+        vigil up                                        # samples/ at 2 frames/s until Ctrl-C; viewer on :8080\n  \
+        vigil up --api-addr 127.0.0.1:9000              # the viewer and API on another port\n  \
         VIGIL__TELEMETRY__HTTP_ADDR=127.0.0.1:9464 vigil up   # then: curl 127.0.0.1:9464/metrics\n  \
         vigil up --fps 0 --count 70                     # 70 frames as fast as possible, keep running\n  \
         vigil up --count 14 --exit-when-done            # stop once 14 results are stored\n  \
@@ -264,6 +320,12 @@ pub(crate) struct UpArgs {
     database: Option<String>,
     #[command(flatten)]
     model: BackendFlag,
+    /// Address of the API and viewer [config: api.addr; default 127.0.0.1:8080; port 0 picks a free one].
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_api")]
+    api_addr: Option<String>,
+    /// Do not serve the API and viewer.
+    #[arg(long)]
+    no_api: bool,
     /// The global --bootstrap: given, `up` uses that cluster instead of starting an in-memory
     /// broker. Only the flag decides, not kafka.bootstrap_servers from a file or the
     /// environment, so that a configuration made for the other commands does not turn the
@@ -278,6 +340,9 @@ impl UpArgs {
         let mut o = vec![("producer.frames_per_second", self.fps.to_string())];
         if let Some(url) = &self.database {
             o.push(("sink.database_url", url.clone()));
+        }
+        if let Some(addr) = &self.api_addr {
+            o.push(("api.addr", addr.clone()));
         }
         o.extend(self.model.overrides());
         o
@@ -297,6 +362,7 @@ pub(crate) async fn up(settings: &Settings, args: UpArgs, shutdown: Cancellation
         broker,
         detector_health,
         sink_health,
+        serve_api: !args.no_api,
     };
     vigil::up::run(settings, &options, shutdown).await?;
     Ok(EXIT_OK)

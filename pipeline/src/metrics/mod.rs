@@ -52,6 +52,9 @@ pub(crate) struct Metrics {
     pub db_write_duration: Histogram<f64>,
     /// From a frame's capture to its result being stored (sink).
     pub e2e_latency: Histogram<f64>,
+    /// Time to answer an API request, by `http.route`, `http.request.method` and
+    /// `http.response.status_code` (its count is the request count).
+    pub http_duration: Histogram<f64>,
     /// Records behind the end of each partition this process consumes, by `topic` and
     /// `partition` (detector, sink), observed from [`consumer_lag`]'s table at each
     /// collection. Held only to keep its callback registered.
@@ -127,6 +130,7 @@ impl Metrics {
             rows_stored: counter("vigil.rows.stored", "Rows newly stored in the database"),
             db_write_duration: seconds("vigil.db.write.duration", "Time to store one batch, retries included"),
             e2e_latency: seconds("vigil.e2e.latency", "From a frame's capture to its result being stored"),
+            http_duration: seconds("http.server.request.duration", "Time to answer an API request"),
             _consumer_lag: meter
                 .i64_observable_gauge("vigil.consumer.lag")
                 .with_description("Records behind the end of each partition this process consumes")
@@ -152,6 +156,16 @@ impl Metrics {
                 .build(),
         }
     }
+}
+
+/// Records one answered API request.
+pub(crate) fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        KeyValue::new("http.route", route.to_owned()),
+        KeyValue::new("http.request.method", method.to_owned()),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+    ];
+    metrics().http_duration.record(elapsed.as_secs_f64(), &labels);
 }
 
 /// Records a dead letter of `kind`.

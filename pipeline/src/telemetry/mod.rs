@@ -19,7 +19,7 @@ use tracing_subscriber::fmt::format::Format;
 use tracing_subscriber::EnvFilter;
 
 pub use self::export::{install, OtlpProtocol, TelemetryGuard};
-pub(crate) use self::propagation::{extract_context, inject_context};
+pub(crate) use self::propagation::{extract_context, extract_http, inject_context};
 pub use self::spans::SEMCONV_VERSION;
 
 /// `service.name` of each role (`OTEL_SERVICE_NAME`, when set, wins).
@@ -27,6 +27,8 @@ pub mod service {
     pub const PRODUCER: &str = "vigil-producer";
     pub const DETECTOR: &str = "vigil-detector";
     pub const SINK: &str = "vigil-sink";
+    /// `vigil serve`: the HTTP API.
+    pub const API: &str = "vigil-api";
     /// `vigil up`: broker, detector and sink in one process.
     pub const UP: &str = "vigil-up";
     /// One-off tools (`tail`, `verify`, `chaos`, `bench`, ...).

@@ -31,6 +31,24 @@ pub(crate) fn extract_context<H: Headers>(headers: Option<&H>) -> Context {
     }
 }
 
+/// Reads the trace context of an incoming HTTP request (`traceparent`), so that a client's
+/// trace continues through the API into Kafka; an empty context without one.
+pub(crate) fn extract_http(headers: &axum::http::HeaderMap) -> Context {
+    global::get_text_map_propagator(|p| p.extract(&HttpHeaders(headers)))
+}
+
+struct HttpHeaders<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 #[derive(Default)]
 struct HeaderMap(HashMap<String, String>);
 

@@ -50,6 +50,9 @@ pub(crate) mod attributes {
     pub(crate) const DB_COLLECTION_NAME: &str = "db.collection.name";
     pub(crate) const DB_OPERATION_BATCH_SIZE: &str = "db.operation.batch.size";
     /// Vigil's own: the model backend (`cpu`, `wgpu`) and the model call's wall time.
+    pub(crate) const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    pub(crate) const HTTP_ROUTE: &str = "http.route";
+    pub(crate) const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
     pub(crate) const VIGIL_BACKEND: &str = "vigil.backend";
     pub(crate) const VIGIL_INFERENCE_MS: &str = "vigil.inference_ms";
 }
@@ -104,6 +107,23 @@ pub(crate) fn send(parent: &Context, topic: &str, key: Option<&[u8]>, message_id
         attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
     }
     start(format!("send {topic}"), SpanKind::Producer, parent, attributes, Vec::new())
+}
+
+/// `{method} {route}`: an API request, a child of the caller's context (`traceparent`).
+/// Record its answer with [`http_status`].
+pub(crate) fn server(parent: &Context, method: &str, route: &'static str) -> Context {
+    let attributes =
+        vec![KeyValue::new(attr::HTTP_REQUEST_METHOD, method.to_owned()), KeyValue::new(attr::HTTP_ROUTE, route)];
+    start(format!("{method} {route}"), SpanKind::Server, parent, attributes, Vec::new())
+}
+
+/// Records an HTTP answer on `cx`'s server span (5xx marks it failed).
+pub(crate) fn http_status(cx: &Context, status: u16) {
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+    if status >= 500 {
+        span.set_status(Status::error(format!("HTTP {status}")));
+    }
 }
 
 /// Where a consumed record came from, for its `process` span.
