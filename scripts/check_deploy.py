@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The port of telemetry.http_addr in ops/vigil.toml and the compose file.
 HTTP_PORT = 9464
 # Stages that run a loop and serve /healthz, /readyz and /metrics.
-STAGES = {"vigil-detector": "detect", "vigil-sink": "sink"}
+STAGES = {"vigil-detector": "detect", "vigil-sink": "sink", "vigil-api": "serve"}
+# `vigil serve --addr 0.0.0.0:8080` in ops/api.yaml and the compose file.
+API_PORT = 8080
 
 problems = []
 
@@ -179,11 +181,11 @@ def check_restricted(where, spec):
                 problem(cw, "uses a hostPort")
 
 
-def check_probes(where, spec):
+def check_probes(where, spec, port):
     c = spec["containers"][0]
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
-    if ports.get("http") != HTTP_PORT:
-        problem(where, f"no container port named http = {HTTP_PORT} (telemetry.http_addr)")
+    if ports.get("http") != port:
+        problem(where, f"no container port named http = {port} (where it serves /healthz)")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = c.get(probe, {}).get("httpGet", {})
         if get.get("path") != path or get.get("port") != "http":
@@ -207,7 +209,9 @@ def check_kubernetes(paths):
             where = f"{name}: {deployment['kind']} {deployment['metadata']['name']}"
             check_restricted(where, spec)
             if deployment["metadata"]["name"] in STAGES:
-                check_probes(where, spec)
+                # The API serves health on its own port (api.addr), the stages on telemetry.http_addr.
+                port = API_PORT if deployment["metadata"]["name"] == "vigil-api" else HTTP_PORT
+                check_probes(where, spec, port)
         for so in by_kind.get("ScaledObject", {}).values():
             where = f"{name}: ScaledObject {so['metadata']['name']}"
             target = so["spec"]["scaleTargetRef"]["name"]
