@@ -99,7 +99,7 @@ pub fn request(
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes()).expect("request head");
     // The server may answer (413) and close before it has read the whole body.
-    let _ = stream.write_all(body);
+    stream.write_all(body).ok();
     let mut raw = Vec::new();
     if let Err(e) = stream.read_to_end(&mut raw) {
         if raw.is_empty() {

@@ -73,7 +73,7 @@ impl ImageReader {
             }
         };
         // Nothing stays assigned between reads (no fetching in the background).
-        let _ = consumer.unassign();
+        consumer.unassign().ok();
         found
     }
 }

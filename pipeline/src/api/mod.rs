@@ -14,7 +14,7 @@
 //! | `/healthz`, `/readyz`, `/metrics` | as every stage (ready: a broker and the database answer) |
 //!
 //! `/v1` routes need `Authorization: Bearer TOKEN` when `api.tokens` is set, and are rate
-//! limited per token ([`guard`]). Errors are JSON `{"error": {"code", "message"}}`.
+//! limited per token (module `guard`). Errors are JSON `{"error": {"code", "message"}}`.
 
 mod config;
 mod guard;

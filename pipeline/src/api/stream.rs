@@ -62,7 +62,7 @@ pub(super) async fn run(app: Arc<App>) {
                 for frame in frames {
                     after = (frame.stored_at_us, frame.frame_id.clone());
                     // No receiver left: the next look starts over.
-                    let _ = app.feed.tx.send(Arc::new(frame_json(&frame, |_| true)));
+                    app.feed.tx.send(Arc::new(frame_json(&frame, |_| true))).ok();
                 }
             }
             Err(e) => warn!(error = %e, "live stream: cannot read newly stored results; retrying"),
