@@ -30,6 +30,8 @@
 #     kustomize or kubectl is on PATH.
 #  6. The viewer test's driver: npm playwright-core, pinned by tests/viewer/package-lock.json
 #     (`npm ci`; it drives Debian's /usr/bin/chromium and downloads no browser).
+#  7. The API conformance test's schemathesis (PyPI), pinned, in a virtual environment
+#     ($VIGIL_API_TOOLS, default ~/.cache/vigil/api-tools).
 # Ends with a summary of what is ready and what was skipped. Exits non-zero only when a
 # step that the tests cannot do without failed (Rust toolchain, package install, model).
 set -euo pipefail
@@ -254,6 +256,17 @@ elif (cd "$viewer" && npm ci --no-audit --no-fund --loglevel=error); then
   record installed viewer "playwright-core (npm ci in tests/viewer)"
 else
   fail viewer "npm ci in tests/viewer failed (message above): the viewer test needs playwright-core"
+fi
+
+# --- 7. API conformance tool ---------------------------------------------------------------
+api_tools=${VIGIL_API_TOOLS:-$HOME/.cache/vigil/api-tools}
+api_pin=schemathesis==4.32.5
+if [ -x "$api_tools/bin/st" ] && "$api_tools/bin/python" -m pip freeze 2>/dev/null | grep -qx "$api_pin"; then
+  record ok api-tools "$api_pin in $api_tools"
+elif python3 -m venv "$api_tools" && "$api_tools/bin/python" -m pip install -q "$api_pin"; then
+  record installed api-tools "$api_pin in $api_tools"
+else
+  fail api-tools "cannot install $api_pin into $api_tools (python3 -m venv, pip): tests/openapi.rs needs it"
 fi
 
 say "summary:"

@@ -6,14 +6,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::extract::JsonPath;
 use super::reply::Refusal;
+use super::results::FramePath;
+use super::schema::{Binary, ErrorBody, Id};
 use super::App;
 use crate::codec::{contract, Frame, ImageEncoding};
 use crate::kafka::{reader_config, KafkaConfig};
@@ -89,8 +92,27 @@ fn content_type(encoding: ImageEncoding) -> &'static str {
     }
 }
 
-/// `GET /v1/frames/{frame_id}/image`: the image bytes as uploaded, with their type.
-pub(super) async fn get_image(State(app): State<Arc<App>>, Path(frame_id): Path<String>) -> Result<Response, Refusal> {
+/// A frame's image, as uploaded, with its type (`application/octet-stream` for bytes of
+/// no known image format). Served once the frame has a stored result, for as long as the
+/// `images` topic's retention keeps it.
+#[utoipa::path(
+    get,
+    path = "/v1/frames/{frame_id}/image",
+    tag = "results",
+    params(FramePath),
+    responses(
+        (status = 200, description = "The image.", content(
+            (Binary = "image/jpeg"), (Binary = "image/png"), (Binary = "image/gif"), (Binary = "image/bmp"),
+            (Binary = "image/webp"), (Binary = "application/octet-stream"),
+        )),
+        (status = 400, description = "A malformed frame id.", body = ErrorBody),
+        (status = 404, description = "No stored result, or the image is past the topic's retention.", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_image(
+    State(app): State<Arc<App>>,
+    JsonPath(FramePath { frame_id: Id(frame_id) }): JsonPath<FramePath>,
+) -> Result<Response, Refusal> {
     contract::check_frame_id(&frame_id)
         .map_err(|e| Refusal::bad_request("invalid_frame_id", format!("frame_id: {e}")))?;
     let stored = app

@@ -16,18 +16,21 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use opentelemetry::trace::TraceContextExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{OnceCell, Semaphore};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::extract::JsonQuery;
 use super::reply::Refusal;
+use super::schema::{Accepted, Binary, ErrorBody, Id};
 use super::App;
 use crate::codec::{contract, now_us, Frame, ImageEncoding};
 use crate::kafka::{try_enqueue, Enqueued};
@@ -42,18 +45,19 @@ const REMEMBERED_KEYS: usize = 100_000;
 /// The query of an upload.
 #[derive(Debug, Deserialize)]
 pub(super) struct UploadQuery {
-    /// Camera / source id (the record key; letters, digits, `.-_:`).
+    /// Camera / source id: the record key (a source's frames keep their order).
     pub(super) source: Option<String>,
 }
 
-/// What an accepted upload became.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct Accepted {
-    pub(super) frame_id: String,
-    pub(super) source: String,
-    pub(super) seq: i64,
-    pub(super) partition: i32,
-    pub(super) offset: i64,
+/// An upload as a form: one part, `image` (any other part is refused, so that a misnamed
+/// part is not silently ignored).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Describes the form for the OpenAPI document; `image_part` reads it.
+pub(super) struct UploadForm {
+    /// The image file (JPEG, PNG, GIF, BMP or WebP).
+    #[schema(value_type = Binary)]
+    image: Vec<u8>,
 }
 
 /// The producer side of the API.
@@ -193,10 +197,35 @@ fn not_acknowledged(e: &KafkaError) -> Refusal {
     Refusal::unavailable("kafka", format!("the brokers did not acknowledge the frame ({e}); retry"), 5)
 }
 
-/// `POST /v1/frames`.
+/// Uploads one image as a frame of `source`. Answers 202 once the brokers have
+/// acknowledged the frame (never before); its result follows at
+/// `GET /v1/frames/{frame_id}`. A retry with the same `Idempotency-Key` gets the same
+/// `frame_id` and is not produced twice.
+#[utoipa::path(
+    post,
+    path = "/v1/frames",
+    tag = "frames",
+    params(
+        ("source" = Id, Query, description = "The camera or app the frame comes from."),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,200}$",
+            description = "1 to 200 visible ASCII characters; a retry with the same key (and source) is the same frame."),
+    ),
+    request_body(
+        description = "The image as the body, with its `image/*` type, or as the `image` part of a form. The bytes \
+                       must be of the declared type when it is a known one (JPEG, PNG, GIF, BMP, WebP); bytes of \
+                       no known format are accepted and dead-lettered by the detector.",
+        content((Binary = "image/*"), (UploadForm = "multipart/form-data")),
+    ),
+    responses(
+        (status = 202, description = "On the `images` topic, acknowledged by the brokers.", body = Accepted),
+        (status = 400, description = "No or a malformed source, Idempotency-Key or form; an empty image.", body = ErrorBody),
+        (status = 413, description = "Larger than `api.max_body_bytes` or the topic's message limit.", body = ErrorBody),
+        (status = 415, description = "Not an `image/*` body or a form, or bytes of another image type than declared.", body = ErrorBody),
+    )
+)]
 pub(super) async fn post_frame(
     State(app): State<Arc<App>>,
-    Query(query): Query<UploadQuery>,
+    JsonQuery(query): JsonQuery<UploadQuery>,
     request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), Refusal> {
     let parent = crate::telemetry::extract_http(request.headers());
@@ -303,9 +332,12 @@ async fn image_part(request: Request, max: usize) -> Result<Vec<u8>, Refusal> {
     let bad = |message: String| Refusal::bad_request("bad_form", message);
     let mut form =
         Multipart::from_request(request, &()).await.map_err(|e| bad(format!("cannot read the form: {e}")))?;
+    let mut image = None;
     while let Some(field) = form.next_field().await.map_err(|e| bad(format!("cannot read the form: {e}")))? {
-        if field.name() != Some("image") {
-            continue;
+        match field.name() {
+            Some("image") if image.is_none() => {}
+            Some("image") => return Err(bad("the form has two `image` parts; send one".into())),
+            other => return Err(bad(format!("the form has a part {other:?}; send only the `image` part"))),
         }
         let declared = field.content_type().map(str::to_owned);
         let bytes = field.bytes().await.map_err(|_| too_large(max))?;
@@ -315,9 +347,9 @@ async fn image_part(request: Request, max: usize) -> Result<Vec<u8>, Refusal> {
         if let Some(declared) = declared.filter(|t| t.starts_with("image/")) {
             check_declared(&declared, &bytes)?;
         }
-        return Ok(bytes.to_vec());
+        image = Some(bytes.to_vec());
     }
-    Err(bad("the form has no `image` part".into()))
+    image.ok_or_else(|| bad("the form has no `image` part".into()))
 }
 
 #[cfg(test)]

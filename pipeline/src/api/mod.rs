@@ -12,17 +12,21 @@
 //! | `GET /v1/stream[?source=][&label=]` | results as they are stored (Server-Sent Events) |
 //! | `GET /` | the viewer: latest frames with boxes, live detections, stage latencies |
 //! | `/healthz`, `/readyz`, `/metrics` | as every stage (ready: a broker and the database answer) |
+//! | `GET /openapi.json` | all of the above as OpenAPI 3.1, generated from the handlers |
 //!
 //! `/v1` routes need `Authorization: Bearer TOKEN` when `api.tokens` is set, and are rate
 //! limited per token (module `guard`). Errors are JSON `{"error": {"code", "message"}}`.
 
 mod config;
+mod extract;
 mod guard;
 mod images;
 mod ingest;
+mod openapi;
 mod reply;
 mod results;
 mod results_db;
+mod schema;
 mod stream;
 mod viewer;
 
@@ -129,6 +133,7 @@ pub async fn start(
     let router = v1
         .route("/", get(viewer::page))
         .route("/viewer.js", get(viewer::script))
+        .route("/openapi.json", get(openapi::document))
         .merge(http::health_routes(stages))
         .fallback(not_found)
         // Multipart reads through this limit; a raw body is limited by the handler itself.

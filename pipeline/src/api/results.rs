@@ -4,14 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::DateTime;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa::IntoParams;
 
+use super::extract::{JsonPath, JsonQuery};
 use super::reply::Refusal;
-use super::results_db::{Before, ResultsDbError, StoredFrame};
+use super::results_db::{Before, ResultsDbError};
+use super::schema::{
+    DeadLetteredResult, Detection, DetectionsPage, ErrorBody, FrameResult, Id, SourceInfo, SourceList, StoredResult,
+};
 use super::App;
 use crate::codec::contract;
 
@@ -25,49 +29,42 @@ fn unavailable(e: ResultsDbError) -> Refusal {
     Refusal::unavailable("database", format!("{e}; retry shortly"), 2)
 }
 
-/// A time in microseconds as RFC 3339 (UTC, microseconds).
-pub(super) fn rfc3339(us: i64) -> Value {
-    DateTime::<Utc>::from_timestamp_micros(us)
-        .map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(SecondsFormat::Micros, true)))
-}
-
-/// The JSON of a stored frame, its detections kept when `keep` says so.
-pub(super) fn frame_json(f: &StoredFrame, keep: impl Fn(&Value) -> bool) -> Value {
-    let detections: Vec<Value> = match serde_json::from_str::<Value>(&f.detections_json) {
-        Ok(Value::Array(all)) => all.into_iter().filter(|d| keep(d)).collect(),
-        _ => Vec::new(),
-    };
-    json!({
-        "status": "stored",
-        "frame_id": f.frame_id,
-        "source": f.source,
-        "seq": f.seq,
-        "width": f.width,
-        "height": f.height,
-        "captured_at": rfc3339(f.captured_at_us),
-        "processed_at": rfc3339(f.processed_at_us),
-        "stored_at": rfc3339(f.stored_at_us),
-        "model": f.model,
-        "batch_size": f.batch_size,
-        "inference_ms": f.inference_us as f64 / 1000.0,
-        "detections": detections,
-    })
+/// The frame a route is about.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct FramePath {
+    /// The `frame_id` an upload answered with (or a producer chose).
+    pub(super) frame_id: Id,
 }
 
 /// `?wait=SECONDS` of `GET /v1/frames/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WaitQuery {
+    /// Hold the request up to this many seconds (at most `api.max_wait_s`) until the
+    /// result is stored.
+    #[param(minimum = 0)]
     pub(super) wait: Option<f64>,
 }
 
-/// `GET /v1/frames/{frame_id}`: the stored result, or `status: dead_lettered` with the
-/// error when the detector could not process it; 404 until either is stored. `?wait=S` holds the
-/// request up to S seconds (at most `api.max_wait_s`) until it is stored.
+/// A frame's result: `status: stored` with its detections, or `status: dead_lettered` with
+/// the error when the detector could not process it; 404 until either is stored.
+#[utoipa::path(
+    get,
+    path = "/v1/frames/{frame_id}",
+    tag = "results",
+    params(FramePath, WaitQuery),
+    responses(
+        (status = 200, description = "The frame's result.", body = FrameResult),
+        (status = 400, description = "A malformed frame id or `wait`.", body = ErrorBody),
+        (status = 404, description = "Not stored (yet): queued, in the model, or unknown. Ask again, or add `?wait=`.", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_frame(
     State(app): State<Arc<App>>,
-    Path(frame_id): Path<String>,
-    Query(query): Query<WaitQuery>,
-) -> Result<Json<Value>, Refusal> {
+    JsonPath(FramePath { frame_id: Id(frame_id) }): JsonPath<FramePath>,
+    JsonQuery(query): JsonQuery<WaitQuery>,
+) -> Result<Json<FrameResult>, Refusal> {
     contract::check_frame_id(&frame_id)
         .map_err(|e| Refusal::bad_request("invalid_frame_id", format!("frame_id: {e}")))?;
     let wait = match query.wait {
@@ -78,16 +75,10 @@ pub(super) async fn get_frame(
     let until = Instant::now() + Duration::from_secs_f64(wait);
     loop {
         if let Some(frame) = app.db.frame(&frame_id).await.map_err(unavailable)? {
-            return Ok(Json(frame_json(&frame, |_| true)));
+            return Ok(Json(FrameResult::Stored(StoredResult::from_row(&frame))));
         }
         if let Some(dead) = app.db.dead_letter(&frame_id).await.map_err(unavailable)? {
-            return Ok(Json(json!({
-                "status": "dead_lettered",
-                "frame_id": dead.frame_id,
-                "source": dead.source,
-                "stored_at": rfc3339(dead.stored_at_us),
-                "error": {"kind": dead.kind, "message": dead.message},
-            })));
+            return Ok(Json(FrameResult::DeadLettered(DeadLetteredResult::from_row(dead))));
         }
         if Instant::now() >= until || app.shutdown.is_cancelled() {
             return Err(Refusal::not_found(format!(
@@ -101,18 +92,31 @@ pub(super) async fn get_frame(
     }
 }
 
+/// The source a route is about.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct SourcePath {
+    pub(super) source: Id,
+}
+
 /// The query of a source's detections.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
     /// Only frames captured at or after this time (RFC 3339).
+    #[param(format = DateTime, example = "2026-12-01T08:00:00Z")]
     pub(super) since: Option<String>,
     /// Only detections of this label (and frames that have one).
+    #[param(example = "dog")]
     pub(super) label: Option<String>,
     /// Only detections scoring at least this (and frames that have one).
+    #[param(minimum = 0, maximum = 1)]
     pub(super) min_score: Option<f64>,
-    /// Frames per page (1 to 500, default 50).
+    /// Frames per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub(super) limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page, unchanged.
+    #[param(pattern = r"^-?[0-9]{1,18}:[^\u0000-\u001f\u007f-\u009f]+$")]
     pub(super) cursor: Option<String>,
 }
 
@@ -121,12 +125,23 @@ fn parse_cursor(cursor: &str) -> Option<Before> {
     Some(Before { captured_at_us: us.parse().ok()?, frame_id: frame_id.to_owned() })
 }
 
-/// `GET /v1/sources/{source}/detections`: the source's frames newest first.
+/// A source's results, newest first, a page at a time (pass `next_cursor` as `cursor`).
+/// With `label` or `min_score`, only the frames with such a detection, narrowed to those.
+#[utoipa::path(
+    get,
+    path = "/v1/sources/{source}/detections",
+    tag = "results",
+    params(SourcePath, PageQuery),
+    responses(
+        (status = 200, description = "One page of results.", body = DetectionsPage),
+        (status = 400, description = "A malformed source or query parameter.", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_detections(
     State(app): State<Arc<App>>,
-    Path(source): Path<String>,
-    Query(q): Query<PageQuery>,
-) -> Result<Json<Value>, Refusal> {
+    JsonPath(SourcePath { source: Id(source) }): JsonPath<SourcePath>,
+    JsonQuery(q): JsonQuery<PageQuery>,
+) -> Result<Json<DetectionsPage>, Refusal> {
     contract::check_source(&source).map_err(|e| Refusal::bad_request("invalid_source", format!("source: {e}")))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -151,10 +166,8 @@ pub(super) async fn get_detections(
         })?),
     };
     let filtered = q.label.is_some() || q.min_score.is_some();
-    let keep = |d: &Value| {
-        q.label.as_deref().is_none_or(|l| d.get("label").and_then(Value::as_str) == Some(l))
-            && q.min_score.is_none_or(|m| d.get("score").and_then(Value::as_f64).is_some_and(|s| s >= m))
-    };
+    let keep =
+        |d: &Detection| q.label.as_deref().is_none_or(|l| d.label == l) && q.min_score.is_none_or(|m| d.score >= m);
     // With filters, rows are read in chunks until the page is full; a page that scanned
     // many rows without filling ends early with a cursor, so no request scans without bound.
     let mut frames = Vec::new();
@@ -164,9 +177,9 @@ pub(super) async fn get_detections(
         exhausted = (chunk.len() as i64) < limit;
         for f in &chunk {
             before = Some(Before { captured_at_us: f.captured_at_us, frame_id: f.frame_id.clone() });
-            let json = frame_json(f, keep);
-            if !filtered || json["detections"].as_array().is_some_and(|d| !d.is_empty()) {
-                frames.push(json);
+            let result = StoredResult::from_row(f).narrowed(keep);
+            if !filtered || !result.detections.is_empty() {
+                frames.push(result);
                 if frames.len() as i64 == limit {
                     break;
                 }
@@ -177,17 +190,19 @@ pub(super) async fn get_detections(
         }
     }
     let next = (!exhausted).then(|| before.map(|b| format!("{}:{}", b.captured_at_us, b.frame_id))).flatten();
-    Ok(Json(json!({"source": source, "frames": frames, "next_cursor": next})))
+    Ok(Json(DetectionsPage { source, frames, next_cursor: next }))
 }
 
-/// `GET /v1/sources`: every source with stored results.
-pub(super) async fn get_sources(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
+/// Every source with stored results, by name (at most 10,000).
+#[utoipa::path(
+    get,
+    path = "/v1/sources",
+    tag = "results",
+    responses((status = 200, description = "The sources.", body = SourceList))
+)]
+pub(super) async fn get_sources(State(app): State<Arc<App>>) -> Result<Json<SourceList>, Refusal> {
     let sources = app.db.sources(10_000).await.map_err(unavailable)?;
-    let list: Vec<Value> = sources
-        .iter()
-        .map(|s| json!({"source": s.source, "frames": s.frames, "last_captured_at": rfc3339(s.last_captured_at_us)}))
-        .collect();
-    Ok(Json(json!({ "sources": list })))
+    Ok(Json(SourceList { sources: sources.iter().map(SourceInfo::from_row).collect() }))
 }
 
 #[cfg(test)]
@@ -199,10 +214,5 @@ mod tests {
         let b = parse_cursor("1700000000000000:cam-1:frame").unwrap();
         assert_eq!(b, Before { captured_at_us: 1_700_000_000_000_000, frame_id: "cam-1:frame".into() });
         assert!(parse_cursor("nonsense").is_none());
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(1_700_000_000_123_456), json!("2023-11-14T22:13:20.123456Z"));
     }
 }

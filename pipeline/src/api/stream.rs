@@ -11,16 +11,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::sync::broadcast;
 use tracing::warn;
+use utoipa::IntoParams;
 
+use super::extract::JsonQuery;
 use super::reply::Refusal;
-use super::results::frame_json;
+use super::schema::{ErrorBody, Id, StoredResult};
 use super::App;
 use crate::codec::{contract, now_us};
 
@@ -35,7 +36,7 @@ const BATCH: i64 = 500;
 
 /// The broadcast of newly stored results.
 pub(super) struct Feed {
-    tx: broadcast::Sender<Arc<Value>>,
+    tx: broadcast::Sender<Arc<StoredResult>>,
 }
 
 impl Feed {
@@ -62,7 +63,7 @@ pub(super) async fn run(app: Arc<App>) {
                 for frame in frames {
                     after = (frame.stored_at_us, frame.frame_id.clone());
                     // No receiver left: the next look starts over.
-                    app.feed.tx.send(Arc::new(frame_json(&frame, |_| true))).ok();
+                    app.feed.tx.send(Arc::new(StoredResult::from_row(&frame))).ok();
                 }
             }
             Err(e) => warn!(error = %e, "live stream: cannot read newly stored results; retrying"),
@@ -71,18 +72,34 @@ pub(super) async fn run(app: Arc<App>) {
 }
 
 /// Which results a client wants.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StreamQuery {
-    pub(super) source: Option<String>,
+    /// Only this source's results.
+    pub(super) source: Option<Id>,
+    /// Only results with a detection of this label, narrowed to those.
+    #[param(example = "dog")]
     pub(super) label: Option<String>,
 }
 
-/// `GET /v1/stream`.
+/// Results as the sink stores them, as Server-Sent Events, until the client leaves:
+/// `event: detection` with `id:` the frame id and `data:` a `StoredResult`; `event: lagged`
+/// with `data:` the number of results this client was too slow to receive.
+#[utoipa::path(
+    get,
+    path = "/v1/stream",
+    tag = "results",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "An endless event stream; each `detection` event's data is a StoredResult.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed source.", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_stream(
     State(app): State<Arc<App>>,
-    Query(query): Query<StreamQuery>,
+    JsonQuery(query): JsonQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Refusal> {
-    if let Some(source) = &query.source {
+    if let Some(Id(source)) = &query.source {
         contract::check_source(source).map_err(|e| Refusal::bad_request("invalid_source", format!("source: {e}")))?;
     }
     let rx = app.feed.tx.subscribe();
@@ -94,10 +111,11 @@ pub(super) async fn get_stream(
                 _ = shutdown.cancelled() => return None,
             };
             let event = match received {
-                Ok(frame) => match wanted(&frame, &query) {
-                    Some(frame) => {
-                        let id = frame["frame_id"].as_str().unwrap_or_default().to_owned();
-                        Event::default().event("detection").id(id).data(frame.to_string())
+                Ok(frame) => match wanted(&frame, &query).map(|f| serde_json::to_string(&f).map(|data| (f, data))) {
+                    Some(Ok((frame, data))) => Event::default().event("detection").id(frame.frame_id).data(data),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "live stream: cannot serialize a result; skipped");
+                        continue;
                     }
                     None => continue,
                 },
@@ -113,38 +131,31 @@ pub(super) async fn get_stream(
 }
 
 /// The frame as this client wants it (its detections narrowed to `label`), or `None`.
-fn wanted(frame: &Value, query: &StreamQuery) -> Option<Value> {
-    if query.source.as_deref().is_some_and(|s| frame["source"].as_str() != Some(s)) {
+fn wanted(frame: &StoredResult, query: &StreamQuery) -> Option<StoredResult> {
+    if query.source.as_ref().is_some_and(|Id(s)| frame.source != *s) {
         return None;
     }
     let Some(label) = query.label.as_deref() else { return Some(frame.clone()) };
-    let mut frame = frame.clone();
-    let kept: Vec<Value> =
-        frame["detections"].as_array()?.iter().filter(|d| d["label"].as_str() == Some(label)).cloned().collect();
-    if kept.is_empty() {
-        return None;
-    }
-    frame["detections"] = Value::Array(kept);
-    Some(frame)
+    let narrowed = frame.narrowed(|d| d.label == label);
+    (!narrowed.detections.is_empty()).then_some(narrowed)
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     #[test]
     fn clients_get_their_source_and_label() {
-        let frame = json!({"source": "cam-1", "detections": [{"label": "dog"}, {"label": "person"}]});
+        let frame = StoredResult::example("cam-1", &["dog", "person"]);
         let q = |source: Option<&str>, label: Option<&str>| StreamQuery {
-            source: source.map(str::to_owned),
+            source: source.map(|s| Id(s.to_owned())),
             label: label.map(str::to_owned),
         };
         assert_eq!(wanted(&frame, &q(None, None)), Some(frame.clone()));
         assert_eq!(wanted(&frame, &q(Some("cam-2"), None)), None);
         let dogs = wanted(&frame, &q(Some("cam-1"), Some("dog"))).unwrap();
-        assert_eq!(dogs["detections"], json!([{"label": "dog"}]));
+        assert_eq!(dogs.detections.iter().map(|d| d.label.as_str()).collect::<Vec<_>>(), ["dog"]);
+        assert_eq!(dogs.frame_id, frame.frame_id);
         assert_eq!(wanted(&frame, &q(None, Some("giraffe"))), None);
     }
 }
