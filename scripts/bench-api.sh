@@ -16,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-15}
 shift || true
-connections=("${@:-1 4 16 64}")
-read -r -a connections <<<"${connections[*]}"
+connections=("$@")
+[[ ${#connections[@]} -gt 0 ]] || connections=(1 4 16 64)
 target=${CARGO_TARGET_DIR:-$HOME/.cache/vigil/target}
 vigil=${VIGIL_BIN:-$target/release/vigil}
 [[ -x $vigil ]] || vigil=$target/debug/vigil

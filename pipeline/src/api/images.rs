@@ -16,9 +16,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::extract::JsonPath;
 use super::reply::Refusal;
 use super::results::FramePath;
-use super::schema::{Binary, ErrorBody, Id};
+use super::schema::{Binary, ErrorBody};
 use super::App;
-use crate::codec::{contract, Frame, ImageEncoding};
+use crate::codec::{Frame, ImageEncoding};
 use crate::kafka::{reader_config, KafkaConfig};
 
 /// How long one read may take before the request is answered 503.
@@ -111,13 +111,12 @@ fn content_type(encoding: ImageEncoding) -> &'static str {
 )]
 pub(super) async fn get_image(
     State(app): State<Arc<App>>,
-    JsonPath(FramePath { frame_id: Id(frame_id) }): JsonPath<FramePath>,
+    JsonPath(path): JsonPath<FramePath>,
 ) -> Result<Response, Refusal> {
-    contract::check_frame_id(&frame_id)
-        .map_err(|e| Refusal::bad_request("invalid_frame_id", format!("frame_id: {e}")))?;
+    let frame_id = path.frame_id.as_frame_id()?;
     let stored = app
         .db
-        .frame(&frame_id)
+        .frame(frame_id)
         .await
         .map_err(|e| Refusal::unavailable("database", format!("{e}; retry shortly"), 2))?
         .ok_or_else(|| {

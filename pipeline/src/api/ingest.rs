@@ -32,7 +32,7 @@ use super::extract::JsonQuery;
 use super::reply::Refusal;
 use super::schema::{Accepted, Binary, ErrorBody, Id};
 use super::App;
-use crate::codec::{contract, now_us, Frame, ImageEncoding};
+use crate::codec::{now_us, Frame, ImageEncoding};
 use crate::kafka::{try_enqueue, Enqueued};
 use crate::telemetry::{inject_context, spans};
 
@@ -46,7 +46,7 @@ const REMEMBERED_KEYS: usize = 100_000;
 #[derive(Debug, Deserialize)]
 pub(super) struct UploadQuery {
     /// Camera / source id: the record key (a source's frames keep their order).
-    pub(super) source: Option<String>,
+    pub(super) source: Option<Id>,
 }
 
 /// An upload as a form: one part, `image` (any other part is refused, so that a misnamed
@@ -248,10 +248,10 @@ async fn accept(
     if declared_length.is_some_and(|n| n > max as u64) {
         return Err(too_large(max));
     }
-    let Some(source) = query.source.filter(|s| !s.is_empty()) else {
+    let Some(id) = query.source.filter(|Id(s)| !s.is_empty()) else {
         return Err(Refusal::bad_request("missing_source", "name the camera: POST /v1/frames?source=ID"));
     };
-    contract::check_source(&source).map_err(|e| Refusal::bad_request("invalid_source", format!("source: {e}")))?;
+    let source = id.as_source()?;
     let key = idempotency_key(request.headers())?;
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
@@ -268,11 +268,12 @@ async fn accept(
         return Err(Refusal::bad_request("empty", "the image is empty"));
     }
     let Some(key) = key else {
-        return app.ingest.produce(Uuid::new_v4().to_string(), &source, data, cx).await;
+        return app.ingest.produce(Uuid::new_v4().to_string(), source, data, cx).await;
     };
-    let frame_id = Uuid::new_v5(&KEYED_FRAMES, format!("{source}\n{key}").as_bytes()).to_string();
-    let cell = app.ingest.remembered(&format!("{source}\n{key}"));
-    cell.get_or_try_init(|| app.ingest.produce(frame_id, &source, data, cx)).await.cloned()
+    let keyed = format!("{source}\n{key}");
+    let frame_id = Uuid::new_v5(&KEYED_FRAMES, keyed.as_bytes()).to_string();
+    let cell = app.ingest.remembered(&keyed);
+    cell.get_or_try_init(|| app.ingest.produce(frame_id, source, data, cx)).await.cloned()
 }
 
 fn too_large(max: usize) -> Refusal {

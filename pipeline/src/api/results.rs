@@ -17,7 +17,6 @@ use super::schema::{
     DeadLetteredResult, Detection, DetectionsPage, ErrorBody, FrameResult, Id, SourceInfo, SourceList, StoredResult,
 };
 use super::App;
-use crate::codec::contract;
 
 /// How often a long poll asks the database.
 const POLL_EVERY: Duration = Duration::from_millis(100);
@@ -62,11 +61,10 @@ pub(super) struct WaitQuery {
 )]
 pub(super) async fn get_frame(
     State(app): State<Arc<App>>,
-    JsonPath(FramePath { frame_id: Id(frame_id) }): JsonPath<FramePath>,
+    JsonPath(path): JsonPath<FramePath>,
     JsonQuery(query): JsonQuery<WaitQuery>,
 ) -> Result<Json<FrameResult>, Refusal> {
-    contract::check_frame_id(&frame_id)
-        .map_err(|e| Refusal::bad_request("invalid_frame_id", format!("frame_id: {e}")))?;
+    let frame_id = path.frame_id.as_frame_id()?;
     let wait = match query.wait {
         None => 0.0,
         Some(w) if w.is_finite() && w >= 0.0 => w.min(app.config.max_wait_s as f64),
@@ -74,10 +72,10 @@ pub(super) async fn get_frame(
     };
     let until = Instant::now() + Duration::from_secs_f64(wait);
     loop {
-        if let Some(frame) = app.db.frame(&frame_id).await.map_err(unavailable)? {
+        if let Some(frame) = app.db.frame(frame_id).await.map_err(unavailable)? {
             return Ok(Json(FrameResult::Stored(StoredResult::from_row(&frame))));
         }
-        if let Some(dead) = app.db.dead_letter(&frame_id).await.map_err(unavailable)? {
+        if let Some(dead) = app.db.dead_letter(frame_id).await.map_err(unavailable)? {
             return Ok(Json(FrameResult::DeadLettered(DeadLetteredResult::from_row(dead))));
         }
         if Instant::now() >= until || app.shutdown.is_cancelled() {
@@ -139,10 +137,10 @@ fn parse_cursor(cursor: &str) -> Option<Before> {
 )]
 pub(super) async fn get_detections(
     State(app): State<Arc<App>>,
-    JsonPath(SourcePath { source: Id(source) }): JsonPath<SourcePath>,
+    JsonPath(path): JsonPath<SourcePath>,
     JsonQuery(q): JsonQuery<PageQuery>,
 ) -> Result<Json<DetectionsPage>, Refusal> {
-    contract::check_source(&source).map_err(|e| Refusal::bad_request("invalid_source", format!("source: {e}")))?;
+    let source = path.source.as_source()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Refusal::bad_request("invalid_limit", format!("limit={limit}: give 1 to {MAX_LIMIT}")));
@@ -173,7 +171,7 @@ pub(super) async fn get_detections(
     let mut frames = Vec::new();
     let mut exhausted = false;
     for _ in 0..if filtered { 8 } else { 1 } {
-        let chunk = app.db.page(&source, since_us, before.clone(), limit).await.map_err(unavailable)?;
+        let chunk = app.db.page(source, since_us, before.clone(), limit).await.map_err(unavailable)?;
         exhausted = (chunk.len() as i64) < limit;
         for f in &chunk {
             before = Some(Before { captured_at_us: f.captured_at_us, frame_id: f.frame_id.clone() });
@@ -190,7 +188,7 @@ pub(super) async fn get_detections(
         }
     }
     let next = (!exhausted).then(|| before.map(|b| format!("{}:{}", b.captured_at_us, b.frame_id))).flatten();
-    Ok(Json(DetectionsPage { source, frames, next_cursor: next }))
+    Ok(Json(DetectionsPage { source: source.to_owned(), frames, next_cursor: next }))
 }
 
 /// Every source with stored results, by name (at most 10,000).

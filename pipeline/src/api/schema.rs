@@ -8,7 +8,9 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::{KnownFormat, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
+use super::reply::Refusal;
 use super::results_db::{DeadLetter, SourceSummary, StoredFrame};
+use crate::codec::contract;
 
 /// A time in microseconds as RFC 3339 (UTC, microseconds).
 pub(super) fn rfc3339(us: i64) -> String {
@@ -27,12 +29,27 @@ pub(super) struct Id(pub(super) String);
 const ID_PATTERN: &str =
     r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$";
 
+impl Id {
+    /// The id as a source, if the input contract allows it (else 400 `invalid_source`).
+    pub(super) fn as_source(&self) -> Result<&str, Refusal> {
+        contract::check_source(&self.0).map_err(|e| Refusal::bad_request("invalid_source", format!("source: {e}")))?;
+        Ok(&self.0)
+    }
+
+    /// The id as a frame id, if the input contract allows it (else 400 `invalid_frame_id`).
+    pub(super) fn as_frame_id(&self) -> Result<&str, Refusal> {
+        contract::check_frame_id(&self.0)
+            .map_err(|e| Refusal::bad_request("invalid_frame_id", format!("frame_id: {e}")))?;
+        Ok(&self.0)
+    }
+}
+
 impl PartialSchema for Id {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .min_length(Some(1))
-            .max_length(Some(crate::codec::contract::MAX_ID_BYTES))
+            .max_length(Some(contract::MAX_ID_BYTES))
             .pattern(Some(ID_PATTERN))
             .description(Some("Not blank, no control characters, at most 255 bytes of UTF-8."))
             .into()
@@ -136,8 +153,9 @@ impl StoredResult {
     }
 
     /// This result with only the detections `keep` accepts.
-    pub(super) fn narrowed(&self, keep: impl Fn(&Detection) -> bool) -> Self {
-        StoredResult { detections: self.detections.iter().filter(|d| keep(d)).cloned().collect(), ..self.clone() }
+    pub(super) fn narrowed(mut self, keep: impl Fn(&Detection) -> bool) -> Self {
+        self.detections.retain(keep);
+        self
     }
 }
 

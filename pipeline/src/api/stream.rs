@@ -23,7 +23,7 @@ use super::extract::JsonQuery;
 use super::reply::Refusal;
 use super::schema::{ErrorBody, Id, StoredResult};
 use super::App;
-use crate::codec::{contract, now_us};
+use crate::codec::now_us;
 
 /// How often the feed asks the database for newly stored results.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -99,8 +99,8 @@ pub(super) async fn get_stream(
     State(app): State<Arc<App>>,
     JsonQuery(query): JsonQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Refusal> {
-    if let Some(Id(source)) = &query.source {
-        contract::check_source(source).map_err(|e| Refusal::bad_request("invalid_source", format!("source: {e}")))?;
+    if let Some(source) = &query.source {
+        source.as_source()?;
     }
     let rx = app.feed.tx.subscribe();
     let shutdown = app.shutdown.clone();
@@ -111,14 +111,16 @@ pub(super) async fn get_stream(
                 _ = shutdown.cancelled() => return None,
             };
             let event = match received {
-                Ok(frame) => match wanted(&frame, &query).map(|f| serde_json::to_string(&f).map(|data| (f, data))) {
-                    Some(Ok((frame, data))) => Event::default().event("detection").id(frame.frame_id).data(data),
-                    Some(Err(e)) => {
-                        warn!(error = %e, "live stream: cannot serialize a result; skipped");
-                        continue;
+                Ok(frame) => {
+                    let Some(frame) = wanted(&frame, &query) else { continue };
+                    match Event::default().event("detection").id(frame.frame_id.clone()).json_data(&frame) {
+                        Ok(event) => event,
+                        Err(e) => {
+                            warn!(error = %e, "live stream: cannot serialize a result; skipped");
+                            continue;
+                        }
                     }
-                    None => continue,
-                },
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     Event::default().event("lagged").data(missed.to_string())
                 }
@@ -136,7 +138,7 @@ fn wanted(frame: &StoredResult, query: &StreamQuery) -> Option<StoredResult> {
         return None;
     }
     let Some(label) = query.label.as_deref() else { return Some(frame.clone()) };
-    let narrowed = frame.narrowed(|d| d.label == label);
+    let narrowed = frame.clone().narrowed(|d| d.label == label);
     (!narrowed.detections.is_empty()).then_some(narrowed)
 }
 
