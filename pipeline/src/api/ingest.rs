@@ -2,9 +2,11 @@
 //! brokers (`acks=all`, idempotent producer) before the client hears `202`.
 //!
 //! The image is the body (`Content-Type: image/*`) or the `image` part of a
-//! `multipart/form-data` form. It is never decoded here: its format is sniffed from its
-//! first bytes, and a body that declares one image type but holds another is refused
-//! (415); bytes of no known format go through, and the detector dead-letters them.
+//! `multipart/form-data` form. It is never decoded here (that is the detector's work, off
+//! this process): its format is sniffed from its first bytes, so bytes of no supported
+//! format, or of another type than declared, are refused at once (415) rather than
+//! dead-lettered later. A file with an image's signature but broken content still goes
+//! through, and the detector dead-letters it.
 //!
 //! `Idempotency-Key`: the frame id is derived from the source and the key, and the first
 //! answer for a key is remembered, so a client that retries after a lost answer gets the
@@ -44,6 +46,7 @@ const REMEMBERED_KEYS: usize = 100_000;
 
 /// The query of an upload.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct UploadQuery {
     /// Camera / source id: the record key (a source's frames keep their order).
     pub(super) source: Option<Id>,
@@ -212,15 +215,15 @@ fn not_acknowledged(e: &KafkaError) -> Refusal {
     ),
     request_body(
         description = "The image as the body, with its `image/*` type, or as the `image` part of a form. The bytes \
-                       must be of the declared type when it is a known one (JPEG, PNG, GIF, BMP, WebP); bytes of \
-                       no known format are accepted and dead-lettered by the detector.",
+                       must be a JPEG, PNG, GIF, BMP or WebP file, of the declared type; one that has such a \
+                       file's signature but cannot be decoded is dead-lettered by the detector.",
         content((Binary = "image/*"), (UploadForm = "multipart/form-data")),
     ),
     responses(
         (status = 202, description = "On the `images` topic, acknowledged by the brokers.", body = Accepted),
-        (status = 400, description = "No or a malformed source, Idempotency-Key or form; an empty image.", body = ErrorBody),
+        (status = 400, description = "No or a malformed source, Idempotency-Key or form; an unknown query parameter; an empty image.", body = ErrorBody),
         (status = 413, description = "Larger than `api.max_body_bytes` or the topic's message limit.", body = ErrorBody),
-        (status = 415, description = "Not an `image/*` body or a form, or bytes of another image type than declared.", body = ErrorBody),
+        (status = 415, description = "Not an `image/*` body or a form; bytes of no supported image format, or of another type than declared.", body = ErrorBody),
     )
 )]
 pub(super) async fn post_frame(
@@ -255,18 +258,18 @@ async fn accept(
     let key = idempotency_key(request.headers())?;
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let data = if content_type.starts_with("multipart/form-data") {
+    let (data, declared) = if content_type.starts_with("multipart/form-data") {
         image_part(request, max).await?
     } else if content_type.starts_with("image/") {
         let body = axum::body::to_bytes(request.into_body(), max).await.map_err(|_| too_large(max))?;
-        check_declared(&content_type, &body)?;
-        body.to_vec()
+        (body.to_vec(), Some(content_type))
     } else {
         return Err(unsupported(&content_type));
     };
     if data.is_empty() {
         return Err(Refusal::bad_request("empty", "the image is empty"));
     }
+    check_format(declared.as_deref(), &data)?;
     let Some(key) = key else {
         return app.ingest.produce(Uuid::new_v4().to_string(), source, data, cx).await;
     };
@@ -307,13 +310,24 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     }
 }
 
-/// Refuses an image whose bytes are of a known format other than the declared one.
-fn check_declared(content_type: &str, data: &[u8]) -> Result<(), Refusal> {
-    let declared =
-        content_type.split(';').next().unwrap_or("").trim().trim_start_matches("image/").to_ascii_lowercase();
+/// Refuses bytes of no supported image format, and bytes of another format than the
+/// declared `image/…` type (`image/*`, `application/octet-stream` or no type: any format).
+fn check_format(content_type: Option<&str>, data: &[u8]) -> Result<(), Refusal> {
     let sniffed = ImageEncoding::sniff(data);
+    if sniffed == ImageEncoding::Unknown {
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unknown_format",
+            "the bytes are not a JPEG, PNG, GIF, BMP or WebP file (judged by their first bytes); send one of those",
+        ));
+    }
+    let Some(declared) = content_type
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .and_then(|t| t.strip_prefix("image/").map(str::to_owned))
+    else {
+        return Ok(());
+    };
     let same = match sniffed {
-        ImageEncoding::Unknown => true,
         ImageEncoding::Jpeg => matches!(declared.as_str(), "jpeg" | "jpg" | "pjpeg"),
         ImageEncoding::Bmp => matches!(declared.as_str(), "bmp" | "x-ms-bmp" | "x-bmp"),
         known => declared == known.as_str(),
@@ -329,7 +343,8 @@ fn check_declared(content_type: &str, data: &[u8]) -> Result<(), Refusal> {
 }
 
 /// The `image` part of a form.
-async fn image_part(request: Request, max: usize) -> Result<Vec<u8>, Refusal> {
+/// The form's `image` part and its declared type.
+async fn image_part(request: Request, max: usize) -> Result<(Vec<u8>, Option<String>), Refusal> {
     let bad = |message: String| Refusal::bad_request("bad_form", message);
     let mut form =
         Multipart::from_request(request, &()).await.map_err(|e| bad(format!("cannot read the form: {e}")))?;
@@ -345,10 +360,7 @@ async fn image_part(request: Request, max: usize) -> Result<Vec<u8>, Refusal> {
         if bytes.len() > max {
             return Err(too_large(max));
         }
-        if let Some(declared) = declared.filter(|t| t.starts_with("image/")) {
-            check_declared(&declared, &bytes)?;
-        }
-        image = Some(bytes.to_vec());
+        image = Some((bytes.to_vec(), declared));
     }
     image.ok_or_else(|| bad("the form has no `image` part".into()))
 }
@@ -358,12 +370,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_declared_type_must_match_the_bytes() {
+    fn the_bytes_must_be_a_supported_image_of_the_declared_type() {
         let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0, 0];
-        assert!(check_declared("image/jpeg", &jpeg).is_ok());
-        assert!(check_declared("image/jpg; q=1", &jpeg).is_ok());
-        assert_eq!(check_declared("image/png", &jpeg).unwrap_err().code, "type_mismatch");
-        assert!(check_declared("image/png", b"not an image").is_ok(), "unknown bytes: the detector judges");
+        assert!(check_format(Some("image/jpeg"), &jpeg).is_ok());
+        assert!(check_format(Some("image/jpg; q=1"), &jpeg).is_ok());
+        assert!(check_format(Some("image/*"), &jpeg).is_ok());
+        assert!(check_format(Some("application/octet-stream"), &jpeg).is_ok(), "a form part of no image type");
+        assert!(check_format(None, &jpeg).is_ok());
+        assert_eq!(check_format(Some("image/png"), &jpeg).unwrap_err().code, "type_mismatch");
+        assert_eq!(check_format(Some("image/png"), b"not an image").unwrap_err().code, "unknown_format");
+        assert_eq!(check_format(None, b"null").unwrap_err().code, "unknown_format");
     }
 
     #[test]

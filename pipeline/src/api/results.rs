@@ -39,6 +39,7 @@ pub(super) struct FramePath {
 /// `?wait=SECONDS` of `GET /v1/frames/{id}`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(super) struct WaitQuery {
     /// Hold the request up to this many seconds (at most `api.max_wait_s`) until the
     /// result is stored.
@@ -55,7 +56,7 @@ pub(super) struct WaitQuery {
     params(FramePath, WaitQuery),
     responses(
         (status = 200, description = "The frame's result.", body = FrameResult),
-        (status = 400, description = "A malformed frame id or `wait`.", body = ErrorBody),
+        (status = 400, description = "A malformed frame id or `wait`; an unknown query parameter.", body = ErrorBody),
         (status = 404, description = "Not stored (yet): queued, in the model, or unknown. Ask again, or add `?wait=`.", body = ErrorBody),
     )
 )]
@@ -100,6 +101,7 @@ pub(super) struct SourcePath {
 /// The query of a source's detections.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(super) struct PageQuery {
     /// Only frames captured at or after this time (RFC 3339).
     #[param(format = DateTime, example = "2026-12-01T08:00:00Z")]
@@ -132,7 +134,7 @@ fn parse_cursor(cursor: &str) -> Option<Before> {
     params(SourcePath, PageQuery),
     responses(
         (status = 200, description = "One page of results.", body = DetectionsPage),
-        (status = 400, description = "A malformed source or query parameter.", body = ErrorBody),
+        (status = 400, description = "A malformed source or query parameter; an unknown query parameter.", body = ErrorBody),
     )
 )]
 pub(super) async fn get_detections(

@@ -74,6 +74,7 @@ pub(super) async fn run(app: Arc<App>) {
 /// Which results a client wants.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(super) struct StreamQuery {
     /// Only this source's results.
     pub(super) source: Option<Id>,
@@ -92,7 +93,7 @@ pub(super) struct StreamQuery {
     params(StreamQuery),
     responses(
         (status = 200, description = "An endless event stream; each `detection` event's data is a StoredResult.", content_type = "text/event-stream", body = String),
-        (status = 400, description = "A malformed source.", body = ErrorBody),
+        (status = 400, description = "A malformed source; an unknown query parameter.", body = ErrorBody),
     )
 )]
 pub(super) async fn get_stream(
