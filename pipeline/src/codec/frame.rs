@@ -174,10 +174,23 @@ pub(crate) mod tests {
             data: s.data.clone(),
             attributes: s.attributes.clone(),
         };
-        let mut bytes = vec![0xC3, 0x01];
-        bytes.extend_from_slice(&v1.fingerprint.to_le_bytes());
-        apache_avro::write_avro_datum_ref(&v1.schema, &old, &mut bytes).unwrap();
-        assert_eq!(Frame::decode(&bytes).unwrap(), Frame { session: None, ..s });
+        // Written by a conformant client, and by Vigil before it followed the specification.
+        for fingerprint in [v1.fingerprint, v1.legacy_fingerprint] {
+            let mut bytes = vec![0xC3, 0x01];
+            bytes.extend_from_slice(&fingerprint.to_le_bytes());
+            apache_avro::write_avro_datum_ref(&v1.schema, &old, &mut bytes).unwrap();
+            assert_eq!(Frame::decode(&bytes).unwrap(), Frame { session: None, ..s.clone() });
+        }
+    }
+
+    #[test]
+    fn the_conformant_fingerprint_is_written_and_the_earlier_one_still_read() {
+        let current = crate::codec::schema::FRAME.current();
+        assert_ne!(current.fingerprint, current.legacy_fingerprint);
+        let mut bytes = sample().encode().unwrap();
+        assert_eq!(bytes[2..10], current.fingerprint.to_le_bytes());
+        bytes[2..10].copy_from_slice(&current.legacy_fingerprint.to_le_bytes());
+        assert_eq!(Frame::decode(&bytes).unwrap(), sample());
     }
 
     #[test]

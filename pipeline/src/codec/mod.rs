@@ -9,12 +9,15 @@
 //! Schema evolution rules: `schemas/README.md`. What a frame must satisfy beyond its
 //! schema: [`contract`]. Every dead-letter kind: [`kinds`].
 
+mod canonical;
 pub(crate) mod contract;
 pub(crate) mod dlq;
 mod frame;
 pub(crate) mod kinds;
 mod result;
 mod schema;
+#[cfg(test)]
+mod schema_history;
 
 pub(crate) use contract::ContractError;
 pub(crate) use frame::{Frame, ImageEncoding};

@@ -9,7 +9,7 @@ use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::CodecError;
+use super::{canonical, CodecError};
 
 /// The two marker bytes that open every single-object encoded value.
 pub(super) const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -34,10 +34,18 @@ impl fmt::Display for RecordType {
     }
 }
 
-/// A parsed schema with its fingerprint.
+/// A parsed schema with its fingerprints.
 pub(crate) struct KnownSchema {
     pub(crate) schema: Schema,
+    /// The Parsing Canonical Form, per the specification.
+    pub(crate) canonical_form: String,
+    /// CRC-64-AVRO of `canonical_form`: what this build writes, and what every conformant
+    /// client (Java's `BinaryMessageEncoder`, fastavro, …) writes and expects.
     pub(crate) fingerprint: u64,
+    /// The fingerprint Vigil wrote before it followed the specification (apache-avro's
+    /// canonical form keeps `{"type":"long"}` for a logical type): still read, since
+    /// users' topics hold such records, never written.
+    pub(crate) legacy_fingerprint: u64,
 }
 
 impl KnownSchema {
@@ -45,9 +53,17 @@ impl KnownSchema {
         // The schemas are embedded at build time and covered by tests: failing here is a
         // build defect, not a runtime condition.
         let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("embedded {record} schema is invalid: {e}"));
-        let fp = schema.fingerprint::<Rabin>();
-        let fingerprint = u64::from_le_bytes(fp.bytes[..8].try_into().expect("Rabin fingerprints are 8 bytes"));
-        Self { schema, fingerprint }
+        let canonical_form = canonical::parsing_canonical_form(text)
+            .unwrap_or_else(|e| panic!("embedded {record} schema is invalid: {e}"));
+        let fingerprint = canonical::crc64_avro(canonical_form.as_bytes());
+        let legacy = schema.fingerprint::<Rabin>();
+        let legacy_fingerprint =
+            u64::from_le_bytes(legacy.bytes[..8].try_into().expect("Rabin fingerprints are 8 bytes"));
+        Self { schema, canonical_form, fingerprint, legacy_fingerprint }
+    }
+
+    fn written_with(&self, fingerprint: u64) -> bool {
+        fingerprint == self.fingerprint || fingerprint == self.legacy_fingerprint
     }
 }
 
@@ -86,7 +102,7 @@ impl SchemaSet {
         let writer = self
             .writers
             .iter()
-            .find(|s| s.fingerprint == fingerprint)
+            .find(|s| s.written_with(fingerprint))
             .ok_or(CodecError::UnknownSchema { expected: self.record, fingerprint })?;
         let bad = |reason: String| CodecError::BadRecord { record: self.record, reason };
         let mut body = NoShortReads(Cursor::new(&bytes[HEADER_LEN..]));
@@ -154,17 +170,19 @@ pub(crate) static DETECTION_RESULT: LazyLock<SchemaSet> = LazyLock::new(|| {
 impl RecordType {
     /// Fingerprint of the schema this build writes for the record type.
     pub fn current_fingerprint(self) -> u64 {
-        match self {
-            RecordType::Frame => FRAME.current().fingerprint,
-            RecordType::DetectionResult => DETECTION_RESULT.current().fingerprint,
-        }
+        self.schemas().current().fingerprint
     }
 
-    /// The current schema, as Avro JSON (canonical form).
+    /// The current schema's Parsing Canonical Form.
     pub fn canonical_schema(self) -> String {
+        self.schemas().current().canonical_form.clone()
+    }
+
+    /// Every schema version this build reads, current first.
+    pub(crate) fn schemas(self) -> &'static SchemaSet {
         match self {
-            RecordType::Frame => FRAME.current().schema.canonical_form(),
-            RecordType::DetectionResult => DETECTION_RESULT.current().schema.canonical_form(),
+            RecordType::Frame => &FRAME,
+            RecordType::DetectionResult => &DETECTION_RESULT,
         }
     }
 }
