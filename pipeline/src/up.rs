@@ -67,11 +67,11 @@ pub struct UpOptions {
 }
 
 /// The broker of an `up` run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpBroker {
-    /// An in-memory broker started for the run; the detector runs at-least-once.
-    #[default]
-    Embedded,
+    /// An in-memory broker started for the run (on 127.0.0.1:`port`, or a free port); the
+    /// detector runs at-least-once.
+    Embedded { port: Option<u16> },
     /// The cluster at `kafka.bootstrap_servers`; the detector runs `detector.delivery`.
     Configured,
 }
@@ -116,8 +116,8 @@ pub struct UpSummary {
 
 /// Starts the in-memory broker with the configured topics and points `settings` at it:
 /// at-least-once detector, a sink group of its own (see the module docs).
-async fn embedded_broker(settings: &mut Settings) -> Result<DevBroker, UpError> {
-    let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, ..DevBrokerOptions::default() }).await?;
+async fn embedded_broker(settings: &mut Settings, port: Option<u16>) -> Result<DevBroker, UpError> {
+    let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, port, ..DevBrokerOptions::default() }).await?;
     // One process, one consumer per group: no reason to wait for more members.
     broker.group_initial_rebalance_delay(Duration::from_millis(0));
     settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
@@ -145,11 +145,13 @@ pub async fn run(settings: &Settings, options: &UpOptions, shutdown: Cancellatio
     let mut settings = settings.clone();
     // Held until every stage has returned; dropping it stops the in-memory broker.
     let broker = match options.broker {
-        UpBroker::Embedded => Some(embedded_broker(&mut settings).await?),
+        UpBroker::Embedded { port } => Some(embedded_broker(&mut settings, port).await?),
         UpBroker::Configured => None,
     };
     let what = match options.broker {
-        UpBroker::Embedded => "in-memory broker up; detector at-least-once + exactly-once sink (see `vigil up --help`)",
+        UpBroker::Embedded { .. } => {
+            "in-memory broker up; detector at-least-once + exactly-once sink (see `vigil up --help`)"
+        }
         UpBroker::Configured => "using the Kafka cluster at kafka.bootstrap_servers; nothing started",
     };
     info!(

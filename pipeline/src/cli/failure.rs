@@ -16,6 +16,11 @@ impl Failure {
         Failure { error: error.into(), usage: false }
     }
 
+    /// A usage mistake the argument parser cannot see (exit code 2).
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Failure { error: anyhow::Error::msg(message.into()), usage: true }
+    }
+
     /// Prints the error on stderr and returns the exit code.
     pub(crate) fn report(self) -> u8 {
         eprintln!("vigil: {:#}", self.error);

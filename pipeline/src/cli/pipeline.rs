@@ -295,6 +295,7 @@ async fn serve_http(
     after_help = "Examples:\n  \
         vigil up                                        # samples/ at 2 frames/s until Ctrl-C; viewer on :8080\n  \
         vigil up --api-addr 127.0.0.1:9000              # the viewer and API on another port\n  \
+        vigil up --broker-port 9092                     # your own clients: --bootstrap 127.0.0.1:9092\n  \
         VIGIL__TELEMETRY__HTTP_ADDR=127.0.0.1:9464 vigil up   # then: curl 127.0.0.1:9464/metrics\n  \
         vigil up --fps 0 --count 70                     # 70 frames as fast as possible, keep running\n  \
         vigil up --count 14 --exit-when-done            # stop once 14 results are stored\n  \
@@ -326,6 +327,10 @@ pub(crate) struct UpArgs {
     /// Do not serve the API and viewer.
     #[arg(long)]
     no_api: bool,
+    /// Port of the in-memory broker, on 127.0.0.1, for your own Kafka clients (examples/);
+    /// default: a free port, printed at start ("vigil up: broker 127.0.0.1:PORT").
+    #[arg(long, value_name = "PORT")]
+    broker_port: Option<u16>,
     /// The global --bootstrap: given, `up` uses that cluster instead of starting an in-memory
     /// broker. Only the flag decides, not kafka.bootstrap_servers from a file or the
     /// environment, so that a configuration made for the other commands does not turn the
@@ -335,6 +340,18 @@ pub(crate) struct UpArgs {
 }
 
 impl UpArgs {
+    /// The cluster of `--bootstrap`, or an in-memory broker.
+    fn broker(&self) -> Result<UpBroker, Failure> {
+        match (&self.bootstrap, self.broker_port) {
+            (Some(_), Some(_)) => Err(Failure::usage(
+                "--broker-port sets the port of the in-memory broker, and --bootstrap means no in-memory broker: \
+                 give one of them",
+            )),
+            (Some(_), None) => Ok(UpBroker::Configured),
+            (None, port) => Ok(UpBroker::Embedded { port }),
+        }
+    }
+
     /// Config keys these flags set.
     pub(crate) fn overrides(&self) -> Vec<(&'static str, String)> {
         let mut o = vec![("producer.frames_per_second", self.fps.to_string())];
@@ -351,7 +368,7 @@ impl UpArgs {
 
 /// `vigil up`: the whole pipeline until a signal (or `--exit-when-done`).
 pub(crate) async fn up(settings: &Settings, args: UpArgs, shutdown: CancellationToken) -> Result<u8, Failure> {
-    let broker = if args.bootstrap.is_some() { UpBroker::Configured } else { UpBroker::Embedded };
+    let broker = args.broker()?;
     let (detector_health, sink_health) = (Health::new(), Health::new());
     let stages = vec![("detector", detector_health.clone()), ("sink", sink_health.clone())];
     serve_http(settings, stages, &shutdown).await?;
@@ -375,18 +392,23 @@ mod tests {
     use super::super::{Cli, Command};
     use super::*;
 
-    fn up_broker(argv: &[&str]) -> UpBroker {
+    fn up_broker(argv: &[&str]) -> Result<UpBroker, Failure> {
         match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}")).command {
-            Command::Up(args) if args.bootstrap.is_some() => UpBroker::Configured,
-            Command::Up(_) => UpBroker::Embedded,
+            Command::Up(args) => args.broker(),
             other => panic!("{argv:?} parsed as {other:?}"),
         }
     }
 
     #[test]
     fn up_uses_a_cluster_only_when_bootstrap_is_given() {
-        assert_eq!(up_broker(&["vigil", "up"]), UpBroker::Embedded);
-        assert_eq!(up_broker(&["vigil", "--bootstrap", "h:1", "up"]), UpBroker::Configured);
-        assert_eq!(up_broker(&["vigil", "up", "--bootstrap", "h:1", "--count", "7"]), UpBroker::Configured);
+        assert_eq!(up_broker(&["vigil", "up"]).unwrap(), UpBroker::Embedded { port: None });
+        assert_eq!(
+            up_broker(&["vigil", "up", "--broker-port", "9092"]).unwrap(),
+            UpBroker::Embedded { port: Some(9092) }
+        );
+        assert_eq!(up_broker(&["vigil", "--bootstrap", "h:1", "up"]).unwrap(), UpBroker::Configured);
+        assert_eq!(up_broker(&["vigil", "up", "--bootstrap", "h:1", "--count", "7"]).unwrap(), UpBroker::Configured);
+        let both = up_broker(&["vigil", "--bootstrap", "h:1", "up", "--broker-port", "9092"]).unwrap_err();
+        assert_eq!(both.report(), crate::cli::EXIT_USAGE);
     }
 }
