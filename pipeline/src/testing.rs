@@ -34,3 +34,36 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Vigil's side of the Avro conformance test (`tests/tests/avro_conformance.rs`), which
+/// compares it with the Java reference implementation and fastavro.
+#[doc(hidden)]
+pub mod avro {
+    use crate::codec::{DetectionResult, Frame, RecordType};
+
+    /// Decodes a single-object record of `record` (`Frame` or `DetectionResult`) as this
+    /// build reads it, and encodes it again as this build writes it.
+    pub fn reencode(record: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let again = match record {
+            "Frame" => Frame::decode(bytes).and_then(|f| f.encode()),
+            "DetectionResult" => DetectionResult::decode(bytes).and_then(|r| r.encode()),
+            other => return Err(format!("no record {other}")),
+        };
+        again.map_err(|e| e.to_string())
+    }
+
+    /// Every schema version this build reads, current first: `(record, canonical form,
+    /// the fingerprint's 8 bytes as written after 0xC3 0x01)`.
+    pub fn schema_versions() -> Vec<(String, String, [u8; 8])> {
+        [RecordType::Frame, RecordType::DetectionResult]
+            .into_iter()
+            .flat_map(|record| {
+                record
+                    .schemas()
+                    .writers
+                    .iter()
+                    .map(move |s| (record.to_string(), s.canonical_form.clone(), s.fingerprint.to_le_bytes()))
+            })
+            .collect()
+    }
+}
