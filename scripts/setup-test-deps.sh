@@ -32,6 +32,13 @@
 #     (`npm ci`; it drives Debian's /usr/bin/chromium and downloads no browser).
 #  7. The API conformance test's schemathesis (PyPI), pinned, in a virtual environment
 #     ($VIGIL_API_TOOLS, default ~/.cache/vigil/api-tools).
+#  8. Other implementations of the wire format, for the Avro conformance and client-example
+#     tests: Apache Avro for Java's jars (Maven Central, tests/conformance/pom.xml) in
+#     $VIGIL_AVRO_JAVA (default ~/.cache/vigil/avro-java); the Python examples' libraries
+#     (examples/python/requirements.txt: fastavro, kafka-python) in a virtual environment
+#     ($VIGIL_PY_CLIENTS, default ~/.cache/vigil/py-clients); the Java examples built with
+#     Maven (examples/java/target); and each Python client of the README's compatibility
+#     list in a venv of its own ($VIGIL_PY_COMPAT, default ~/.cache/vigil/py-compat).
 # Ends with a summary of what is ready and what was skipped. Exits non-zero only when a
 # step that the tests cannot do without failed (Rust toolchain, package install, model).
 set -euo pipefail
@@ -267,6 +274,44 @@ elif python3 -m venv "$api_tools" && "$api_tools/bin/python" -m pip install -q "
   record installed api-tools "$api_pin in $api_tools"
 else
   fail api-tools "cannot install $api_pin into $api_tools (python3 -m venv, pip): tests/openapi.rs needs it"
+fi
+
+# --- 8. Other Avro implementations and the client examples --------------------------------
+avro_java=${VIGIL_AVRO_JAVA:-$HOME/.cache/vigil/avro-java}
+if [ -f "$avro_java/lib/.pom" ] && cmp -s "$here/../tests/conformance/pom.xml" "$avro_java/lib/.pom"; then
+  record ok avro-java "jars in $avro_java/lib"
+elif rm -rf "$avro_java/lib" &&
+  mvn -q -B -f "$here/../tests/conformance/pom.xml" dependency:copy-dependencies -DoutputDirectory="$avro_java/lib" &&
+  cp "$here/../tests/conformance/pom.xml" "$avro_java/lib/.pom"; then
+  record installed avro-java "Apache Avro for Java (tests/conformance/pom.xml) in $avro_java/lib"
+else
+  fail avro-java "mvn dependency:copy-dependencies for tests/conformance/pom.xml failed (message above)"
+fi
+py_clients=${VIGIL_PY_CLIENTS:-$HOME/.cache/vigil/py-clients}
+py_requirements="$here/../examples/python/requirements.txt"
+if [ -x "$py_clients/bin/python" ] && cmp -s "$py_requirements" "$py_clients/requirements.txt"; then
+  record ok py-clients "examples/python/requirements.txt in $py_clients"
+elif python3 -m venv "$py_clients" && "$py_clients/bin/python" -m pip install -q -r "$py_requirements" &&
+  cp "$py_requirements" "$py_clients/requirements.txt"; then
+  record installed py-clients "examples/python/requirements.txt in $py_clients"
+else
+  fail py-clients "cannot install examples/python/requirements.txt into $py_clients (python3 -m venv, pip)"
+fi
+py_compat=${VIGIL_PY_COMPAT:-$HOME/.cache/vigil/py-compat}
+for pin in kafka-python==2.0.6 kafka-python==3.0.12 confluent-kafka==2.16.1; do
+  venv="$py_compat/${pin/==/-}"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -m pip freeze 2>/dev/null | grep -qx "$pin"; then
+    record ok py-compat "$pin in $venv"
+  elif python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q "$pin"; then
+    record installed py-compat "$pin in $venv"
+  else
+    fail py-compat "cannot install $pin into $venv (python3 -m venv, pip)"
+  fi
+done
+if mvn -q -B -f "$here/../examples/java/pom.xml" package -DskipTests; then
+  record ready java-examples "examples/java built (examples/java/target)"
+else
+  fail java-examples "mvn package of examples/java failed (message above)"
 fi
 
 say "summary:"
