@@ -138,9 +138,30 @@ fn kill_nine_of_the_busiest_partition_leader_while_frames_flow_is_exact() {
         run.p.rows(),
         run.started.elapsed().as_secs_f64()
     );
-    std::thread::sleep(DOWN_FOR);
-    let moved = cluster.leaders(&run.p.images)[&partition];
-    assert_ne!(moved, leader, "{}/{partition} has a new leader while node {leader} is down", run.p.images);
+    // The controller moves leadership once the node's broker session expires (9 s), later
+    // on a loaded machine: poll for it, and keep the node down for DOWN_FOR at least.
+    let down_since = Instant::now();
+    let deadline = down_since + DOWN_FOR + Duration::from_secs(30);
+    let moved = loop {
+        let now = cluster.leaders(&run.p.images)[&partition];
+        if now != leader || Instant::now() >= deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_ne!(
+        moved,
+        leader,
+        "{}/{partition} has no new leader {:.0} s after node {leader} went down",
+        run.p.images,
+        down_since.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "[leader] node {moved} leads {}/{partition} after {:.1} s",
+        run.p.images,
+        down_since.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(DOWN_FOR.saturating_sub(down_since.elapsed()));
     killed.restart();
     eprintln!(
         "[leader] node {leader} back in the ISR at {} rows, {:.1} s in",
