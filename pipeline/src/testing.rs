@@ -55,7 +55,7 @@ pub mod avro {
     /// Every schema version this build reads, current first: `(record, canonical form,
     /// the fingerprint's 8 bytes as written after 0xC3 0x01)`.
     pub fn schema_versions() -> Vec<(String, String, [u8; 8])> {
-        [RecordType::Frame, RecordType::DetectionResult]
+        RecordType::ALL
             .into_iter()
             .flat_map(|record| {
                 record

@@ -42,6 +42,14 @@ pub fn repo_root() -> PathBuf {
     }
 }
 
+/// A tool directory that scripts/setup-test-deps.sh fills: `$var`, or `~/.cache/vigil/<name>`.
+pub fn tool_dir(var: &str, name: &str) -> PathBuf {
+    std::env::var_os(var).map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/vigil").join(name),
+        PathBuf::from,
+    )
+}
+
 /// Heavy tests (several model processes each) run one at a time: the machines have
 /// two cores.
 pub fn serial() -> MutexGuard<'static, ()> {

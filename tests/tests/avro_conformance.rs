@@ -7,20 +7,13 @@
 //! `~/.cache/vigil/py-clients`). Without them, outside CI, the Java output recorded in
 //! `tests/conformance/recorded.json` stands in; in CI (`CI` set) a missing tool fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use vigil_tests::repo_root;
+use vigil_tests::{repo_root, tool_dir};
 
 const RECORDS: [&str; 2] = ["Frame", "DetectionResult"];
-
-fn cache(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/vigil").join(default),
-        PathBuf::from,
-    )
-}
 
 /// Runs one implementation's conformance program; `None` when it is not installed.
 fn run(program: &Path, args: &[&str], extra: Option<&Path>) -> Option<Value> {
@@ -45,7 +38,7 @@ fn run(program: &Path, args: &[&str], extra: Option<&Path>) -> Option<Value> {
 }
 
 fn java(extra: Option<&Path>) -> Option<Value> {
-    let jars = cache("VIGIL_AVRO_JAVA", "avro-java");
+    let jars = tool_dir("VIGIL_AVRO_JAVA", "avro-java");
     if !jars.join("lib").is_dir() {
         return None;
     }
@@ -56,7 +49,7 @@ fn java(extra: Option<&Path>) -> Option<Value> {
 }
 
 fn fastavro(extra: Option<&Path>) -> Option<Value> {
-    let python = cache("VIGIL_PY_CLIENTS", "py-clients").join("bin/python");
+    let python = tool_dir("VIGIL_PY_CLIENTS", "py-clients").join("bin/python");
     let script = repo_root().join("tests/conformance/fastavro_conformance.py");
     run(&python, &[script.to_str().expect("a UTF-8 path")], extra)
 }

@@ -7,11 +7,10 @@
 //! `~/.cache/vigil/py-compat` (step 8).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use vigil_tests::{repo_root, serial, vigil_bin};
+use vigil_tests::{repo_root, serial, tool_dir, vigil_bin};
 
 /// `(venv under py-compat/, client config, works?)`, as the README's table says.
 const CLIENTS: [(&str, &str, bool); 4] = [
@@ -20,13 +19,6 @@ const CLIENTS: [(&str, &str, bool); 4] = [
     ("kafka-python-3.0.12", r#"{"api_version": [2, 3]}"#, true),
     ("confluent-kafka-2.16.1", "{}", true),
 ];
-
-fn venvs() -> PathBuf {
-    std::env::var_os("VIGIL_PY_COMPAT").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/vigil/py-compat"),
-        PathBuf::from,
-    )
-}
 
 #[test]
 fn python_clients_work_with_the_in_memory_broker_as_the_readme_says() {
@@ -46,7 +38,7 @@ fn python_clients_work_with_the_in_memory_broker_as_the_readme_says() {
         .iter()
         .enumerate()
         .map(|(i, &(venv, config, works))| {
-            let python = venvs().join(venv).join("bin/python");
+            let python = tool_dir("VIGIL_PY_COMPAT", "py-compat").join(venv).join("bin/python");
             assert!(python.exists(), "no {}: run scripts/setup-test-deps.sh", python.display());
             let (probe, bootstrap) = (probe.clone(), bootstrap.clone());
             std::thread::spawn(move || {

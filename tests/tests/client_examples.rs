@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use vigil_tests::{repo_root, serial, Options, Pipeline, STOP};
+use vigil_tests::{repo_root, serial, tool_dir, Options, Pipeline, STOP};
 
 #[derive(Debug, Clone, Copy)]
 enum Client {
@@ -22,11 +22,7 @@ enum Client {
 }
 
 fn python() -> PathBuf {
-    let venv = std::env::var_os("VIGIL_PY_CLIENTS").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/vigil/py-clients"),
-        PathBuf::from,
-    );
-    let python = venv.join("bin/python");
+    let python = tool_dir("VIGIL_PY_CLIENTS", "py-clients").join("bin/python");
     assert!(python.exists(), "no {}: run scripts/setup-test-deps.sh", python.display());
     python
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vigil_tests::http::{api_addr, request};
-use vigil_tests::{serial, Options, Pipeline, STOP};
+use vigil_tests::{serial, tool_dir, Options, Pipeline, STOP};
 
 const TOKEN: &str = "schemathesis-token-0123456789";
 
@@ -20,11 +20,7 @@ fn schemathesis() -> PathBuf {
     if let Some(path) = std::env::var_os("VIGIL_SCHEMATHESIS") {
         return path.into();
     }
-    let tools = std::env::var_os("VIGIL_API_TOOLS").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/vigil/api-tools"),
-        PathBuf::from,
-    );
-    tools.join("bin/st")
+    tool_dir("VIGIL_API_TOOLS", "api-tools").join("bin/st")
 }
 
 #[test]

@@ -168,6 +168,9 @@ pub(crate) static DETECTION_RESULT: LazyLock<SchemaSet> = LazyLock::new(|| {
 });
 
 impl RecordType {
+    /// Every record type of the wire format.
+    pub(crate) const ALL: [RecordType; 2] = [RecordType::Frame, RecordType::DetectionResult];
+
     /// Fingerprint of the schema this build writes for the record type.
     pub fn current_fingerprint(self) -> u64 {
         self.schemas().current().fingerprint

@@ -85,7 +85,7 @@ fn every_schema_file_is_a_recorded_version_with_its_fingerprint() {
 #[test]
 fn this_build_reads_every_recorded_version_and_writes_the_newest() {
     let versions = recorded();
-    for record in [RecordType::Frame, RecordType::DetectionResult] {
+    for record in RecordType::ALL {
         let mut rows: Vec<&Version> = versions.iter().filter(|v| v.record == record.to_string()).collect();
         rows.sort_by_key(|v| std::cmp::Reverse(v.version));
         let numbers: Vec<u32> = rows.iter().map(|v| v.version).collect();
@@ -100,7 +100,7 @@ fn this_build_reads_every_recorded_version_and_writes_the_newest() {
 
 #[test]
 fn the_newest_version_reads_records_of_every_earlier_one() {
-    for record in [RecordType::Frame, RecordType::DetectionResult] {
+    for record in RecordType::ALL {
         let writers = &record.schemas().writers;
         for (i, older) in writers.iter().enumerate().skip(1) {
             if let Err(e) = SchemaCompatibility::can_read(&older.schema, &writers[0].schema) {
