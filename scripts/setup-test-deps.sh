@@ -39,6 +39,10 @@
 #     ($VIGIL_PY_CLIENTS, default ~/.cache/vigil/py-clients); the Java examples built with
 #     Maven (examples/java/target); and each Python client of the README's compatibility
 #     list in a venv of its own ($VIGIL_PY_COMPAT, default ~/.cache/vigil/py-compat).
+#  9. A schema registry for the Confluent wire-format test: Apicurio Registry (Maven
+#     Central) in $VIGIL_APICURIO (default ~/.cache/vigil/apicurio), and confluent-kafka
+#     with its Avro serializer (tests/clients/registry-requirements.txt) in a venv
+#     ($VIGIL_PY_REGISTRY, default ~/.cache/vigil/py-registry).
 # Ends with a summary of what is ready and what was skipped. Exits non-zero only when a
 # step that the tests cannot do without failed (Rust toolchain, package install, model).
 set -euo pipefail
@@ -282,6 +286,20 @@ api_tools=${VIGIL_API_TOOLS:-$HOME/.cache/vigil/api-tools}
 pinned_venv api-tools "$api_tools" tests/openapi.rs schemathesis==4.32.5
 
 # --- 8. Other Avro implementations and the client examples --------------------------------
+# A virtual environment at $2 holding the PyPI packages of the requirements file $3 (relative
+# to the repository): kept while the file is unchanged, made (or topped up) otherwise; $1
+# names it in the summary.
+requirements_venv() {
+  local label=$1 dir=$2 file="$here/../$3"
+  if [ -x "$dir/bin/python" ] && cmp -s "$file" "$dir/requirements.txt"; then
+    record ok "$label" "$3 in $dir"
+  elif python3 -m venv "$dir" && "$dir/bin/python" -m pip install -q -r "$file" && cp "$file" "$dir/requirements.txt"; then
+    record installed "$label" "$3 in $dir"
+  else
+    fail "$label" "cannot install $3 into $dir (python3 -m venv, pip)"
+  fi
+}
+
 avro_java=${VIGIL_AVRO_JAVA:-$HOME/.cache/vigil/avro-java}
 if [ -f "$avro_java/lib/.pom" ] && cmp -s "$here/../tests/conformance/pom.xml" "$avro_java/lib/.pom"; then
   record ok avro-java "jars in $avro_java/lib"
@@ -293,15 +311,7 @@ else
   fail avro-java "mvn dependency:copy-dependencies for tests/conformance/pom.xml failed (message above)"
 fi
 py_clients=${VIGIL_PY_CLIENTS:-$HOME/.cache/vigil/py-clients}
-py_requirements="$here/../examples/python/requirements.txt"
-if [ -x "$py_clients/bin/python" ] && cmp -s "$py_requirements" "$py_clients/requirements.txt"; then
-  record ok py-clients "examples/python/requirements.txt in $py_clients"
-elif python3 -m venv "$py_clients" && "$py_clients/bin/python" -m pip install -q -r "$py_requirements" &&
-  cp "$py_requirements" "$py_clients/requirements.txt"; then
-  record installed py-clients "examples/python/requirements.txt in $py_clients"
-else
-  fail py-clients "cannot install examples/python/requirements.txt into $py_clients (python3 -m venv, pip)"
-fi
+requirements_venv py-clients "$py_clients" examples/python/requirements.txt
 py_compat=${VIGIL_PY_COMPAT:-$HOME/.cache/vigil/py-compat}
 for pin in kafka-python==2.0.6 kafka-python==3.0.12 confluent-kafka==2.16.1; do
   pinned_venv py-compat "$py_compat/${pin/==/-}" tests/client_compatibility.rs "$pin"
@@ -311,6 +321,23 @@ if mvn -q -B -f "$here/../examples/java/pom.xml" package -DskipTests; then
 else
   fail java-examples "mvn package of examples/java failed (message above)"
 fi
+
+# --- 9. A schema registry with the Confluent API ------------------------------------------
+# Apicurio Registry (Maven Central; runs on Java 17, in memory) and confluent-kafka's
+# AvroSerializer, for tests/schema_registry.rs.
+apicurio=${VIGIL_APICURIO:-$HOME/.cache/vigil/apicurio}
+apicurio_version=2.6.13.Final
+apicurio_jar="$apicurio/apicurio-registry-app-$apicurio_version-runner.jar"
+apicurio_tgz="$HOME/.m2/repository/io/apicurio/apicurio-registry-app/$apicurio_version/apicurio-registry-app-$apicurio_version-all.tar.gz"
+if [ -f "$apicurio_jar" ]; then
+  record ok apicurio "Apicurio Registry $apicurio_version in $apicurio"
+elif mvn -q -B dependency:get -Dartifact="io.apicurio:apicurio-registry-app:$apicurio_version:tar.gz:all" -Dtransitive=false &&
+  mkdir -p "$apicurio" && tar xzf "$apicurio_tgz" -C "$apicurio"; then
+  record installed apicurio "Apicurio Registry $apicurio_version in $apicurio"
+else
+  fail apicurio "cannot fetch Apicurio Registry $apicurio_version from Maven Central (message above)"
+fi
+requirements_venv py-registry "${VIGIL_PY_REGISTRY:-$HOME/.cache/vigil/py-registry}" tests/clients/registry-requirements.txt
 
 say "summary:"
 for line in "${summary[@]}"; do printf '  %s\n' "$line" >&2; done

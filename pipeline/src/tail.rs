@@ -43,6 +43,7 @@ pub struct TailOptions {
 /// results were printed.
 pub async fn run(settings: &Settings, options: &TailOptions, shutdown: CancellationToken) -> Result<u64, TailError> {
     let topic = settings.kafka.topics.detections.name.clone();
+    crate::kafka::use_schema_registry(&settings.kafka, &[]).await?;
     let Some(partitions) = wait_for_topic(settings, &topic, &shutdown).await? else {
         return Ok(0);
     };

@@ -105,6 +105,8 @@ pub async fn start(
     let cfg = settings.api.clone();
     let db = ResultsDb::open(&settings.sink.database_url).await?;
     ensure_topics(&settings.kafka, &[&settings.kafka.topics.images]).await?;
+    let images = settings.kafka.topics.images.name.as_str();
+    crate::kafka::use_schema_registry(&settings.kafka, &[(crate::codec::RecordType::Frame, images)]).await?;
     let mut client = idempotent_producer_config(&settings.kafka);
     client.set("linger.ms", "5").set("message.timeout.ms", settings.producer.delivery_timeout_ms.to_string());
     if !settings.kafka.client.contains_key("partitioner") {

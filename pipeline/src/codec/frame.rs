@@ -221,6 +221,19 @@ pub(crate) mod tests {
         }
     }
 
+    /// Lib tests configure no registry (it is process-wide): `tests/schema_registry.rs`
+    /// covers the framing against a real one.
+    #[test]
+    fn confluent_framing_without_a_registry_is_unknown_schema_and_says_what_to_set() {
+        let body = &sample().encode().unwrap()[super::super::schema::HEADER_LEN..];
+        let mut bytes = vec![0, 0, 0, 0, 42];
+        bytes.extend_from_slice(body);
+        let err = Frame::decode(&bytes).unwrap_err();
+        assert_eq!(err.kind(), "unknown_schema", "{err}");
+        let message = err.to_string();
+        assert!(message.contains("schema id 42") && message.contains("kafka.schema_registry.url"), "{message}");
+    }
+
     #[test]
     fn truncated_or_padded_body_is_bad_record() {
         let bytes = sample().encode().unwrap();

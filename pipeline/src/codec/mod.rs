@@ -14,6 +14,7 @@ pub(crate) mod contract;
 pub(crate) mod dlq;
 mod frame;
 pub(crate) mod kinds;
+pub(crate) mod registry;
 mod result;
 mod schema;
 #[cfg(test)]
@@ -36,6 +37,10 @@ pub enum CodecError {
     /// schema that is newer than this reader (roll readers out first) or not ours.
     #[error("unknown {expected} schema fingerprint {fingerprint:#018x}: written with a schema this build does not know (deploy readers before writers, see schemas/README.md)")]
     UnknownSchema { expected: RecordType, fingerprint: u64 },
+    /// Confluent Schema Registry framing with a schema id that names no schema this build
+    /// knows, or that cannot be looked up.
+    #[error("{expected} record in the Confluent Schema Registry framing, schema id {id}: {reason}")]
+    UnknownRegistryId { expected: RecordType, id: u32, reason: String },
     /// Header known, body does not decode (truncated, trailing bytes, values out of range).
     #[error("malformed {record} record: {reason}")]
     BadRecord { record: RecordType, reason: String },
@@ -50,7 +55,7 @@ impl CodecError {
     pub fn kind(&self) -> &'static str {
         match self {
             CodecError::NotAvro { .. } => kinds::NOT_AVRO,
-            CodecError::UnknownSchema { .. } => kinds::UNKNOWN_SCHEMA,
+            CodecError::UnknownSchema { .. } | CodecError::UnknownRegistryId { .. } => kinds::UNKNOWN_SCHEMA,
             CodecError::BadRecord { .. } => kinds::BAD_RECORD,
             CodecError::Encode { .. } => kinds::ENCODE,
         }

@@ -9,11 +9,12 @@ use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{canonical, CodecError};
+use super::{canonical, registry, CodecError};
 
 /// The two marker bytes that open every single-object encoded value.
 pub(super) const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
-const HEADER_LEN: usize = 10;
+/// Magic bytes and fingerprint.
+pub(super) const HEADER_LEN: usize = 10;
 /// Largest single allocation the Avro decoder may make for a claimed length
 /// (bounds what a corrupt length prefix can cost).
 const MAX_AVRO_ALLOCATION_BYTES: usize = 64 * 1024 * 1024;
@@ -37,6 +38,8 @@ impl fmt::Display for RecordType {
 /// A parsed schema with its fingerprints.
 pub(crate) struct KnownSchema {
     pub(crate) schema: Schema,
+    /// The `.avsc` text, as embedded (what is registered in a schema registry).
+    pub(crate) text: &'static str,
     /// The Parsing Canonical Form, per the specification.
     pub(crate) canonical_form: String,
     /// CRC-64-AVRO of `canonical_form`: what this build writes, and what every conformant
@@ -49,7 +52,7 @@ pub(crate) struct KnownSchema {
 }
 
 impl KnownSchema {
-    fn parse(record: RecordType, text: &str) -> Self {
+    fn parse(record: RecordType, text: &'static str) -> Self {
         // The schemas are embedded at build time and covered by tests: failing here is a
         // build defect, not a runtime condition.
         let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("embedded {record} schema is invalid: {e}"));
@@ -59,7 +62,7 @@ impl KnownSchema {
         let legacy = schema.fingerprint::<Rabin>();
         let legacy_fingerprint =
             u64::from_le_bytes(legacy.bytes[..8].try_into().expect("Rabin fingerprints are 8 bytes"));
-        Self { schema, canonical_form, fingerprint, legacy_fingerprint }
+        Self { schema, text, canonical_form, fingerprint, legacy_fingerprint }
     }
 
     fn written_with(&self, fingerprint: u64) -> bool {
@@ -75,7 +78,7 @@ pub(crate) struct SchemaSet {
 }
 
 impl SchemaSet {
-    fn new(record: RecordType, texts: &[&str]) -> Self {
+    fn new(record: RecordType, texts: &[&'static str]) -> Self {
         apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
         Self { record, writers: texts.iter().map(|t| KnownSchema::parse(record, t)).collect() }
     }
@@ -88,8 +91,13 @@ impl SchemaSet {
     pub(crate) fn encode<T: Serialize>(&self, value: &T, size_hint: usize) -> Result<Vec<u8>, CodecError> {
         let current = self.current();
         let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
-        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        out.extend_from_slice(&current.fingerprint.to_le_bytes());
+        match registry::write_header(self.record) {
+            Some(header) => out.extend_from_slice(&header),
+            None => {
+                out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+                out.extend_from_slice(&current.fingerprint.to_le_bytes());
+            }
+        }
         apache_avro::write_avro_datum_ref(&current.schema, value, &mut out)
             .map_err(|e| CodecError::Encode { record: self.record, reason: e.to_string() })?;
         Ok(out)
@@ -98,17 +106,22 @@ impl SchemaSet {
     /// Decodes a single-object value written with any known schema version, resolved to
     /// the current schema.
     pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        let fingerprint = fingerprint_of(bytes)?;
+        let (fingerprint, header_len) = match bytes {
+            [registry::CONFLUENT_MAGIC, a, b, c, d, ..] => {
+                (registry::resolve(self.record, u32::from_be_bytes([*a, *b, *c, *d]))?, registry::CONFLUENT_HEADER_LEN)
+            }
+            _ => (fingerprint_of(bytes)?, HEADER_LEN),
+        };
         let writer = self
             .writers
             .iter()
             .find(|s| s.written_with(fingerprint))
             .ok_or(CodecError::UnknownSchema { expected: self.record, fingerprint })?;
         let bad = |reason: String| CodecError::BadRecord { record: self.record, reason };
-        let mut body = NoShortReads(Cursor::new(&bytes[HEADER_LEN..]));
+        let mut body = NoShortReads(Cursor::new(&bytes[header_len..]));
         let value = apache_avro::from_avro_datum(&writer.schema, &mut body, Some(&self.current().schema))
             .map_err(|e| bad(e.to_string()))?;
-        let trailing = bytes.len() - HEADER_LEN - body.0.position() as usize;
+        let trailing = bytes.len() - header_len - body.0.position() as usize;
         if trailing != 0 {
             return Err(bad(format!("{trailing} trailing bytes after the record")));
         }

@@ -127,6 +127,8 @@ pub async fn run_with_health(
             ),
         });
     }
+    let detections = kafka.topics.detections.name.as_str();
+    crate::kafka::use_schema_registry(kafka, &[(crate::codec::RecordType::DetectionResult, detections)]).await?;
     if cfg.static_membership && cfg.instance_id.is_none() {
         // Checked here, not with the settings: one file serves every stage, and the
         // instance id usually comes per worker (--instance-id, the pod name).

@@ -29,6 +29,9 @@ pub struct KafkaConfig {
     /// `enable.auto.commit`) are always set by the stage and win over these.
     #[serde(deserialize_with = "deserialize_client_properties")]
     pub client: BTreeMap<String, String>,
+    /// A schema registry with the Confluent API (`[kafka.schema_registry]`), for values in
+    /// its wire format (see `schemas/README.md`).
+    pub schema_registry: SchemaRegistryConfig,
 }
 
 /// Room for key and headers on top of the largest record, when a dead letter carries the
@@ -59,7 +62,29 @@ impl Default for KafkaConfig {
             operation_timeout_ms: 10_000,
             create_topics: true,
             client: BTreeMap::new(),
+            schema_registry: SchemaRegistryConfig::default(),
         }
+    }
+}
+
+/// The `[kafka.schema_registry]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of a registry with the Confluent API, e.g. `http://127.0.0.1:8081` or
+    /// Apicurio's `http://127.0.0.1:8080/apis/ccompat/v7`; empty: no registry (records in
+    /// the Confluent framing are then dead-lettered as `unknown_schema`).
+    pub url: String,
+    /// Write the Confluent framing (with the id of the current schema, registered under
+    /// `<topic>-value`) instead of the single-object encoding. Readers accept both.
+    pub write: bool,
+    /// Timeout of one registry request, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        Self { url: String::new(), write: false, timeout_ms: 5_000 }
     }
 }
 

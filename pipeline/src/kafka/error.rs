@@ -144,6 +144,8 @@ pub enum KafkaPlumbingError {
     Mock { what: String, cause: KafkaError },
     #[error("in-memory broker: {what}: {cause}")]
     MockIo { what: String, cause: std::io::Error },
+    #[error("{0} (kafka.schema_registry.url)")]
+    SchemaRegistry(String),
 }
 
 impl KafkaPlumbingError {

@@ -116,6 +116,8 @@ pub async fn run(
 ) -> Result<ProduceSummary, ProducerError> {
     contract::check_source(&settings.producer.source_id)?;
     let files = files_to_send(request)?;
+    let images = settings.kafka.topics.images.name.as_str();
+    crate::kafka::use_schema_registry(&settings.kafka, &[(crate::codec::RecordType::Frame, images)]).await?;
     let synthetic = request.synthetic;
     let one_pass_len = files.len() as u64 + synthetic;
     let source = settings.producer.source_id.clone();

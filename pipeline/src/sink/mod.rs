@@ -97,6 +97,7 @@ pub async fn run_with_health(
     info!(database = %redact_url(&cfg.database_url), kind = db.kind(), "database ready (schema migrated)");
 
     ensure_topics(&settings.kafka, &[&settings.kafka.topics.detections, &settings.kafka.topics.dlq]).await?;
+    crate::kafka::use_schema_registry(&settings.kafka, &[]).await?;
 
     let dlq_topic = settings.kafka.topics.dlq.name.clone();
     let dlq_group = format!("{}{DEAD_LETTER_GROUP_SUFFIX}", cfg.group_id);

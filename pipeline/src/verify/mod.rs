@@ -75,6 +75,7 @@ pub async fn run(
     options: &VerifyOptions,
     stop: CancellationToken,
 ) -> Result<VerifyReport, VerifyError> {
+    crate::kafka::use_schema_registry(&settings.kafka, &[]).await?;
     let settings = settings.clone();
     let options = options.clone();
     tokio::task::spawn_blocking(move || read::verify_blocking(&settings, &options, &stop))
