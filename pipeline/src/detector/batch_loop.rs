@@ -21,7 +21,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -163,21 +166,41 @@ impl<'a> BatchLoop<'a> {
                     }
                     self.report();
                 }
-                received = self.consumer.recv(), if reading => match received {
-                    Ok(message) => {
-                        metrics().frames_consumed.add(1, &[]);
-                        let epoch = self.consumer.context().epoch(rdkafka::Message::partition(&message));
-                        batcher.push(InputRecord::from_message(&message, epoch, &self.cfg.group_id));
+                received = self.consumer.recv(), if reading => {
+                    self.received(received, &mut batcher)?;
+                    // What the consumer already holds joins the batch; an empty queue
+                    // makes the batch due (see `Batcher`).
+                    while !batcher.full() {
+                        match self.consumer.recv().now_or_never() {
+                            Some(received) => self.received(received, &mut batcher)?,
+                            None => {
+                                batcher.input_drained();
+                                break;
+                            }
+                        }
                     }
-                    Err(e) => match classify(&e) {
-                        ErrorClass::Fatal => return Err(DetectorError::Consumer(e)),
-                        _ => warn!(error = %e, "consumer error (librdkafka retries)"),
-                    },
-                },
+                }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if in_flight.is_none() && deadline.is_some() => {}
                 // Idle: the loop still turns, for /healthz.
                 _ = tokio::time::sleep(BEAT_EVERY) => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Adds a record read from the consumer to the batch; a fatal consumer error stops the
+    /// worker, others are librdkafka's to retry.
+    fn received(&self, received: KafkaResult<BorrowedMessage<'_>>, batcher: &mut Batcher) -> Result<(), DetectorError> {
+        match received {
+            Ok(message) => {
+                metrics().frames_consumed.add(1, &[]);
+                let epoch = self.consumer.context().epoch(rdkafka::Message::partition(&message));
+                batcher.push(InputRecord::from_message(&message, epoch, &self.cfg.group_id));
+            }
+            Err(e) => match classify(&e) {
+                ErrorClass::Fatal => return Err(DetectorError::Consumer(e)),
+                _ => warn!(error = %e, "consumer error (librdkafka retries)"),
+            },
         }
         Ok(())
     }

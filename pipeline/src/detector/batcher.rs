@@ -1,7 +1,12 @@
 //! Dynamic batching: the records read but not yet handed to the model.
 //!
-//! A batch is due when it holds `max_batch` records or `max_wait` has passed since its
-//! first record arrived. While the model is busy the loop keeps reading the next batch;
+//! A batch is due when it holds `max_batch` records, when the consumer had nothing more to
+//! give when last asked (the input is drained: waiting would only add latency), or when
+//! `max_wait` has passed since its first record arrived, the bound on how long a batch
+//! waits for company while records keep arriving (Triton's dynamic batcher: a queue delay
+//! bound, not a fixed wait). The loop submits a due batch only when the model is free, so
+//! under load batches fill while the model works. While the model is busy the loop keeps
+//! reading the next batch;
 //! once that one is full the assigned partitions are paused (polling goes on, so
 //! rebalances and `max.poll.interval.ms` are served), and resumed after the commit.
 
@@ -19,23 +24,40 @@ pub(crate) struct Batcher {
     max_wait: Duration,
     pending: VecDeque<InputRecord>,
     first_at: Option<Instant>,
+    /// The consumer's queue was empty after the last record was pushed.
+    drained: bool,
     paused: bool,
 }
 
 impl Batcher {
     pub(crate) fn new(max_batch: usize, max_wait: Duration) -> Self {
-        Batcher { max_batch: max_batch.max(1), max_wait, pending: VecDeque::new(), first_at: None, paused: false }
+        Batcher {
+            max_batch: max_batch.max(1),
+            max_wait,
+            pending: VecDeque::new(),
+            first_at: None,
+            drained: false,
+            paused: false,
+        }
     }
 
     /// Adds a record read from the consumer.
     pub(crate) fn push(&mut self, record: InputRecord) {
         self.pending.push_back(record);
         self.first_at.get_or_insert_with(Instant::now);
+        self.drained = false;
     }
 
-    /// Whether a batch should go to the model now: full, or its wait is over.
+    /// The consumer holds no further record right now.
+    pub(crate) fn input_drained(&mut self) {
+        self.drained = true;
+    }
+
+    /// Whether a batch should go to the model now: full, nothing more to read, or its wait
+    /// is over.
     pub(crate) fn due(&self) -> bool {
-        !self.pending.is_empty() && (self.full() || self.first_at.is_some_and(|t| t.elapsed() >= self.max_wait))
+        !self.pending.is_empty()
+            && (self.full() || self.drained || self.first_at.is_some_and(|t| t.elapsed() >= self.max_wait))
     }
 
     /// At least `max_batch` records are waiting: stop reading (or pause) until the model
@@ -113,7 +135,7 @@ mod tests {
         assert!(!b.due() && b.deadline().is_none());
         b.push(rec(0, 1));
         b.push(rec(0, 2));
-        assert!(!b.due(), "neither full nor waited out");
+        assert!(!b.due(), "neither full nor drained nor waited out");
         std::thread::sleep(wait);
         assert!(b.due(), "the wait is over");
         b.push(rec(0, 3));
@@ -126,6 +148,19 @@ mod tests {
         assert!(deadline > Instant::now() + wait / 2, "a fresh wait, not the old one");
         assert_eq!(b.take().len(), 1);
         assert!(b.deadline().is_none());
+    }
+
+    #[test]
+    fn due_at_once_when_the_input_is_drained() {
+        let mut b = Batcher::new(8, Duration::from_secs(60));
+        b.input_drained();
+        assert!(!b.due(), "nothing pending");
+        b.push(rec(0, 1));
+        assert!(!b.due(), "more may be coming");
+        b.input_drained();
+        assert!(b.due(), "nothing more to read: waiting would only add latency");
+        b.push(rec(0, 2));
+        assert!(!b.due(), "a new record: the consumer is asked again");
     }
 
     #[test]

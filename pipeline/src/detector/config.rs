@@ -70,7 +70,8 @@ pub struct DetectorConfig {
     pub delivery: Delivery,
     /// Most frames per inference batch.
     pub max_batch: usize,
-    /// Longest wait for a batch to fill after its first frame arrived, milliseconds.
+    /// Longest wait for a batch to fill after its first frame arrived, milliseconds, while
+    /// more keep arriving: a batch goes as soon as the consumer has nothing more to give.
     pub max_wait_ms: u64,
     /// Kafka `transaction.timeout.ms`, milliseconds. A transaction spans only producing a
     /// finished batch's outputs and committing (inference happens before it begins), so a

@@ -457,3 +457,20 @@ async fn shutdown_with_the_broker_gone(delivery: Delivery) {
     assert!(matches!(err, DetectorError::ShutdownTimeout { .. }), "{err:?}");
     assert!(err.to_string().contains("detector.shutdown_timeout_ms"), "{err}");
 }
+
+/// A frame alone is not held back for the batch window (60 s here): the consumer has
+/// nothing more to give, so its batch goes to the free model at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_frame_does_not_wait_out_the_batch_window() {
+    let broker = DevBroker::start(1).unwrap();
+    broker.group_initial_rebalance_delay(Duration::ZERO);
+    let mut settings = settings_for(&broker, Delivery::ExactlyOnce);
+    settings.detector.max_wait_ms = 60_000;
+    settings.detector.transaction_timeout_ms = 90_000;
+    let (shutdown, task) = start(&settings, Box::new(FakeModel { calls: 0 })).await;
+    produce_frames(&settings, 0..2, false).await;
+    let (results, _) = wait_for_outputs(&settings, Duration::from_secs(30), |r, _| r.len() == 2).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(results.len(), 2, "both frames were processed well within the 60 s window");
+}

@@ -14,7 +14,8 @@ pub struct SinkConfig {
     pub group_id: String,
     /// Most results written per database transaction.
     pub max_batch: usize,
-    /// Longest wait for a batch to fill after its first result arrived, milliseconds.
+    /// Longest wait for a batch to fill after its first result arrived, milliseconds, while
+    /// more keep arriving: a batch goes as soon as the consumer has nothing more to give.
     pub max_wait_ms: u64,
     /// Kafka `session.timeout.ms` of the consumer (default: 6 s, the lowest a stock broker
     /// accepts; see `detector.session_timeout_ms`).

@@ -421,11 +421,11 @@ async fn stops_when_the_database_stays_unreachable() {
     assert_eq!((stats.rows, offsets), (1, HashMap::from([(0, 1)])));
 }
 
-/// A revocation that takes every buffered record away while the batch waits for its
-/// deadline: the loop must go on polling (it once spun on the expired deadline and never
-/// polled again, so nothing it read afterwards was stored).
+/// Results are written as soon as the consumer has nothing more to give, not after the
+/// batch window (60 s here); and after a revocation the loop goes on polling (it once spun
+/// on an expired deadline and never polled again, so nothing it read afterwards was stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keeps_polling_after_a_revocation_empties_the_batch() {
+async fn writes_a_drained_batch_at_once_and_keeps_polling_after_a_revocation() {
     let (_broker, kafka, topic) = broker_with_topic(1);
     let producer: FutureProducer = client_config(&kafka).create().unwrap();
     for i in 0..3 {
@@ -440,24 +440,30 @@ async fn keeps_polling_after_a_revocation_empties_the_batch() {
         let (db, shutdown, topic, sink_consumer) = (db.clone(), shutdown.clone(), topic.clone(), sink_consumer.clone());
         tokio::spawn(async move {
             let mut sink = sink_loop(&db, &sink_consumer, &topic);
-            sink.run(1000, Duration::from_secs(2), &shutdown).await
+            sink.run(1000, Duration::from_secs(60), &shutdown).await
         })
     };
-    // The three records are read and wait for the batch deadline; the rebalance callback
-    // then notes the partition revoked (the loop drops the three), and the deadline passes.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows_within = |n: u64, limit: Duration| {
+        let url = url.clone();
+        let topic = topic.clone();
+        async move {
+            let deadline = Instant::now() + limit;
+            let mut rows = 0;
+            while rows < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                rows = stored(&url, &topic).0.rows;
+            }
+            rows
+        }
+    };
+    assert_eq!(rows_within(3, Duration::from_secs(20)).await, 3, "written without waiting out the 60 s window");
     sink_consumer.context().note_revoked(&[0]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 3..5 {
         send_result(&producer, &topic, i, 0).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut rows = 0;
-    while rows < 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        rows = stored(&url, &topic).0.rows;
-    }
+    let rows = rows_within(5, Duration::from_secs(20)).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    assert_eq!(rows, 2, "the records read after the revocation were stored: the loop kept polling");
+    assert_eq!(rows, 5, "the records read after the revocation were stored: the loop kept polling");
 }

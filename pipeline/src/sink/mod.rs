@@ -34,9 +34,11 @@ mod loop_tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -237,6 +239,8 @@ impl SinkLoop<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), SinkError> {
         let mut deadline: Option<tokio::time::Instant> = None;
+        // The consumer had nothing more to give after the last record: write now.
+        let mut drained = false;
         loop {
             self.health.beat();
             if let Some(reason) = self.consumer.context().failure() {
@@ -249,28 +253,33 @@ impl SinkLoop<'_> {
                 // deadline kept past its time would make the loop spin without polling.
                 deadline = None;
             }
-            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            let due = drained || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             if self.pending.len() >= max_batch || (due && !self.pending.is_empty()) {
                 self.flush(shutdown).await?;
                 deadline = None;
+                drained = false;
                 continue;
             }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
-                received = self.consumer.recv() => match received {
-                    Ok(message) => {
-                        // A revocation served in this poll came before this record.
-                        self.drop_revoked();
-                        self.pending.push(self.read(&message));
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
-                    }
-                    Err(e) => match classify(&e) {
-                        ErrorClass::Fatal => return Err(SinkError::Consumer(e)),
-                        _ => warn!(error = %e, "consumer error (librdkafka retries)"),
-                    },
-                },
+                received = self.consumer.recv() => {
+                    self.received(received)?;
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
+                    // What the consumer already holds joins the batch; an empty queue
+                    // closes it early (`max_wait` bounds the wait while results keep
+                    // arriving, it is not a fixed delay).
+                    drained = loop {
+                        if self.pending.len() >= max_batch {
+                            break false;
+                        }
+                        match self.consumer.recv().now_or_never() {
+                            Some(received) => self.received(received)?,
+                            None => break true,
+                        }
+                    };
+                }
                 // Idle: the loop still turns, for /healthz.
                 _ = tokio::time::sleep(BEAT_EVERY) => {}
             }
@@ -278,6 +287,24 @@ impl SinkLoop<'_> {
         // Store what was read: it is ours until the group is left.
         if !self.pending.is_empty() {
             self.flush(shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a result read from the consumer to the batch; a fatal consumer error stops the
+    /// sink, others are librdkafka's to retry.
+    fn received(&mut self, received: KafkaResult<BorrowedMessage<'_>>) -> Result<(), SinkError> {
+        match received {
+            Ok(message) => {
+                // A revocation served in this poll came before this record.
+                self.drop_revoked();
+                let item = self.read(&message);
+                self.pending.push(item);
+            }
+            Err(e) => match classify(&e) {
+                ErrorClass::Fatal => return Err(SinkError::Consumer(e)),
+                _ => warn!(error = %e, "consumer error (librdkafka retries)"),
+            },
         }
         Ok(())
     }
