@@ -16,6 +16,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod producer;
 pub mod settings;
 pub mod sink;

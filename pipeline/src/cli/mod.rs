@@ -16,6 +16,7 @@ mod detect_image;
 mod failure;
 mod model_flags;
 mod pipeline;
+mod plan;
 mod signals;
 mod tools;
 
@@ -81,6 +82,7 @@ enum Command {
     /// Measure throughput (`vigil bench model`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    Plan(plan::PlanArgs),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     #[command(after_help = "Examples:\n  vigil config > vigil.toml          # a starting point to edit\n  \
         vigil --config vigil.toml config   # check a file (unknown keys and bad values are errors)\n  \
@@ -104,6 +106,7 @@ impl Command {
             | Command::Chaos(_)
             | Command::DetectImage(_)
             | Command::Bench(_)
+            | Command::Plan(_)
             | Command::Config => service::TOOLS,
         }
     }
@@ -119,6 +122,7 @@ impl Command {
             Command::Up(args) => args.overrides(),
             Command::DetectImage(args) => args.model.overrides(),
             Command::Bench(bench::BenchCommand::Model(args)) => args.model.overrides(),
+            Command::Plan(args) => args.model.overrides(),
             Command::Broker(_) | Command::Tail(_) | Command::Chaos(_) | Command::Config => Vec::new(),
         }
     }
@@ -214,6 +218,7 @@ async fn run_command(
         Command::Chaos(args) => chaos::run(settings, args, shutdown).await,
         Command::DetectImage(args) => detect_image::run(settings, args).await,
         Command::Bench(bench::BenchCommand::Model(args)) => bench::model::run(settings, args).await,
+        Command::Plan(args) => plan::run(settings, args).await,
         Command::Config => unreachable!("handled before the runtime starts"),
     }
 }

@@ -56,7 +56,7 @@ struct StageTimes {
 }
 
 #[derive(Debug, Serialize)]
-struct BenchReport {
+pub(crate) struct BenchReport {
     backend: String,
     device: String,
     batch: u32,
@@ -78,6 +78,43 @@ pub(crate) async fn run(settings: &Settings, args: BenchModelArgs) -> Result<u8,
 }
 
 fn measure(model: &ModelConfig, backend: Backend, limits: &DecodeLimits, args: &BenchModelArgs) -> anyhow::Result<()> {
+    let report = time_model(model, backend, limits, args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+impl BenchModelArgs {
+    /// A plain measurement of `seconds` at `batch` over the images in `images` (what
+    /// `vigil plan --measure` and `vigil bench pipeline` time the model with); `quiet`
+    /// hides the progress spinner.
+    pub(crate) fn plain(batch: u32, seconds: f64, images: PathBuf, quiet: bool) -> Self {
+        BenchModelArgs { model: BackendFlag::default(), batch, seconds, warmup: 2, images, json: quiet, profile: false }
+    }
+}
+
+impl BenchReport {
+    /// Milliseconds one frame takes through decode, resize, forward and post-processing.
+    pub(crate) fn ms_per_frame(&self) -> f64 {
+        1000.0 / self.frames_per_s
+    }
+
+    /// Frames per second through all four stages.
+    pub(crate) fn frames_per_s(&self) -> f64 {
+        self.frames_per_s
+    }
+}
+
+/// Times the per-frame path on `backend` as `args` says.
+pub(crate) fn time_model(
+    model: &ModelConfig,
+    backend: Backend,
+    limits: &DecodeLimits,
+    args: &BenchModelArgs,
+) -> anyhow::Result<BenchReport> {
     if args.seconds.is_nan() || args.seconds <= 0.0 {
         bail!("--seconds must be positive, got {}", args.seconds);
     }
@@ -152,12 +189,7 @@ fn measure(model: &ModelConfig, backend: Backend, limits: &DecodeLimits, args: &
             .then(|| profile.ms.iter().map(|(&op, &ms)| (op, ms / f64::from(profile.passes.max(1)))).collect()),
     };
     tracing::debug!(wall_s = started.elapsed().as_secs_f64(), "bench finished");
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn print_table(r: &BenchReport) {
