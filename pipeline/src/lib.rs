@@ -7,10 +7,12 @@
 
 pub mod api;
 mod backoff;
+pub mod bench;
 pub mod chaos;
 mod codec;
 pub mod detector;
 mod failpoint;
+mod fleet;
 pub mod health;
 pub mod http;
 pub mod kafka;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use super::fleet::{self, ProcId};
 use super::{ChaosError, Run, Scenario, SESSION_TIMEOUT_MS, STOP_TIMEOUT};
+use crate::fleet::{self, ProcId};
 
 /// How long a restarted or joining detector may take to own partitions.
 const OWN_TIMEOUT: Duration = Duration::from_secs(120);

@@ -49,12 +49,11 @@
 //!   transaction (`topics_exact`). On the embedded broker detectors run at-least-once (the
 //!   mock stores no transactional offsets) and `topic_duplicates` is reported, not failed.
 //!
-//! Files: `scenario` (the list and sizes), `fleet` (child processes), `frames` (the
+//! Files: `scenario` (the list and sizes), `crate::fleet` (child processes), `frames` (the
 //! input), `progress` (database sampling, MTTR and stalls), `faults` (what each scenario
 //! does), `report` (the line, the JSON object, percentiles).
 
 mod faults;
-mod fleet;
 mod frames;
 mod progress;
 mod report;
@@ -68,16 +67,17 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use self::faults::Fault;
-use self::fleet::{Fleet, ProcId};
 use self::frames::{FrameStream, StreamPlan};
 use self::progress::{DbProbe, Sampler};
 pub use self::report::{MttrStats, ScenarioReport, Verdict};
 pub use self::scenario::Scenario;
 use self::scenario::Size;
 use crate::codec::CodecError;
+use crate::fleet::{self, Fleet, FleetError, ProcId};
 use crate::kafka::{DevBroker, KafkaPlumbingError};
 use crate::settings::Settings;
 use crate::verify::{VerifyError, VerifyOptions};
+pub(crate) use report::percentile;
 
 /// Partitions of each scenario's `images` and `detections`.
 const PARTITIONS: i32 = 6;
@@ -129,8 +129,8 @@ pub enum ChaosError {
     Usage(String),
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
-    #[error("cannot start {bin}: {cause} (--vigil-bin names the vigil binary)")]
-    Spawn { bin: PathBuf, cause: std::io::Error },
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     #[error("cannot create the frame producer: {0}")]
     Producer(rdkafka::error::KafkaError),
     #[error("cannot send a frame: {0}")]
@@ -404,7 +404,7 @@ impl Run<'_> {
         instance: &str,
         extra: &[(&str, &str)],
     ) -> Result<ProcId, ChaosError> {
-        self.fleet.spawn(label, &["detect", "--instance-id", instance], extra)
+        Ok(self.fleet.spawn(label, &["detect", "--instance-id", instance], extra)?)
     }
 
     /// Starts detector slot `i` again under its instance id.

@@ -63,6 +63,7 @@ classified!(
     vigil::verify::VerifyError,
     vigil::kafka::KafkaPlumbingError,
     vigil::chaos::ChaosError,
+    vigil::bench::BenchError,
     vigil::http::HttpError,
     vigil::api::ApiError,
 );

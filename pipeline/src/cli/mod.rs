@@ -79,7 +79,7 @@ enum Command {
     Up(pipeline::UpArgs),
     Chaos(chaos::ChaosArgs),
     DetectImage(detect_image::DetectImageArgs),
-    /// Measure throughput (`vigil bench model`).
+    /// Measure throughput (`vigil bench model`, `vigil bench pipeline`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     Plan(plan::PlanArgs),
@@ -122,6 +122,7 @@ impl Command {
             Command::Up(args) => args.overrides(),
             Command::DetectImage(args) => args.model.overrides(),
             Command::Bench(bench::BenchCommand::Model(args)) => args.model.overrides(),
+            Command::Bench(bench::BenchCommand::Pipeline(args)) => args.overrides(),
             Command::Plan(args) => args.model.overrides(),
             Command::Broker(_) | Command::Tail(_) | Command::Chaos(_) | Command::Config => Vec::new(),
         }
@@ -218,6 +219,7 @@ async fn run_command(
         Command::Chaos(args) => chaos::run(settings, args, shutdown).await,
         Command::DetectImage(args) => detect_image::run(settings, args).await,
         Command::Bench(bench::BenchCommand::Model(args)) => bench::model::run(settings, args).await,
+        Command::Bench(bench::BenchCommand::Pipeline(args)) => bench::pipeline::run(settings, args, shutdown).await,
         Command::Plan(args) => plan::run(settings, args).await,
         Command::Config => unreachable!("handled before the runtime starts"),
     }

@@ -2,11 +2,14 @@
 //! the binary runs (including GPU machines without a Rust toolchain).
 
 pub(crate) mod model;
+pub(crate) mod pipeline;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BenchCommand {
     /// Frames/s of NanoDet-g and time per stage (decode, resize, forward, post-process).
     Model(model::BenchModelArgs),
+    /// Producers, detectors and a sink under load: throughput, latency, efficiency, CPU.
+    Pipeline(pipeline::BenchPipelineArgs),
 }
 
 /// Median of `values` (0 for none).

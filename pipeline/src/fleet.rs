@@ -1,6 +1,6 @@
-//! The pipeline's processes during a scenario: `vigil detect` and `vigil sink` children
-//! of this process, each with its stdout and stderr in a file of the scenario's
-//! directory. Signals go to them by pid; all of them are killed when the fleet drops (also
+//! Pipeline processes run as children of this one (`vigil chaos` scenarios, `vigil bench
+//! pipeline`): `vigil detect`, `vigil sink`, `vigil produce`, each with its stdout and
+//! stderr in a file of the run's directory. Signals go to them by pid; all of them are killed when the fleet drops (also
 //! on error and Ctrl-C), and each dies with this process (`PR_SET_PDEATHSIG`) should it
 //! be killed itself.
 
@@ -10,7 +10,14 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::ChaosError;
+/// A child that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
+    #[error("cannot start {bin}: {cause} (--vigil-bin names the vigil binary)")]
+    Spawn { bin: PathBuf, cause: std::io::Error },
+}
 
 /// Index of a process in its [`Fleet`].
 pub(crate) type ProcId = usize;
@@ -38,10 +45,11 @@ impl Fleet {
     }
 
     /// Starts `vigil <args>` with the fleet's environment plus `extra`.
-    pub(crate) fn spawn(&mut self, label: &str, args: &[&str], extra: &[(&str, &str)]) -> Result<ProcId, ChaosError> {
+    pub(crate) fn spawn(&mut self, label: &str, args: &[&str], extra: &[(&str, &str)]) -> Result<ProcId, FleetError> {
         let stdout = self.dir.join(format!("{label}.stdout"));
         let stderr = self.dir.join(format!("{label}.stderr"));
-        let file = |p: &Path| std::fs::File::create(p).map_err(|e| ChaosError::io(p, e));
+        let file =
+            |p: &Path| std::fs::File::create(p).map_err(|e| FleetError::Io { what: p.display().to_string(), cause: e });
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -50,7 +58,7 @@ impl Fleet {
             .stdout(file(&stdout)?)
             .stderr(file(&stderr)?);
         die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| ChaosError::Spawn { bin: self.bin.clone(), cause: e })?;
+        let child = cmd.spawn().map_err(|e| FleetError::Spawn { bin: self.bin.clone(), cause: e })?;
         self.procs.push(Proc { label: label.to_string(), child, stdout, stderr, status: None });
         Ok(self.procs.len() - 1)
     }
