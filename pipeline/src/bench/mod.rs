@@ -9,8 +9,7 @@
 //! capture when it reads the file). CPU seconds and peak RSS come from the kernel: the
 //! children's from `/proc` (sampled every 100 ms for the producers, which exit on their
 //! own; read just before they are stopped for the detectors and the sink), this process's
-//! (the embedded broker and the bench's own polling) from `getrusage(RUSAGE_SELF)` over
-//! the run. The model's own speed is timed by the caller, in a process of its own, so that
+//! (the embedded broker and the bench's own polling) likewise, over the run. The model's own speed is timed by the caller, in a process of its own, so that
 //! none of these figures include it.
 
 mod usage;
