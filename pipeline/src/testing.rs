@@ -67,3 +67,64 @@ pub mod avro {
             .collect()
     }
 }
+
+/// Vigil's record codec, for the criterion benches of the per-frame hot paths
+/// (`benches/benches/codec.rs`).
+#[doc(hidden)]
+pub mod codec {
+    use std::collections::HashMap;
+
+    use crate::codec::{DetectedObject, DetectionResult, Frame, ImageEncoding};
+
+    /// A Frame carrying `image`, encoded as `vigil produce` writes it.
+    pub fn encode_frame(image: &[u8]) -> Vec<u8> {
+        let frame = Frame {
+            frame_id: "5f0c6c1e-8d4b-4f43-9d67-1b1b4f7d2a10".into(),
+            source: "cam-1".into(),
+            seq: 7,
+            captured_at_us: 1_700_000_000_000_000,
+            encoding: ImageEncoding::sniff(image),
+            width: None,
+            height: None,
+            data: image.to_vec(),
+            attributes: HashMap::from([("file".to_string(), "dog.jpg".to_string())]),
+            session: Some("0b7e7c1a-3f8e-4a55-9a8e-2f4f2b1c9d11".into()),
+        };
+        frame.encode().expect("a valid frame encodes")
+    }
+
+    /// Decodes a Frame record as the detector does; the length of its image.
+    pub fn decode_frame(bytes: &[u8]) -> usize {
+        Frame::decode(bytes).expect("a frame record").data.len()
+    }
+
+    /// A DetectionResult with `objects` detections, encoded as the detector writes it.
+    pub fn encode_result(objects: usize) -> Vec<u8> {
+        let object = |i: usize| DetectedObject {
+            label: "person".into(),
+            class_id: 0,
+            score: 0.5 + (i % 50) as f32 / 100.0,
+            x_min: i as f32,
+            y_min: 2.0 * i as f32,
+            x_max: 100.0 + i as f32,
+            y_max: 200.0 + i as f32,
+        };
+        let result = DetectionResult {
+            frame_id: "5f0c6c1e-8d4b-4f43-9d67-1b1b4f7d2a10".into(),
+            source: "cam-1".into(),
+            seq: 7,
+            captured_at_us: 1_700_000_000_000_000,
+            width: 768,
+            height: 576,
+            model_name: "nanodet-g".into(),
+            model_version: "human-models@3.0.4".into(),
+            detections: (0..objects).map(object).collect(),
+            processed_at_us: 1_700_000_000_050_000,
+            batch_size: 8,
+            inference_ms: 25.0,
+            source_partition: 3,
+            source_offset: 42,
+        };
+        result.encode().expect("a valid result encodes")
+    }
+}

@@ -1,8 +1,11 @@
 //! `vigil bench pipeline`: the whole pipeline under a measured load, as separate
 //! processes like a deployment: `sources` producers (`vigil produce --loop` over an image
-//! directory, one source each, so frames spread over partitions), `workers` detectors and
-//! one sink writing SQLite, children of this process; the embedded broker runs inside this
-//! process unless a cluster is named.
+//! directory, one source each), `workers` detectors and one sink writing SQLite, children
+//! of this process; the embedded broker runs inside this process unless a cluster is named.
+//! Each source id is picked to land in a partition of its own: frames spread over the
+//! partitions evenly, and on the embedded broker each partition has one producer, which
+//! its backpressure needs (see `producer::backpressure`: the mock drops what a partition
+//! holds beyond 5 MiB).
 //!
 //! Throughput is rows over the span from the first frame's capture to the last row's
 //! storage; latency is each row's `stored_at_us - captured_at_us` (the producer stamps the
@@ -273,8 +276,11 @@ pub fn validate(config: &BenchPipelineConfig) -> Result<(), BenchError> {
     if !(1..=PARTITIONS as u32).contains(&config.workers) {
         return usage(format!("--workers must be 1..={PARTITIONS} (the bench's partitions)"));
     }
-    if config.sources == 0 || u64::from(config.sources) > config.frames {
-        return usage(format!("--sources must be 1..=--frames ({})", config.frames));
+    if config.sources == 0 || config.sources > PARTITIONS as u32 || u64::from(config.sources) > config.frames {
+        return usage(format!(
+            "--sources must be 1..={PARTITIONS} (one partition each) and at most --frames ({})",
+            config.frames
+        ));
     }
     if config.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return usage("--rate must be a positive number of frames per second".into());
@@ -344,12 +350,20 @@ fn spawn_producers(fleet: &mut Fleet, config: &BenchPipelineConfig) -> Result<Ve
         .map(|i| {
             let count = config.frames / sources + u64::from(i < config.frames % sources);
             let fps = config.rate.map_or(0.0, |r| r / sources as f64);
-            let (source, count, fps) = (format!("bench-src-{i}"), count.to_string(), fps.to_string());
+            let (source, count, fps) = (source_for_partition(i as i32), count.to_string(), fps.to_string());
             let mut args = vec!["produce", "--loop", "--count", &count, "--fps", &fps, "--source", &source];
             args.extend(images.iter().map(String::as_str));
             Ok(fleet.spawn(&format!("producer-{i}"), &args, &[])?)
         })
         .collect()
+}
+
+/// A source id whose frames go to `partition` of the bench's `images`.
+fn source_for_partition(partition: i32) -> String {
+    (0..)
+        .map(|n| format!("bench-p{partition}-{n}"))
+        .find(|source| crate::producer::partition_for(source.as_bytes(), PARTITIONS) == partition)
+        .expect("murmur2 reaches every partition")
 }
 
 /// The `.jpg`, `.jpeg` and `.png` files of `dir`, sorted.
@@ -412,4 +426,17 @@ fn failed_or_interrupted(stop: &CancellationToken, why: String) -> BenchError {
 
 fn io(what: impl AsRef<Path>, cause: std::io::Error) -> BenchError {
     BenchError::Io { what: what.as_ref().display().to_string(), cause }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_lands_in_its_own_partition() {
+        let partitions: Vec<i32> = (0..PARTITIONS)
+            .map(|p| crate::producer::partition_for(source_for_partition(p).as_bytes(), PARTITIONS))
+            .collect();
+        assert_eq!(partitions, (0..PARTITIONS).collect::<Vec<_>>());
+    }
 }

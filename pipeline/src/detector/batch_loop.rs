@@ -40,6 +40,9 @@ use super::{Delivery, DetectorConfig, DetectorError, DetectorSummary};
 use crate::backoff::Backoff;
 use crate::codec::kinds;
 use crate::health::{Health, BEAT_EVERY};
+
+/// A batch in the model for longer than this pauses the partitions while enough is held.
+const PAUSE_AFTER: Duration = Duration::from_secs(2);
 use crate::kafka::{classify, ErrorClass};
 use crate::metrics::{self, metrics};
 
@@ -103,6 +106,7 @@ impl<'a> BatchLoop<'a> {
     pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), DetectorError> {
         let mut batcher = Batcher::new(self.cfg.max_batch, self.cfg.max_wait());
         let mut in_flight: Option<oneshot::Receiver<Processed>> = None;
+        let mut submitted_at = Instant::now();
         let mut phase = Phase::Consuming;
         let mut joined = false;
         self.health.set_not_ready("joining the consumer group");
@@ -128,13 +132,23 @@ impl<'a> BatchLoop<'a> {
                 if batcher.due() {
                     let backend_down = self.backend_down_since.is_some();
                     in_flight = Some(self.model.submit(batcher.take(), backend_down)?);
+                    submitted_at = Instant::now();
                 }
             }
-            if in_flight.is_some() && batcher.full() && !batcher.paused() {
+            // Enough is held: stop reading. Only a batch that runs long pauses the
+            // partitions, so that polling (rebalances, `max.poll.interval.ms`) goes on
+            // without more records; librdkafka's bounded prefetch holds the rest, and a
+            // short batch does not pay for the fetch a resumed partition needs (about
+            // 600 ms on the embedded broker).
+            if in_flight.is_some() && batcher.brimming() && !batcher.paused() && submitted_at.elapsed() >= PAUSE_AFTER {
                 batcher.set_paused(self.pause());
             }
+            if batcher.paused() && batcher.running_low() {
+                self.resume();
+                batcher.set_paused(false);
+            }
             let deadline = batcher.deadline();
-            let reading = phase == Phase::Consuming && (!batcher.full() || batcher.paused());
+            let reading = phase == Phase::Consuming && (!batcher.brimming() || batcher.paused());
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if phase == Phase::Consuming => {
@@ -160,7 +174,7 @@ impl<'a> BatchLoop<'a> {
                             self.complete(processed, &mut batcher, shutdown).await?;
                         }
                     }
-                    if batcher.paused() {
+                    if batcher.paused() && batcher.running_low() {
                         self.resume();
                         batcher.set_paused(false);
                     }
@@ -170,7 +184,7 @@ impl<'a> BatchLoop<'a> {
                     self.received(received, &mut batcher)?;
                     // What the consumer already holds joins the batch; an empty queue
                     // makes the batch due (see `Batcher`).
-                    while !batcher.full() {
+                    while !batcher.brimming() {
                         match self.consumer.recv().now_or_never() {
                             Some(received) => self.received(received, &mut batcher)?,
                             None => {

@@ -127,7 +127,7 @@ impl Backpressure {
     /// librdkafka's `murmur2_random` compute it (the guard sets it explicitly, so that it
     /// knows which partition it counts against).
     pub(super) fn partition_of(&self, key: &[u8]) -> i32 {
-        ((murmur2(key) & 0x7fff_ffff) % self.partitions.max(1) as u32) as i32
+        partition_for(key, self.partitions)
     }
 
     /// Unconsumed bytes in `partition` now (blocking): reads the partition to its end and
@@ -171,6 +171,12 @@ impl Backpressure {
 pub(super) fn admits(unconsumed: u64, in_flight: u64, bytes: u64) -> bool {
     let held = unconsumed + in_flight;
     held == 0 || held + bytes <= BUDGET
+}
+
+/// The partition of `partitions` a record keyed `key` goes to under `murmur2_random`
+/// (what `vigil produce` and `vigil serve` set, as the Java clients do).
+pub(crate) fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
 }
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`).

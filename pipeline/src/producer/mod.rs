@@ -20,6 +20,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub(crate) use backpressure::partition_for;
 pub use config::ProducerConfig;
 pub(crate) use inputs::InputFile;
 use inputs::{expand_paths, read_file, sniff_file, synthetic_frame, FrameInput};

@@ -38,8 +38,8 @@ pub(crate) struct BenchPipelineArgs {
     /// Detector processes.
     #[arg(long, default_value_t = 1)]
     workers: u32,
-    /// Producer processes, one source id each (frames spread over partitions by source);
-    /// default 12, or --frames when fewer.
+    /// Producer processes, one source id each, in a partition of its own (1..=12); default
+    /// 12, or --frames when fewer.
     #[arg(long, value_name = "N")]
     sources: Option<u32>,
     /// exactly-once or at-least-once (default: at-least-once on the embedded broker,
