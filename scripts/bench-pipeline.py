@@ -53,11 +53,23 @@ def sweeps(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     frames = str(args.frames)
-    for batch in (1, 2, 4, 8):
-        run_bench(args.vigil, out, f"batch-{batch}", "batch", ["--frames", frames, "--batch", str(batch)], None)
-    for wait in (5, 200):
-        run_bench(args.vigil, out, f"batch-8-wait-{wait}", "batch",
-                  ["--frames", frames, "--batch", "8", "--max-wait-ms", str(wait)], None)
+    chosen = set(args.sweeps.split(","))
+    if "batch" in chosen:
+        for batch in (1, 2, 4, 8):
+            run_bench(args.vigil, out, f"batch-{batch}", "batch", ["--frames", frames, "--batch", str(batch)], None)
+        for wait in (5, 200):
+            run_bench(args.vigil, out, f"batch-8-wait-{wait}", "batch",
+                      ["--frames", frames, "--batch", "8", "--max-wait-ms", str(wait)], None)
+    if "load" in chosen:
+        load_sweep(args, out)
+    if args.bootstrap and "cluster" in chosen:
+        for delivery in ("at-least-once", "exactly-once"):
+            run_bench(args.vigil, out, f"cluster-{delivery}", "cluster",
+                      ["--frames", frames, "--batch", "8", "--delivery", delivery], args.bootstrap)
+
+
+def load_sweep(args, out: Path) -> None:
+    """Open loop at shares of the batch-8 capacity in OUT/results.jsonl (the batch sweep)."""
     capacity = max(json.loads(l)["frames_per_s"] for l in open(out / "results.jsonl")
                    if json.loads(l)["label"] == "batch-8")
     for share in (0.1, 0.3, 0.5, 0.8, 1.0, 1.2):
@@ -71,10 +83,6 @@ def sweeps(args) -> None:
                         capacity=capacity)
             with open(out / "results.jsonl", "a") as f:
                 f.write(json.dumps(plan) + "\n")
-    if args.bootstrap:
-        for delivery in ("at-least-once", "exactly-once"):
-            run_bench(args.vigil, out, f"cluster-{delivery}", "cluster",
-                      ["--frames", frames, "--batch", "8", "--delivery", delivery], args.bootstrap)
 
 
 def plot(args) -> None:
@@ -125,6 +133,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=240, help="frames per saturation run")
     ap.add_argument("--load-seconds", type=float, default=30.0, help="about how long each open-loop run sends")
     ap.add_argument("--bootstrap", help="a Kafka cluster for the at-least-once vs exactly-once runs")
+    ap.add_argument("--sweeps", default="batch,load,cluster",
+                    help="which sweeps, comma-separated (load needs the batch sweep's results in --out)")
     ap.add_argument("--plot", metavar="RESULTS", help="render PNGs from RESULTS (a results.jsonl) instead")
     ap.add_argument("--images", default="docs/img", help="where --plot writes the PNGs")
     args = ap.parse_args()

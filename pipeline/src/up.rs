@@ -116,6 +116,9 @@ pub struct UpSummary {
 
 /// Starts the in-memory broker with the configured topics and points `settings` at it:
 /// at-least-once detector, a sink group of its own (see the module docs).
+/// `kafka.fetch_wait_max_ms` on the embedded broker.
+pub(crate) const EMBEDDED_FETCH_WAIT_MS: u64 = 10;
+
 async fn embedded_broker(settings: &mut Settings, port: Option<u16>) -> Result<DevBroker, UpError> {
     let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, port, ..DevBrokerOptions::default() }).await?;
     // One process, one consumer per group: no reason to wait for more members.
@@ -123,6 +126,8 @@ async fn embedded_broker(settings: &mut Settings, port: Option<u16>) -> Result<D
     settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
     broker.create_topics(&settings.kafka)?;
     settings.detector.delivery = Delivery::AtLeastOnce;
+    // The mock holds an empty fetch for all of fetch.wait.max.ms (see the setting).
+    settings.kafka.fetch_wait_max_ms = EMBEDDED_FETCH_WAIT_MS;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     settings.sink.group_id = format!("{}-up-{}", settings.sink.group_id, &run_id[..12]);
     Ok(broker)

@@ -334,6 +334,9 @@ fn child_env(
     .into_iter()
     .map(|(k, v)| (env_key(k), v))
     .collect();
+    if config.bootstrap.is_none() {
+        vars.push((env_key("kafka.fetch_wait_max_ms"), crate::up::EMBEDDED_FETCH_WAIT_MS.to_string()));
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         vars.push(("RUST_LOG".into(), "info,librdkafka=warn,rdkafka=warn".into()));
     }
@@ -353,7 +356,13 @@ fn spawn_producers(fleet: &mut Fleet, config: &BenchPipelineConfig) -> Result<Ve
             let (source, count, fps) = (source_for_partition(i as i32), count.to_string(), fps.to_string());
             let mut args = vec!["produce", "--loop", "--count", &count, "--fps", &fps, "--source", &source];
             args.extend(images.iter().map(String::as_str));
-            Ok(fleet.spawn(&format!("producer-{i}"), &args, &[])?)
+            let id = fleet.spawn(&format!("producer-{i}"), &args, &[])?;
+            // Staggered by one inter-arrival time, so that together they send evenly
+            // spaced frames at the rate rather than a burst from every source at once.
+            if let Some(rate) = config.rate {
+                std::thread::sleep(Duration::from_secs_f64(1.0 / rate));
+            }
+            Ok(id)
         })
         .collect()
 }

@@ -48,6 +48,9 @@ pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str, session_timeo
     if !kafka.client.contains_key("heartbeat.interval.ms") {
         config.set("heartbeat.interval.ms", heartbeat_interval_ms(session_timeout_ms).to_string());
     }
+    if !kafka.client.contains_key("fetch.wait.max.ms") {
+        config.set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
+    }
     config
 }
 

@@ -18,6 +18,12 @@ pub struct KafkaConfig {
     pub max_message_bytes: u32,
     /// Timeout of admin and metadata requests (topic creation, watermarks), milliseconds.
     pub operation_timeout_ms: u64,
+    /// The stages' consumers' `fetch.wait.max.ms`: how long a broker may hold a fetch that
+    /// finds nothing new. Kafka answers as soon as data arrives, so 500 ms costs nothing
+    /// there; the embedded broker (librdkafka's mock) holds the fetch the whole time even
+    /// when records arrive meanwhile, so `vigil up` and `vigil bench pipeline` set 10 ms
+    /// for it (each hop would otherwise add up to this much latency).
+    pub fetch_wait_max_ms: u64,
     /// Create missing topics at start-up through the admin API (skipped with a warning
     /// when the broker does not implement CreateTopics, e.g. the librdkafka mock).
     pub create_topics: bool,
@@ -60,6 +66,7 @@ impl Default for KafkaConfig {
             topics: TopicsConfig::default(),
             max_message_bytes: 32 * 1024 * 1024,
             operation_timeout_ms: 10_000,
+            fetch_wait_max_ms: 500,
             create_topics: true,
             client: BTreeMap::new(),
             schema_registry: SchemaRegistryConfig::default(),
@@ -178,6 +185,9 @@ impl KafkaConfig {
         }
         if self.operation_timeout_ms == 0 {
             return Err(("kafka.operation_timeout_ms".into(), "must be > 0".into()));
+        }
+        if !(1..=300_000).contains(&self.fetch_wait_max_ms) {
+            return Err(("kafka.fetch_wait_max_ms".into(), "must be 1..=300000".into()));
         }
         let mut probe = rdkafka::ClientConfig::new();
         for (key, value) in &self.client {
