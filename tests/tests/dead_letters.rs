@@ -117,9 +117,11 @@ fn sha256_hex(dir: &std::path::Path, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("a digest").to_owned()
 }
 
-/// A record that is not Avro (a `not_avro` dead letter), `len` bytes of a pattern.
+/// A record that is not Avro (a `not_avro` dead letter), `len` bytes of a pattern. It
+/// starts with 0x01: a value starting with 0x00 is read as the Confluent Schema Registry
+/// framing (an `unknown_schema` dead letter without a registry).
 fn poison(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
+    (0..len).map(|i| (1 + i % 251) as u8).collect()
 }
 
 /// Bytes of a record as its size counts against a limit, without batch framing.
