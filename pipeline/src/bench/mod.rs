@@ -142,19 +142,7 @@ pub fn run(
 ) -> Result<PipelineReport, BenchError> {
     validate(config)?;
     std::fs::create_dir_all(&config.work_dir).map_err(|e| io(&config.work_dir, e))?;
-    let broker = match &config.bootstrap {
-        Some(_) => None,
-        None => {
-            let broker = DevBroker::start(1)?;
-            broker.group_initial_rebalance_delay(Duration::ZERO);
-            Some(broker)
-        }
-    };
-    let bootstrap = match (&config.bootstrap, &broker) {
-        (Some(b), _) => b.clone(),
-        (_, Some(b)) => b.bootstrap_servers().to_string(),
-        (None, None) => unreachable!("a broker is started when no bootstrap is given"),
-    };
+    let (broker, bootstrap) = DevBroker::unless_cluster(config.bootstrap.as_deref(), 1)?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let database = config.work_dir.join(format!("bench-{id}.sqlite"));
     let database_url = format!("sqlite://{}", database.display());

@@ -253,19 +253,7 @@ pub fn run(
     config.validate()?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     std::fs::create_dir_all(&config.work_dir).map_err(|e| ChaosError::io(&config.work_dir, e))?;
-    let broker = match &config.bootstrap {
-        Some(_) => None,
-        None => {
-            let broker = DevBroker::start(3)?;
-            broker.group_initial_rebalance_delay(Duration::ZERO);
-            Some(broker)
-        }
-    };
-    let bootstrap = match (&config.bootstrap, &broker) {
-        (Some(b), _) => b.clone(),
-        (None, Some(b)) => b.bootstrap_servers().to_string(),
-        (None, None) => unreachable!("a broker is started when no bootstrap is given"),
-    };
+    let (broker, bootstrap) = DevBroker::unless_cluster(config.bootstrap.as_deref(), 3)?;
     eprintln!(
         "chaos: run {run_id} on {} ({bootstrap}), logs in {}",
         if broker.is_some() { "the embedded broker" } else { "the cluster" },

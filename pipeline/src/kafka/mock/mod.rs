@@ -105,6 +105,23 @@ impl DevBroker {
         Ok(DevBroker { brokers, bootstrap, forwarders: Vec::new(), owner })
     }
 
+    /// The cluster at `bootstrap` or, without one, `brokers` embedded brokers started
+    /// here, where groups form at once (no initial rebalance delay): the broker to keep
+    /// alive (if any) and the bootstrap list to use. For tools that run stages as child
+    /// processes on either (`vigil chaos`, `vigil bench pipeline`).
+    pub(crate) fn unless_cluster(
+        bootstrap: Option<&str>,
+        brokers: i32,
+    ) -> Result<(Option<DevBroker>, String), KafkaPlumbingError> {
+        if let Some(bootstrap) = bootstrap {
+            return Ok((None, bootstrap.to_string()));
+        }
+        let broker = DevBroker::start(brokers)?;
+        broker.group_initial_rebalance_delay(Duration::ZERO);
+        let bootstrap = broker.bootstrap_servers().to_string();
+        Ok((Some(broker), bootstrap))
+    }
+
     /// Starts a cluster per `options`; with a fixed port, binds the forwarders (needs a
     /// Tokio runtime) and advertises them, so clients only ever see `host:port..`.
     pub async fn start_with(options: &DevBrokerOptions) -> Result<DevBroker, KafkaPlumbingError> {
