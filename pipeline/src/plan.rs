@@ -75,12 +75,9 @@ pub struct SingleWorker {
 pub struct Plan {
     pub rate: f64,
     pub service_ms: f64,
-    pub workers: u32,
-    pub utilization: f64,
-    pub p_wait: f64,
-    pub wait_ms: f64,
-    pub response_ms: f64,
-    pub p99_ms: f64,
+    /// The smallest queue that meets the request at `rate` (its fields are the plan's).
+    #[serde(flatten)]
+    pub queue: Queue,
     /// Workers needed at twice the rate, by the same criterion: the partition count of
     /// `images` that lets the group scale out that far (a partition feeds one worker).
     pub partitions: u32,
@@ -175,18 +172,7 @@ pub fn plan(request: &PlanRequest) -> Result<Plan, PlanError> {
         response_ms: 1000.0 / (mu - request.rate),
         queue_length: request.rate * request.rate / (mu * (mu - request.rate)),
     });
-    Ok(Plan {
-        rate: request.rate,
-        service_ms: request.service_ms,
-        workers: now.workers,
-        utilization: now.utilization,
-        p_wait: now.p_wait,
-        wait_ms: now.wait_ms,
-        response_ms: now.response_ms,
-        p99_ms: now.p99_ms,
-        partitions,
-        mm1,
-    })
+    Ok(Plan { rate: request.rate, service_ms: request.service_ms, queue: now, partitions, mm1 })
 }
 
 /// The smallest stable worker count meeting the request's criterion at `rate`.
@@ -267,12 +253,12 @@ mod tests {
         let mut request = PlanRequest { rate: 100.0, service_ms: 25.0, p99_ms: None, max_utilization: 0.8 };
         // A = 2.5 Erlangs: 4 workers give ρ = 0.625 ≤ 0.8, 3 give 0.833.
         let p = plan(&request).unwrap();
-        assert_eq!((p.workers, p.partitions), (4, 7), "{p:?}"); // 2λ: A = 5, 7 workers → 0.714
+        assert_eq!((p.queue.workers, p.partitions), (4, 7), "{p:?}"); // 2λ: A = 5, 7 workers → 0.714
         assert_eq!(p.mm1, None, "one worker cannot keep up with 100/s at 25 ms");
         request.p99_ms = Some(200.0);
         let p = plan(&request).unwrap();
-        let fewer = queue(request.rate, request.service_ms, p.workers - 1);
-        assert!(p.p99_ms <= 200.0 && fewer.is_none_or(|q| q.p99_ms > 200.0), "smallest c: {p:?} {fewer:?}");
+        let fewer = queue(request.rate, request.service_ms, p.queue.workers - 1);
+        assert!(p.queue.p99_ms <= 200.0 && fewer.is_none_or(|q| q.p99_ms > 200.0), "smallest c: {p:?} {fewer:?}");
     }
 
     #[test]

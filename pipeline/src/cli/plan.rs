@@ -121,12 +121,12 @@ fn print_plan(p: &Plan, request: &PlanRequest) {
     };
     let offered = p.rate * p.service_ms / 1000.0;
     println!("{} frames/s at {:.2} ms a frame ({offered:.2} Erlangs offered), {criterion}:", p.rate, p.service_ms);
-    println!("  workers              {}", p.workers);
-    println!("  utilisation          {:.3}", p.utilization);
-    println!("  P(wait)              {:.4}", p.p_wait);
-    println!("  mean wait            {:.2} ms", p.wait_ms);
-    println!("  mean response        {:.2} ms", p.response_ms);
-    println!("  p99 response         {:.2} ms", p.p99_ms);
+    println!("  workers              {}", p.queue.workers);
+    println!("  utilisation          {:.3}", p.queue.utilization);
+    println!("  P(wait)              {:.4}", p.queue.p_wait);
+    println!("  mean wait            {:.2} ms", p.queue.wait_ms);
+    println!("  mean response        {:.2} ms", p.queue.response_ms);
+    println!("  p99 response         {:.2} ms", p.queue.p99_ms);
     println!("  partitions           {} (the workers needed at twice the rate)", p.partitions);
     match &p.mm1 {
         Some(one) => {
