@@ -164,9 +164,7 @@ impl Fleet {
         if !self.is_running(id) {
             return None;
         }
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id))).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        status_kib(self.pid(id), "VmRSS")
     }
 
     /// Ids of every process started so far.
@@ -194,6 +192,14 @@ impl Drop for Fleet {
             self.kill9(id);
         }
     }
+}
+
+/// A `KiB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, …); `None` when the process
+/// is gone or has no such field.
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The child gets SIGKILL when this process dies, whatever kills it.

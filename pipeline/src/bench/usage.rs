@@ -49,14 +49,8 @@ pub(crate) fn proc_usage(pid: u32) -> Usage {
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    Usage { cpu_s: (field(14) + field(15)) / ticks, peak_rss_mib: hwm_kib / 1024.0 }
+    let hwm_kib = crate::fleet::status_kib(pid, "VmHWM").unwrap_or(0);
+    Usage { cpu_s: (field(14) + field(15)) / ticks, peak_rss_mib: hwm_kib as f64 / 1024.0 }
 }
 
 #[cfg(test)]
