@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# GPU checks and numbers in one run: parity with the reference on the GPU, then model
-# frames/s on wgpu at batch 1, 8 and 32 (and the CPU backend on the same machine).
+# GPU checks and numbers in one run: parity with the reference on the GPU (f32 and f16),
+# then model frames/s on wgpu at batch 1, 8 and 32 in f32 and f16 (and the CPU backend on
+# the same machine).
 #
 # Usage: scripts/gpu-bench.sh [SECONDS]            (default 8 s per measurement)
 #
 # Meant for a GPU machine with no Rust toolchain and no network, run from the repository
 # root. Everything it needs is built or fetched beforehand on a development machine:
 #   .gpu/vigil          a release build of the binary (cargo build --release -p vigil)
-#   .gpu/model_parity   the parity test binary (cargo test --workspace --test model_parity
-#                       --no-run prints its path); optional, skipped when absent
+#   .gpu/model_parity, .gpu/model_parity_f16
+#                       the parity test binaries (cargo test --workspace --test model_parity
+#                       --test model_parity_f16 --no-run prints their paths); optional,
+#                       each skipped when absent
 #                       Both may come as .gpu/*.tar.xz (stripped binaries are large; the
 #                       device's upload limit is 64 MiB), unpacked into .gpu/ first.
 #   models/             the weights (scripts/fetch-model.sh models); that machine has no
@@ -48,14 +51,17 @@ nproc | sed 's/^/cpus: /' | tee -a "$out/gpu-bench.log"
 "$vigil" detect-image --backend auto --json samples/*.jpg >"$out/detections-auto.jsonl" 2>"$out/detect-auto.log"
 log "detect-image --backend auto: exit $?, $(grep -o 'backend[^,]*' "$out/detect-auto.log" | head -1)"
 
-if [[ -x .gpu/model_parity ]]; then
-  VIGIL_REPO_ROOT=$PWD .gpu/model_parity --test-threads 1 wgpu >"$out/parity-wgpu.log" 2>&1
-  log "parity tests on wgpu: exit $? ($(grep -E '^test result' "$out/parity-wgpu.log"))"
-fi
+for parity in model_parity model_parity_f16; do
+  [[ -x .gpu/$parity ]] || continue
+  VIGIL_REPO_ROOT=$PWD .gpu/$parity --test-threads 1 --nocapture wgpu >"$out/$parity-wgpu.log" 2>&1
+  log "$parity on wgpu: exit $? ($(grep -E '^test result' "$out/$parity-wgpu.log"))"
+done
 
-for batch in ${VIGIL_GPU_BATCHES:-1 8 32}; do
-  "$vigil" bench model --backend wgpu --batch "$batch" --seconds "$seconds" --json >>"$results" 2>>"$out/bench.log" ||
-    log "wgpu batch $batch failed (see bench.log)"
+for precision in f32 f16; do
+  for batch in ${VIGIL_GPU_BATCHES:-1 8 32}; do
+    "$vigil" bench model --backend wgpu --precision "$precision" --batch "$batch" --seconds "$seconds" --json \
+      >>"$results" 2>>"$out/bench.log" || log "wgpu $precision batch $batch failed (see bench.log)"
+  done
 done
 "$vigil" bench model --backend cpu --batch 1 --seconds "$seconds" --json >>"$results" 2>>"$out/bench.log" ||
   log "cpu batch 1 failed (see bench.log)"

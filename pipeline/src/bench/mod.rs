@@ -318,6 +318,7 @@ fn child_env(
         ("sink.max_batch", settings.sink.max_batch.to_string()),
         ("sink.max_wait_ms", settings.sink.max_wait_ms.to_string()),
         ("model.dir", settings.model.dir.display().to_string()),
+        ("model.precision", settings.model.precision.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (env_key(k), v))

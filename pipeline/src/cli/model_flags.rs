@@ -1,5 +1,5 @@
-//! What the commands that run the model locally share: the `--backend` flag, and running
-//! the model work off the async runtime.
+//! What the commands that run the model locally share: the `--backend` and `--precision`
+//! flags, and running the model work off the async runtime.
 
 use vigil::model::{Backend, DecodeLimits, ModelConfig};
 use vigil::settings::Settings;
@@ -7,18 +7,23 @@ use vigil::settings::Settings;
 use super::failure::Failure;
 use super::EXIT_OK;
 
-/// `--backend`, mirrored onto `detector.backend`.
+/// `--backend` and `--precision`, mirrored onto `detector.backend` and `model.precision`.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub(crate) struct BackendFlag {
+pub(crate) struct ModelFlags {
     /// Where the model runs: auto (GPU via wgpu if present, else CPU), wgpu, cpu [config: detector.backend].
     #[arg(long, value_name = "BACKEND", value_parser = ["auto", "wgpu", "cpu"])]
     pub(crate) backend: Option<String>,
+    /// Float type of the network: f32, or f16 (wgpu only: half the memory traffic, and
+    /// tensor cores on Vulkan GPUs) [config: model.precision].
+    #[arg(long, value_name = "TYPE", value_parser = ["f32", "f16"])]
+    pub(crate) precision: Option<String>,
 }
 
-impl BackendFlag {
-    /// Config keys this flag sets.
+impl ModelFlags {
+    /// Config keys these flags set.
     pub(crate) fn overrides(&self) -> Vec<(&'static str, String)> {
-        self.backend.iter().map(|b| ("detector.backend", b.clone())).collect()
+        let backend = self.backend.iter().map(|b| ("detector.backend", b.clone()));
+        backend.chain(self.precision.iter().map(|p| ("model.precision", p.clone()))).collect()
     }
 }
 

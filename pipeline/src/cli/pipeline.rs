@@ -11,7 +11,7 @@ use vigil::settings::Settings;
 use vigil::up::{UpBroker, UpOptions};
 
 use super::failure::Failure;
-use super::model_flags::BackendFlag;
+use super::model_flags::ModelFlags;
 use super::EXIT_OK;
 
 /// `vigil produce` arguments.
@@ -123,7 +123,7 @@ pub(crate) async fn produce(
 )]
 pub(crate) struct DetectArgs {
     #[command(flatten)]
-    model: BackendFlag,
+    model: ModelFlags,
     /// Worker name; derives transactional.id = <group_id>-<instance_id>. Default: a fresh unique id
     /// per start [config: detector.instance_id].
     #[arg(long, value_name = "ID")]
@@ -320,7 +320,7 @@ pub(crate) struct UpArgs {
     #[arg(long, value_name = "URL")]
     database: Option<String>,
     #[command(flatten)]
-    model: BackendFlag,
+    model: ModelFlags,
     /// Address of the API and viewer [config: api.addr; default 127.0.0.1:8080; port 0 picks a free one].
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_api")]
     api_addr: Option<String>,

@@ -9,7 +9,7 @@ use vigil::settings::Settings;
 
 use super::bench::model::{time_model, BenchModelArgs};
 use super::failure::Failure;
-use super::model_flags::{on_blocking_thread, BackendFlag};
+use super::model_flags::{on_blocking_thread, ModelFlags};
 use super::EXIT_OK;
 
 #[derive(Debug, clap::Args)]
@@ -52,7 +52,7 @@ pub(crate) struct PlanArgs {
     #[arg(long, default_value = "samples", requires = "measure")]
     images: PathBuf,
     #[command(flatten)]
-    pub(crate) model: BackendFlag,
+    pub(crate) model: ModelFlags,
     /// Target 99th percentile of the response time, milliseconds.
     #[arg(long, value_name = "MS")]
     p99_ms: Option<f64>,

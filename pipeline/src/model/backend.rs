@@ -2,8 +2,10 @@
 
 use std::fmt;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, DeviceError, FloatDType};
 use serde::{Deserialize, Serialize};
+
+use super::{ModelError, Precision};
 
 /// The configured choice (`detector.backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -35,14 +37,63 @@ pub struct ResolvedBackend {
     /// Human-readable description (adapter name for wgpu).
     pub description: String,
     pub device: Device,
+    /// The float type the device's tensors default to (`model.precision`).
+    pub precision: Precision,
 }
 
-/// Settles `backend` into a device. `auto` takes wgpu only when a real GPU adapter is
-/// present; `wgpu` falls back to a CPU (lavapipe) adapter when no GPU exists.
-pub(super) fn resolve(backend: Backend) -> Result<ResolvedBackend, super::ModelError> {
+/// Settles `backend` into a device whose float tensors default to `precision`.
+pub(super) fn resolve(backend: Backend, precision: Precision) -> Result<ResolvedBackend, ModelError> {
+    let mut resolved = resolve_device(backend)?;
+    if precision != Precision::F32 {
+        set_precision(&mut resolved, precision)?;
+    }
+    Ok(resolved)
+}
+
+/// The device's default float type is process-wide and locks at its first tensor, so a
+/// second model on the same device can only share the first one's precision.
+fn set_precision(resolved: &mut ResolvedBackend, precision: Precision) -> Result<(), ModelError> {
+    let unavailable =
+        |reason: String| ModelError::PrecisionUnavailable { precision, backend: resolved.description.clone(), reason };
+    if resolved.backend == Backend::Cpu {
+        return Err(unavailable(
+            "the CPU kernels compute in f32; run on a GPU with --backend wgpu, or set model.precision = \"f32\"".into(),
+        ));
+    }
+    let dtype = match precision {
+        Precision::F32 => FloatDType::F32,
+        Precision::F16 => FloatDType::F16,
+    };
+    match resolved.device.configure(dtype) {
+        Ok(()) => {}
+        Err(DeviceError::AlreadyInitialized { .. }) if resolved.device.settings().float_dtype == dtype => {}
+        Err(DeviceError::AlreadyInitialized { .. }) => {
+            return Err(unavailable(format!(
+                "this process already runs a model at {:?} on this device, and a device has one default float type",
+                resolved.device.settings().float_dtype
+            )))
+        }
+        Err(e @ DeviceError::UnsupportedDType { .. }) => {
+            return Err(unavailable(format!(
+                "{e}: the adapter offers no 16-bit floats in shaders (wgpu's SHADER_F16); set model.precision = \"f32\""
+            )))
+        }
+    }
+    resolved.precision = precision;
+    resolved.description.push_str(&format!(", {precision}"));
+    Ok(())
+}
+
+/// `auto` takes wgpu only when a real GPU adapter is present; `wgpu` falls back to a CPU
+/// (lavapipe) adapter when no GPU exists.
+fn resolve_device(backend: Backend) -> Result<ResolvedBackend, ModelError> {
     use burn::tensor::DeviceKind;
-    let cpu =
-        || ResolvedBackend { backend: Backend::Cpu, description: "cpu (burn flex)".into(), device: Device::flex() };
+    let cpu = || ResolvedBackend {
+        backend: Backend::Cpu,
+        description: "cpu (burn flex)".into(),
+        device: Device::flex(),
+        precision: Precision::F32,
+    };
     match backend {
         Backend::Cpu => Ok(cpu()),
         Backend::Auto => Ok(match best_adapter() {
@@ -52,7 +103,7 @@ pub(super) fn resolve(backend: Backend) -> Result<ResolvedBackend, super::ModelE
         Backend::Wgpu => match best_adapter() {
             Some(adapter) if adapter.is_gpu => Ok(wgpu_backend(DeviceKind::DefaultDevice, &adapter)),
             Some(adapter) => Ok(wgpu_backend(DeviceKind::Cpu, &adapter)),
-            None => Err(super::ModelError::BackendUnavailable {
+            None => Err(ModelError::BackendUnavailable {
                 backend: "wgpu".into(),
                 reason: "no Vulkan/Metal/DX12 adapter found; install a GPU driver, or Mesa's software Vulkan \
                          driver (Debian: `apt-get install mesa-vulkan-drivers libvulkan1`), or use --backend cpu"
@@ -67,6 +118,7 @@ fn wgpu_backend(kind: burn::tensor::DeviceKind, adapter: &Adapter) -> ResolvedBa
         backend: Backend::Wgpu,
         description: format!("wgpu ({})", adapter.name),
         device: Device::wgpu(kind),
+        precision: Precision::F32,
     }
 }
 

@@ -25,6 +25,12 @@ pub struct ModelConfig {
     pub nms_iou: f32,
     /// Suppress only boxes of the same class (the reference is class-agnostic).
     pub class_aware_nms: bool,
+    /// Float type the network computes in: `f32` (default) or `f16`. f16 halves the
+    /// memory traffic of every activation and is what Vulkan GPUs need for tensor cores
+    /// (cooperative matrices); it runs on `wgpu` only, on an adapter that offers 16-bit
+    /// floats in shaders. The weights are published in f16, so only the activations lose
+    /// precision. Environment: `VIGIL__MODEL__PRECISION`.
+    pub precision: Precision,
 }
 
 impl Default for ModelConfig {
@@ -35,7 +41,28 @@ impl Default for ModelConfig {
             score_threshold: 0.3,
             nms_iou: 0.5,
             class_aware_nms: false,
+            precision: Precision::default(),
         }
+    }
+}
+
+/// `model.precision`: the float type of the network's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats, on every backend.
+    #[default]
+    F32,
+    /// 16-bit floats, on wgpu adapters with shader f16 support.
+    F16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
     }
 }
 
@@ -112,5 +139,17 @@ mod tests {
         assert_eq!(settings.model.fetch, ModelFetch::Never);
         let bad = [("VIGIL__MODEL__FETCH".to_string(), "sometimes".to_string())];
         assert!(crate::settings::Settings::loader().env(bad.into_iter().collect()).load().is_err());
+    }
+
+    #[test]
+    fn precision_defaults_to_f32_and_takes_f16_from_the_environment() {
+        let load = |value: &str| {
+            let env = [("VIGIL__MODEL__PRECISION".to_string(), value.to_string())];
+            crate::settings::Settings::loader().env(env.into_iter().collect()).load().map(|s| s.model.precision)
+        };
+        assert_eq!(ModelConfig::default().precision, Precision::F32);
+        assert_eq!(load("f16").unwrap(), Precision::F16);
+        assert_eq!(load("f32").unwrap(), Precision::F32);
+        assert!(load("f64").is_err(), "an unknown float type must be refused");
     }
 }

@@ -75,6 +75,8 @@ pub enum ModelError {
     Unsupported { node: String, op: String, reason: String },
     #[error("backend `{backend}` is not available: {reason}")]
     BackendUnavailable { backend: String, reason: String },
+    #[error("model.precision = \"{precision}\" is not available on {backend}: {reason}")]
+    PrecisionUnavailable { precision: super::Precision, backend: String, reason: String },
     #[error("inference failed: {0}")]
     Inference(String),
 }

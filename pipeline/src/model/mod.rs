@@ -20,7 +20,7 @@ pub(crate) mod unusual_images;
 mod weights;
 
 pub use backend::{Backend, ResolvedBackend};
-pub use config::{default_model_dir, model_dir_for, ModelConfig, ModelFetch};
+pub use config::{default_model_dir, model_dir_for, ModelConfig, ModelFetch, Precision};
 pub use error::{DecodeError, ModelError};
 pub(crate) use fetch::ensure_weights;
 pub use nanodet::NanoDet;

@@ -31,7 +31,7 @@ impl NanoDet {
     pub fn load(config: &ModelConfig, backend: Backend) -> Result<NanoDet, ModelError> {
         super::ensure_weights(config)?;
         let graph = TfjsGraph::load(&config.dir)?;
-        let backend = resolve(backend)?;
+        let backend = resolve(backend, config.precision)?;
         let network = Network::compile(&graph, &backend.device)?;
         let labels: Vec<String> = LABELS.lines().map(str::to_string).collect();
         let zeros = DecodedFrame {

@@ -12,7 +12,7 @@ use vigil::settings::Settings;
 
 use super::median;
 use crate::cli::failure::Failure;
-use crate::cli::model_flags::{on_blocking_thread, BackendFlag};
+use crate::cli::model_flags::{on_blocking_thread, ModelFlags};
 use vigil::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, ModelConfig, NanoDet, OpProfile};
 
 #[derive(Debug, clap::Args)]
@@ -26,7 +26,7 @@ Build with --release: debug builds are not representative."
 )]
 pub(crate) struct BenchModelArgs {
     #[command(flatten)]
-    pub(crate) model: BackendFlag,
+    pub(crate) model: ModelFlags,
     /// Frames per forward pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     batch: u32,
@@ -59,6 +59,8 @@ struct StageTimes {
 pub(crate) struct BenchReport {
     backend: String,
     device: String,
+    /// `model.precision`: the network's float type.
+    precision: String,
     batch: u32,
     batches: usize,
     /// Frames/s over all stages.
@@ -92,7 +94,7 @@ impl BenchModelArgs {
     /// `vigil plan --measure` and `vigil bench pipeline` time the model with); `quiet`
     /// hides the progress spinner.
     pub(crate) fn plain(batch: u32, seconds: f64, images: PathBuf, quiet: bool) -> Self {
-        BenchModelArgs { model: BackendFlag::default(), batch, seconds, warmup: 2, images, json: quiet, profile: false }
+        BenchModelArgs { model: ModelFlags::default(), batch, seconds, warmup: 2, images, json: quiet, profile: false }
     }
 }
 
@@ -179,6 +181,7 @@ pub(crate) fn time_model(
     let report = BenchReport {
         backend: detector.backend().backend.to_string(),
         device: detector.backend().description.clone(),
+        precision: detector.backend().precision.to_string(),
         batch: args.batch,
         batches,
         frames_per_s: frames / measured.as_secs_f64(),

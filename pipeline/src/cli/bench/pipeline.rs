@@ -9,7 +9,7 @@ use vigil::detector::Delivery;
 use vigil::settings::Settings;
 
 use crate::cli::failure::Failure;
-use crate::cli::model_flags::BackendFlag;
+use crate::cli::model_flags::ModelFlags;
 use crate::cli::EXIT_OK;
 
 #[derive(Debug, clap::Args)]
@@ -50,7 +50,7 @@ pub(crate) struct BenchPipelineArgs {
     #[arg(long, value_name = "FPS")]
     rate: Option<f64>,
     #[command(flatten)]
-    pub(crate) model: BackendFlag,
+    pub(crate) model: ModelFlags,
     /// Most frames per inference batch [config: detector.max_batch].
     #[arg(long, value_name = "N")]
     batch: Option<usize>,
@@ -150,6 +150,7 @@ fn time_model_alone(settings: &Settings, args: &BenchPipelineArgs, bin: &std::pa
     }
     let out = std::process::Command::new(bin)
         .args(["bench", "model", "--json", "--backend", &d.backend.to_string()])
+        .args(["--precision", &settings.model.precision.to_string()])
         .args(["--batch", &d.max_batch.to_string(), "--seconds", &args.model_seconds.to_string()])
         .arg("--images")
         .arg(&args.images)

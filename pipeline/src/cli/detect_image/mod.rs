@@ -11,7 +11,7 @@ use serde::Serialize;
 use vigil::settings::Settings;
 
 use super::failure::Failure;
-use super::model_flags::{on_blocking_thread, BackendFlag};
+use super::model_flags::{on_blocking_thread, ModelFlags};
 
 use vigil::model::{decode_rgb8, resize_to_input, Backend, DecodeLimits, Detection, Detector, ModelConfig, NanoDet};
 
@@ -30,7 +30,7 @@ pub(crate) struct DetectImageArgs {
     #[arg(long, value_name = "DIR")]
     annotate: Option<PathBuf>,
     #[command(flatten)]
-    pub(crate) model: BackendFlag,
+    pub(crate) model: ModelFlags,
     /// Images per forward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     batch: u32,
