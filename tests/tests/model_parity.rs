@@ -26,3 +26,9 @@ fn detections_match_reference_on_wgpu() {
 fn raw_outputs_match_reference_on_wgpu() {
     check_raw_outputs(Backend::Wgpu, Precision::F32, &F32);
 }
+
+#[test]
+fn pretune_runs_the_worker_batch_sizes_on_wgpu_and_nothing_on_cpu() {
+    assert_eq!(model_common::load(Backend::Cpu).pretune(8).expect("cpu"), Vec::<usize>::new());
+    assert_eq!(model_common::load(Backend::Wgpu).pretune(2).expect("wgpu autotune"), [1, 2]);
+}

@@ -101,13 +101,18 @@ impl ModelThread {
     /// first when `model.fetch` allows it) and waits until the model is loaded.
     pub async fn nanodet(settings: &Settings) -> Result<ModelThread, DetectorError> {
         let model = settings.model.clone();
-        let backend = settings.detector.backend;
+        let (backend, max_batch) = (settings.detector.backend, settings.detector.max_batch);
         info!(backend = %backend, dir = %model.dir.display(), "loading NanoDet-g");
-        Self::start(
-            move || NanoDet::load(&model, backend).map(|m| Box::new(m) as Box<dyn Detector>),
-            InputLimits::of(&settings.detector),
-        )
-        .await
+        let load = move || {
+            let nanodet = NanoDet::load(&model, backend)?;
+            let started = Instant::now();
+            let sizes = nanodet.pretune(max_batch)?;
+            if !sizes.is_empty() {
+                info!(batches = ?sizes, ms = started.elapsed().as_millis() as u64, "pre-tuned the batch sizes this worker runs");
+            }
+            Ok(Box::new(nanodet) as Box<dyn Detector>)
+        };
+        Self::start(load, InputLimits::of(&settings.detector)).await
     }
 
     /// Starts the thread, builds the model there with `load` (weights stay on the thread

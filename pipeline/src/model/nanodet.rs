@@ -51,6 +51,28 @@ impl NanoDet {
         Ok(NanoDet { network, backend, levels, bins, centres, labels, post })
     }
 
+    /// Runs every batch size in [`tune_batches`]`(max_batch)` through the network and the
+    /// device reduction once, so that on wgpu CubeCL's autotune times its kernel candidates
+    /// for those shapes now, not on the first real frames (autotune keys round the batch up
+    /// to a power of two). The results stay in CubeCL's persistent cache, so a restart finds
+    /// them. Does nothing on the CPU backend, which has nothing to tune. Returns the sizes run.
+    pub fn pretune(&self, max_batch: usize) -> Result<Vec<usize>, ModelError> {
+        if self.backend.backend == Backend::Cpu {
+            return Ok(Vec::new());
+        }
+        let sizes = tune_batches(max_batch);
+        let zeros = DecodedFrame {
+            width: INPUT_SIZE,
+            height: INPUT_SIZE,
+            chw: vec![0.0; 3 * (INPUT_SIZE * INPUT_SIZE) as usize],
+        };
+        for &n in &sizes {
+            let frames = vec![zeros.clone(); n];
+            self.reduce(self.forward_raw(self.input(&frames))?)?;
+        }
+        Ok(sizes)
+    }
+
     pub fn backend(&self) -> &ResolvedBackend {
         &self.backend
     }
@@ -126,6 +148,16 @@ impl Detector for NanoDet {
     }
 }
 
+/// The batch sizes [`NanoDet::pretune`] runs: the powers of two below `max_batch`, then
+/// `max_batch` itself.
+fn tune_batches(max_batch: usize) -> Vec<usize> {
+    let max_batch = max_batch.max(1);
+    let mut sizes: Vec<usize> =
+        std::iter::successors(Some(1usize), |n| n.checked_mul(2)).take_while(|&n| n < max_batch).collect();
+    sizes.push(max_batch);
+    sizes
+}
+
 fn input_tensor(frames: &[DecodedFrame], device: &burn::tensor::Device) -> Tensor<4> {
     let side = INPUT_SIZE as usize;
     let mut data = Vec::with_capacity(frames.len() * 3 * side * side);
@@ -133,4 +165,18 @@ fn input_tensor(frames: &[DecodedFrame], device: &burn::tensor::Device) -> Tenso
         data.extend_from_slice(&frame.chw);
     }
     Tensor::<4>::from_data(TensorData::new(data, [frames.len(), 3, side, side]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tune_batches;
+
+    #[test]
+    fn tunes_the_powers_of_two_below_the_largest_batch_and_the_largest() {
+        assert_eq!(tune_batches(1), [1]);
+        assert_eq!(tune_batches(8), [1, 2, 4, 8]);
+        assert_eq!(tune_batches(6), [1, 2, 4, 6]);
+        assert_eq!(tune_batches(32), [1, 2, 4, 8, 16, 32]);
+        assert_eq!(tune_batches(0), [1]);
+    }
 }
