@@ -117,7 +117,7 @@ pub struct UpSummary {
 /// Starts the in-memory broker with the configured topics and points `settings` at it:
 /// at-least-once detector, a sink group of its own (see the module docs).
 /// `kafka.fetch_wait_max_ms` on the embedded broker.
-pub(crate) const EMBEDDED_FETCH_WAIT_MS: u64 = 10;
+pub(crate) const EMBEDDED_FETCH_WAIT_MS: u64 = 5;
 
 async fn embedded_broker(settings: &mut Settings, port: Option<u16>) -> Result<DevBroker, UpError> {
     let broker = DevBroker::start_with(&DevBrokerOptions { brokers: 1, port, ..DevBrokerOptions::default() }).await?;

@@ -46,6 +46,17 @@ fn a_short_run_reports_every_frame_with_consistent_figures() {
     assert!((f(&["frames_per_s"]) - 24.0 / f(&["seconds"])).abs() < 1e-6, "{r}");
     let (p50, p95, p99) = (f(&["latency_ms", "p50"]), f(&["latency_ms", "p95"]), f(&["latency_ms", "p99"]));
     assert!(0.0 < p50 && p50 <= p95 && p95 <= p99 && p99 <= f(&["seconds"]) * 1e3, "{r}");
+    // Each row's two parts add up to its total, so each part's percentile is at most the total's.
+    for part in ["capture_to_processed", "processed_to_stored"] {
+        let q = |p: &str| f(&["latency_split_ms", part, p]);
+        assert!(0.0 < q("p50") && q("p50") <= q("p95") && q("p95") <= q("p99"), "{part}: {r}");
+        assert!(q("p50") <= p50 && q("p95") <= p95 && q("p99") <= p99, "{part}: {r}");
+    }
+    let model_ms = 1e3 / f(&["model_frames_per_s"]);
+    assert!(
+        f(&["latency_split_ms", "capture_to_processed", "p50"]) >= 0.5 * model_ms,
+        "the model runs before processed_at: {r}"
+    );
     let batch = f(&["batch_mean"]);
     assert!((1.0..=8.0).contains(&batch), "detector.max_batch is 8: {r}");
     assert!(f(&["usage", "detector", "cpu_s"]) > 0.0 && f(&["usage", "detector", "peak_rss_mib"]) > 10.0, "{r}");

@@ -90,12 +90,31 @@ impl BenchError {
     }
 }
 
-/// Capture-to-stored latency percentiles, milliseconds.
+/// Latency percentiles, milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
     pub p50: f64,
     pub p95: f64,
     pub p99: f64,
+}
+
+impl Latency {
+    /// Percentiles of the spans `end - start`, microseconds in, milliseconds out.
+    fn of(spans: impl Iterator<Item = (i64, i64)>) -> Latency {
+        let mut us: Vec<u64> = spans.map(|(start, end)| (end - start).max(0) as u64).collect();
+        us.sort_unstable();
+        let ms = |p: f64| percentile(&us, p).unwrap_or_default() as f64 / 1e3;
+        Latency { p50: ms(50.0), p95: ms(95.0), p99: ms(99.0) }
+    }
+}
+
+/// Where the capture-to-stored time goes: up to the detector's result (the source's
+/// producer, the broker, the detector's queue and the model), then on to the row (the
+/// detector's produce and commit, the broker, the sink's batch and write).
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySplit {
+    pub capture_to_processed: Latency,
+    pub processed_to_stored: Latency,
 }
 
 /// Per stage: CPU seconds (user + system) and the largest resident set of its processes.
@@ -119,6 +138,8 @@ pub struct PipelineReport {
     /// `frames_per_s / model_frames_per_s`.
     pub efficiency: f64,
     pub latency_ms: Latency,
+    /// `latency_ms` in two parts, at the detector's `processed_at_us` stamp.
+    pub latency_split_ms: LatencySplit,
     /// Mean batch size per frame (each row's batch, averaged over rows).
     pub batch_mean: f64,
     pub workers: u32,
@@ -232,9 +253,6 @@ pub fn run(
     let first_capture = stored.iter().map(|r| r.captured_at_us).min().unwrap_or_default();
     let last_store = stored.iter().map(|r| r.stored_at_us).max().unwrap_or_default();
     let seconds = (last_store - first_capture).max(1) as f64 / 1e6;
-    let mut latencies: Vec<u64> = stored.iter().map(|r| (r.stored_at_us - r.captured_at_us).max(0) as u64).collect();
-    latencies.sort_unstable();
-    let ms = |p: f64| percentile(&latencies, p).unwrap_or_default() as f64 / 1e3;
     let batch_mean = stored.iter().map(|r| r.batch_size as f64).sum::<f64>() / stored.len().max(1) as f64;
     let frames_per_s = rows as f64 / seconds;
     Ok(PipelineReport {
@@ -243,7 +261,11 @@ pub fn run(
         frames_per_s,
         model_frames_per_s,
         efficiency: frames_per_s / model_frames_per_s,
-        latency_ms: Latency { p50: ms(50.0), p95: ms(95.0), p99: ms(99.0) },
+        latency_ms: Latency::of(stored.iter().map(|r| (r.captured_at_us, r.stored_at_us))),
+        latency_split_ms: LatencySplit {
+            capture_to_processed: Latency::of(stored.iter().map(|r| (r.captured_at_us, r.processed_at_us))),
+            processed_to_stored: Latency::of(stored.iter().map(|r| (r.processed_at_us, r.stored_at_us))),
+        },
         batch_mean,
         workers: config.workers,
         delivery: config.delivery.to_string(),
@@ -384,6 +406,7 @@ fn image_files(dir: &Path) -> Result<Vec<String>, BenchError> {
 /// One stored row's times.
 struct StoredRow {
     captured_at_us: i64,
+    processed_at_us: i64,
     stored_at_us: i64,
     batch_size: i64,
 }
@@ -401,9 +424,18 @@ fn stored_rows(database: &Path) -> Result<Vec<StoredRow>, BenchError> {
     let failed = |e: rusqlite::Error| BenchError::Failed(format!("reading {}: {e}", database.display()));
     let conn =
         open_read_only(database).ok_or_else(|| BenchError::Failed(format!("cannot open {}", database.display())))?;
-    let mut stmt = conn.prepare("SELECT captured_at_us, stored_at_us, batch_size FROM detections").map_err(failed)?;
+    let mut stmt = conn
+        .prepare("SELECT captured_at_us, processed_at_us, stored_at_us, batch_size FROM detections")
+        .map_err(failed)?;
     let rows = stmt
-        .query_map([], |r| Ok(StoredRow { captured_at_us: r.get(0)?, stored_at_us: r.get(1)?, batch_size: r.get(2)? }))
+        .query_map([], |r| {
+            Ok(StoredRow {
+                captured_at_us: r.get(0)?,
+                processed_at_us: r.get(1)?,
+                stored_at_us: r.get(2)?,
+                batch_size: r.get(3)?,
+            })
+        })
         .map_err(failed)?;
     rows.collect::<Result<_, _>>().map_err(failed)
 }

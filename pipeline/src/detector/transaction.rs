@@ -431,7 +431,10 @@ fn producer_config(settings: &Settings, transactional_id: &str) -> ClientConfig 
     let mut config = idempotent_producer_config(&settings.kafka);
     config
         .set("message.max.bytes", settings.kafka.topic_max_message_bytes(&settings.kafka.topics.dlq).to_string())
-        .set("linger.ms", "5")
+        // A batch's records are all enqueued before its deliveries (or its commit) are
+        // waited for, so lingering would only hold them back (7 ms of the 11 ms from
+        // result to stored row at low load on the embedded broker).
+        .set("linger.ms", "0")
         .set("client.id", format!("vigil-detect-{transactional_id}"));
     if cfg.delivery == Delivery::ExactlyOnce {
         config

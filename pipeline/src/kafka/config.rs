@@ -21,7 +21,7 @@ pub struct KafkaConfig {
     /// The stages' consumers' `fetch.wait.max.ms`: how long a broker may hold a fetch that
     /// finds nothing new. Kafka answers as soon as data arrives, so 500 ms costs nothing
     /// there; the embedded broker (librdkafka's mock) holds the fetch the whole time even
-    /// when records arrive meanwhile, so `vigil up` and `vigil bench pipeline` set 10 ms
+    /// when records arrive meanwhile, so `vigil up` and `vigil bench pipeline` set 5 ms
     /// for it (each hop would otherwise add up to this much latency).
     pub fetch_wait_max_ms: u64,
     /// Create missing topics at start-up through the admin API (skipped with a warning

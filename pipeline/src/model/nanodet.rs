@@ -51,7 +51,7 @@ impl NanoDet {
         Ok(NanoDet { network, backend, levels, bins, centres, labels, post })
     }
 
-    /// Runs every batch size in [`tune_batches`]`(max_batch)` through the network and the
+    /// Runs every batch size in `tune_batches(max_batch)` through the network and the
     /// device reduction once, so that on wgpu CubeCL's autotune times its kernel candidates
     /// for those shapes now, not on the first real frames (autotune keys round the batch up
     /// to a power of two). The results stay in CubeCL's persistent cache, so a restart finds

@@ -28,7 +28,7 @@ use crate::cli::EXIT_OK;
         vigil bench pipeline --workers 2 --batch 4 --max-wait-ms 20\n  \
         vigil --bootstrap 127.0.0.1:9092 bench pipeline --delivery at-least-once\n\n\
         JSON keys: frames, seconds, frames_per_s, model_frames_per_s, efficiency, latency_ms {p50, p95, p99}, \
-        batch_mean, workers, delivery, rate, broker, usage {producer, broker, detector, sink: {cpu_s, \
+        latency_split_ms {capture_to_processed, processed_to_stored: {p50, p95, p99}}, batch_mean, workers, delivery, rate, broker, usage {producer, broker, detector, sink: {cpu_s, \
         peak_rss_mib}}, dead_letters, dir.\nBuild with --release: debug builds are not representative."
 )]
 pub(crate) struct BenchPipelineArgs {
@@ -188,6 +188,11 @@ fn print_report(r: &PipelineReport) {
         "latency (ms)         p50 {:.1}  p95 {:.1}  p99 {:.1}",
         r.latency_ms.p50, r.latency_ms.p95, r.latency_ms.p99
     );
+    let split = &r.latency_split_ms;
+    for (name, l) in [("  to the result", &split.capture_to_processed), ("  result to row", &split.processed_to_stored)]
+    {
+        println!("{name:<20} p50 {:.1}  p95 {:.1}  p99 {:.1}", l.p50, l.p95, l.p99);
+    }
     println!("batch size (mean)    {:.2}", r.batch_mean);
     println!("{:<20} {:>8} {:>14}", "stage", "cpu s", "peak RSS MiB");
     let u = &r.usage;
