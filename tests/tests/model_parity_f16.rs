@@ -29,3 +29,12 @@ fn f16_on_the_cpu_backend_is_refused_with_what_to_do() {
     let message = err.to_string();
     assert!(message.contains("--backend wgpu") && message.contains("model.precision"), "{message}");
 }
+
+#[test]
+fn an_f32_model_on_a_device_already_in_f16_is_refused_not_silently_run_in_f16() {
+    let f16 = model_common::load_at(Backend::Wgpu, Precision::F16);
+    assert_eq!(f16.backend().precision, Precision::F16);
+    let err = NanoDet::load(&model_config(), Backend::Wgpu).err().expect("the device is already f16");
+    assert!(matches!(err, ModelError::PrecisionUnavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("already runs a model"), "{err}");
+}

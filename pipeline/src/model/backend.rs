@@ -44,7 +44,9 @@ pub struct ResolvedBackend {
 /// Settles `backend` into a device whose float tensors default to `precision`.
 pub(super) fn resolve(backend: Backend, precision: Precision) -> Result<ResolvedBackend, ModelError> {
     let mut resolved = resolve_device(backend)?;
-    if precision != Precision::F32 {
+    // f32 is the CPU backend's only float type; on wgpu it is set too, so that a device
+    // an earlier model set to f16 is refused rather than silently reused.
+    if resolved.backend != Backend::Cpu || precision != Precision::F32 {
         set_precision(&mut resolved, precision)?;
     }
     Ok(resolved)
@@ -80,7 +82,9 @@ fn set_precision(resolved: &mut ResolvedBackend, precision: Precision) -> Result
         }
     }
     resolved.precision = precision;
-    resolved.description.push_str(&format!(", {precision}"));
+    if precision != Precision::F32 {
+        resolved.description.push_str(&format!(", {precision}"));
+    }
     Ok(())
 }
 
