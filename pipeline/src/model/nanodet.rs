@@ -34,11 +34,7 @@ impl NanoDet {
         let backend = resolve(backend, config.precision)?;
         let network = Network::compile(&graph, &backend.device)?;
         let labels: Vec<String> = LABELS.lines().map(str::to_string).collect();
-        let zeros = DecodedFrame {
-            width: INPUT_SIZE,
-            height: INPUT_SIZE,
-            chw: vec![0.0; 3 * (INPUT_SIZE * INPUT_SIZE) as usize],
-        };
+        let zeros = blank_frame();
         let outputs = network.forward(input_tensor(std::slice::from_ref(&zeros), network.device()))?;
         let shapes: Vec<[usize; 3]> = outputs.iter().map(|t| t.dims()).collect();
         let (levels, bins) = levels(&shapes, labels.len())?;
@@ -61,11 +57,7 @@ impl NanoDet {
             return Ok(Vec::new());
         }
         let sizes = tune_batches(max_batch);
-        let zeros = DecodedFrame {
-            width: INPUT_SIZE,
-            height: INPUT_SIZE,
-            chw: vec![0.0; 3 * (INPUT_SIZE * INPUT_SIZE) as usize],
-        };
+        let zeros = blank_frame();
         for &n in &sizes {
             let frames = vec![zeros.clone(); n];
             self.reduce(self.forward_raw(self.input(&frames))?)?;
@@ -156,6 +148,11 @@ fn tune_batches(max_batch: usize) -> Vec<usize> {
         std::iter::successors(Some(1usize), |n| n.checked_mul(2)).take_while(|&n| n < max_batch).collect();
     sizes.push(max_batch);
     sizes
+}
+
+/// An all-zero input frame, for the warm-up and pre-tuning passes.
+fn blank_frame() -> DecodedFrame {
+    DecodedFrame { width: INPUT_SIZE, height: INPUT_SIZE, chw: vec![0.0; 3 * (INPUT_SIZE * INPUT_SIZE) as usize] }
 }
 
 fn input_tensor(frames: &[DecodedFrame], device: &burn::tensor::Device) -> Tensor<4> {
