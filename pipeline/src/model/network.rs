@@ -106,7 +106,8 @@ impl Op {
     fn kind(&self) -> &'static str {
         match self {
             Op::Input => "input",
-            Op::Conv(_) => "conv (+bias, leaky_relu)",
+            Op::Conv(Conv::Cpu(conv)) => conv.method_name(),
+            Op::Conv(Conv::Burn { .. }) => "conv (+bias, leaky_relu)",
             Op::AddBias { .. } | Op::Add => "add",
             Op::LeakyRelu { .. } => "leaky_relu",
             Op::Sigmoid => "sigmoid",
@@ -279,6 +280,11 @@ fn run(step: &Step, op: &Op, args: Vec<Value>, cpu: bool) -> Result<Value, Model
         Op::LeakyRelu { alpha } => map(step, next()?, |t| leaky_relu(t, *alpha))?,
         Op::Sigmoid => match next()? {
             Value::Rank3(t) => Value::Rank3(sigmoid(t)),
+            Value::Act(a) if cpu => {
+                let a = materialize(a);
+                let tensor = cpu::sigmoid(a.tensor).map_err(|e| fail(step, &e.to_string()))?;
+                Value::Act(Act { tensor, ..a })
+            }
             v => map(step, v, sigmoid)?,
         },
         Op::MaxPool { kernel, stride } if cpu => {

@@ -15,9 +15,33 @@
 //! on the flex primitive underneath without copying it. Everything else (adds, concats,
 //! splits, sigmoid, reshapes) stays burn's.
 
+/// Defines `fn $name`, which calls `$body` (an `#[inline(always)]` fn) compiled for AVX2
+/// when the CPU has it, else for the baseline the binary targets. Rust compiles for
+/// baseline x86-64 (SSE2) unless told otherwise; the gemm crate picks its kernels at run
+/// time the same way.
+macro_rules! with_avx2 {
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$attr])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 mod conv;
 mod pool;
 mod resize;
+mod sigmoid;
+mod winograd;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
@@ -27,6 +51,12 @@ use rayon::prelude::*;
 pub(super) use conv::CpuConv;
 pub(super) use pool::max_pool;
 pub(super) use resize::resize_bilinear;
+
+/// [`sigmoid::sigmoid`] on any flex tensor of rank 4 (elementwise: the layout does not matter).
+pub(super) fn sigmoid(input: Tensor<4>) -> Result<Tensor<4>, CpuOpError> {
+    let dims = input.dims();
+    on_values(input, |values| Ok((sigmoid::sigmoid(values), dims)))
+}
 
 /// Geometry of a contiguous NHWC activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +135,23 @@ fn on_values(
     let flex = flex.to_contiguous();
     let (values, dims) = kernel(flex.storage::<f32>())?;
     Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, dims))))
+}
+
+/// Adds `bias` to one output pixel's channels, then applies LeakyReLU when `alpha` is given.
+fn bias_leaky(row: &mut [f32], bias: &[f32], alpha: Option<f32>) {
+    match alpha {
+        Some(alpha) => {
+            for (v, b) in row.iter_mut().zip(bias) {
+                let x = *v + b;
+                *v = if x < 0.0 { x * alpha } else { x };
+            }
+        }
+        None => {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
 }
 
 /// Refuses a slice whose length is not its shape's.
