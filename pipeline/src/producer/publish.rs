@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
@@ -328,6 +329,7 @@ where
             unidentified: encoding == ImageEncoding::Unknown,
             trace,
         });
+        settle_ready(&mut in_flight, &mut summary, &progress, &mut pending);
         while in_flight.len() >= max_in_flight {
             let done = in_flight.pop_front().expect("non-empty");
             settle(done, &mut summary, &progress, &mut pending).await;
@@ -384,6 +386,7 @@ async fn wait_for_room(
         return Ok(true);
     }
     loop {
+        settle_ready(in_flight, summary, progress, pending);
         let Some(mut g) = guard.take() else { return Ok(true) };
         let (mut g, unconsumed) = tokio::task::spawn_blocking(move || {
             let unconsumed = g.unconsumed(room.partition);
@@ -428,12 +431,46 @@ fn release(pending: &mut HashMap<i32, u64>, partition: i32, bytes: u64) {
     }
 }
 
-async fn settle(done: InFlight, summary: &mut ProduceSummary, progress: &ProgressBar, pending: &mut HashMap<i32, u64>) {
+async fn settle(
+    mut done: InFlight,
+    summary: &mut ProduceSummary,
+    progress: &ProgressBar,
+    pending: &mut HashMap<i32, u64>,
+) {
+    let outcome = (&mut done.delivery).await;
+    record(done, outcome, summary, progress, pending);
+}
+
+/// Settles the oldest deliveries that have already completed, without waiting. The
+/// embedded broker's guard counts a frame in `pending` until it is settled, and also in the
+/// topic once delivered: left unsettled, delivered frames counted twice and held the next
+/// frames back (0.6–2.9 s at 50 % load in `vigil bench pipeline`).
+fn settle_ready(
+    in_flight: &mut VecDeque<InFlight>,
+    summary: &mut ProduceSummary,
+    progress: &ProgressBar,
+    pending: &mut HashMap<i32, u64>,
+) {
+    while let Some(front) = in_flight.front_mut() {
+        let Some(outcome) = (&mut front.delivery).now_or_never() else { break };
+        let done = in_flight.pop_front().expect("the front exists");
+        record(done, outcome, summary, progress, pending);
+    }
+}
+
+/// Counts a delivery's `outcome` and ends its span.
+fn record(
+    done: InFlight,
+    outcome: <DeliveryFuture as std::future::Future>::Output,
+    summary: &mut ProduceSummary,
+    progress: &ProgressBar,
+    pending: &mut HashMap<i32, u64>,
+) {
     if let Some((partition, bytes)) = done.held {
         release(pending, partition, bytes);
     }
     let span = done.trace.span();
-    match done.delivery.await {
+    match outcome {
         Ok(Ok(delivery)) => {
             span.set_attribute(KeyValue::new(attr::MESSAGING_DESTINATION_PARTITION_ID, delivery.partition.to_string()));
             span.set_attribute(KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, delivery.offset));

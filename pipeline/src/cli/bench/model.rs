@@ -211,9 +211,10 @@ fn print_table(r: &BenchReport) {
     if let Some(ops) = &r.forward_ops_ms {
         let mut ops: Vec<_> = ops.iter().collect();
         ops.sort_by(|a, b| b.1.total_cmp(a.1));
-        println!("\n{:<26} {:>12}", "forward operation", "ms/batch");
+        let width = ops.iter().map(|(op, _)| op.len()).max().unwrap_or(0).max(26);
+        println!("\n{:<width$} {:>12}", "forward operation", "ms/batch");
         for (op, ms) in ops {
-            println!("{op:<26} {ms:>12.2}");
+            println!("{op:<width$} {ms:>12.2}");
         }
     }
 }
