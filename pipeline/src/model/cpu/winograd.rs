@@ -5,8 +5,8 @@
 //! directly, a 2×2 block of outputs costs 36 multiply-adds per input and output channel;
 //! Winograd's transform needs 16. The 4×4 input tile under each 2×2 output block is
 //! transformed (`V = Bᵀ d B`), multiplied elementwise by the filter transformed once at
-//! load (`U = G g Gᵀ`), summed over input channels, and transformed back (`Y = Aᵀ M A`).
-//! Summed over channels, the elementwise products are 16 independent GEMMs
+//! load (`U = G g Gᵀ`), and transformed back (`Y = Aᵀ M A`). Summed over input channels,
+//! the elementwise products are 16 independent GEMMs
 //! `[tiles, cin] × [cin, cout]`, one per tile position, so the gemm crate still does the
 //! heavy work, on 2.25× fewer FLOPs. The transforms only add and subtract (and halve, in
 //! `G`), so the results match the direct convolution to float rounding.
