@@ -51,9 +51,8 @@ pub(super) struct Backpressure {
     /// Per partition: the reader's next offset.
     next: Vec<i64>,
     /// Per partition: whether the reader reads it. Only the partitions this producer sends
-    /// to: with every partition assigned, each of `vigil up`'s producers read the whole
-    /// topic, and at 50 % load the twelve of them, measuring at about the same time, held
-    /// frames back for 0.6–2.9 s while they did.
+    /// to are read: with every partition assigned, each of `vigil up`'s twelve producers
+    /// read the whole topic.
     reading: Vec<bool>,
     /// Per partition: an upper bound of its unconsumed bytes plus this producer's in flight,
     /// from the last measurement plus what was admitted since (consumers only shrink it).

@@ -1,4 +1,5 @@
-//! NHWC kernels for the CPU (flex) backend: convolution, max-pool and bilinear resize.
+//! NHWC kernels for the CPU (flex) backend: convolution (im2col + GEMM, or Winograd),
+//! max-pool, bilinear resize and sigmoid.
 //!
 //! burn's flex backend implements these ops generically on NCHW: its convolution re-packs
 //! the filter, transposes the input to NHWC, multiplies `[cout, k] × [k, 512 pixels]`
@@ -12,8 +13,8 @@
 //! channels.
 //!
 //! This is a burn backend extension: the ops take and return ordinary `Tensor`s and work
-//! on the flex primitive underneath without copying it. Everything else (adds, concats,
-//! splits, sigmoid, reshapes) stays burn's.
+//! on the flex primitive underneath without copying it. The heads' sigmoid is here too
+//! (vectorised). Everything else (adds, concats, splits, reshapes) stays burn's.
 
 /// Defines `fn $name`, which calls `$body` (an `#[inline(always)]` fn) compiled for AVX2
 /// when the CPU has it, else for the baseline the binary targets. Rust compiles for
