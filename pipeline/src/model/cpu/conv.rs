@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::winograd::WinogradFilter;
-use super::{apply, bias_leaky, check_len, CpuOpError, NhwcShape};
+use super::{apply, bias_leaky, check_len, gemm_rows, CpuOpError, NhwcShape};
 
 /// Smallest and largest block of output rows handed to one GEMM call: below 32 rows the
 /// GEMM's packing overhead dominates; 512-row blocks measured no faster than 256 on the
@@ -135,18 +135,29 @@ impl CpuConv {
         check_len(input, shape)?;
         let out_shape = self.output_shape(shape, pad)?;
         let rows = out_shape.n * out_shape.h * out_shape.w;
+        let mut output = vec![0f32; rows * self.cout];
         match &self.method {
-            Method::Gemm => {}
+            Method::Gemm => self.im2col_gemm(input, shape, out_shape, pad, &mut output),
             Method::Winograd(winograd) => {
-                let mut output = vec![0f32; rows * self.cout];
-                winograd.run(input, shape, out_shape, pad, &self.bias, self.leaky_alpha, &mut output);
-                return Ok((output, out_shape));
+                winograd.run(input, shape, out_shape, pad, &self.bias, self.leaky_alpha, &mut output)
             }
         }
+        Ok((output, out_shape))
+    }
+
+    /// im2col + GEMM into `output`, block by block over the cores.
+    fn im2col_gemm(
+        &self,
+        input: &[f32],
+        shape: NhwcShape,
+        out_shape: NhwcShape,
+        pad: [(usize, usize); 2],
+        output: &mut [f32],
+    ) {
+        let rows = out_shape.n * out_shape.h * out_shape.w;
         let depth = self.filter.len() / self.cout;
         let direct = self.kernel == [1, 1] && self.stride == [1, 1] && pad == [(0, 0); 2];
         let block = block_rows(rows);
-        let mut output = vec![0f32; rows * self.cout];
         output.par_chunks_mut(block * self.cout).enumerate().for_each(|(index, out)| {
             let first = index * block;
             let count = out.len() / self.cout;
@@ -165,7 +176,6 @@ impl CpuConv {
             }
             self.finish(out);
         });
-        Ok((output, out_shape))
     }
 
     /// `out[rows, cout] = lhs[rows, k] × filter[k, cout]`, single-threaded (the caller
@@ -177,26 +187,11 @@ impl CpuConv {
         // with unit column strides and row strides equal to their widths; `out` is a
         // unique borrow, so it aliases neither operand.
         unsafe {
-            gemm::gemm(
-                rows,
-                self.cout,
-                depth,
-                out.as_mut_ptr(),
-                1,
-                self.cout as isize,
-                false,
-                lhs.as_ptr(),
-                1,
-                depth as isize,
-                self.filter.as_ptr(),
-                1,
-                self.cout as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+            gemm_rows(
+                [rows, self.cout, depth],
+                (out.as_mut_ptr(), self.cout),
+                (lhs.as_ptr(), depth),
+                (self.filter.as_ptr(), self.cout),
             );
         }
     }

@@ -155,6 +155,40 @@ fn bias_leaky(row: &mut [f32], bias: &[f32], alpha: Option<f32>) {
     }
 }
 
+/// `dst[m, n] = lhs[m, k] × rhs[k, n]` with the gemm crate, single-threaded (the callers
+/// spread blocks over the cores). Each matrix is row-major with adjacent columns, given as
+/// its first element and its row stride in elements; `dst` is overwritten, never read.
+///
+/// # Safety
+/// Every row of each matrix lies inside memory its pointer may access, and no one else
+/// reads or writes `dst`'s elements during the call (so it aliases neither operand).
+unsafe fn gemm_rows([m, n, k]: [usize; 3], dst: (*mut f32, usize), lhs: (*const f32, usize), rhs: (*const f32, usize)) {
+    // SAFETY: the caller's contract above is gemm's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            1,
+            dst.1 as isize,
+            false,
+            lhs.0,
+            1,
+            lhs.1 as isize,
+            rhs.0,
+            1,
+            rhs.1 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Refuses a slice whose length is not its shape's.
 fn check_len(input: &[f32], shape: NhwcShape) -> Result<(), CpuOpError> {
     if input.len() == shape.elements() {

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{bias_leaky, NhwcShape};
+use super::{bias_leaky, gemm_rows, NhwcShape};
 
 /// Positions in a 4×4 transformed tile.
 const POSITIONS: usize = 16;
@@ -152,26 +152,11 @@ impl WinogradFilter {
             // and 16·cout; `transformed` holds position `k`'s `[cin, cout]` matrix. Tasks
             // write disjoint (tile, position) rows of `m`, and `v` is only read.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    cout,
-                    cin,
-                    m_ptr.0.add((first * POSITIONS + k) * cout),
-                    1,
-                    (POSITIONS * cout) as isize,
-                    false,
-                    v_ptr.0.add((first * POSITIONS + k) * cin),
-                    1,
-                    (POSITIONS * cin) as isize,
-                    self.transformed.as_ptr().add(k * cin * cout),
-                    1,
-                    cout as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                gemm_rows(
+                    [rows, cout, cin],
+                    (m_ptr.0.add((first * POSITIONS + k) * cout), POSITIONS * cout),
+                    (v_ptr.0.add((first * POSITIONS + k) * cin), POSITIONS * cin),
+                    (self.transformed.as_ptr().add(k * cin * cout), cout),
                 );
             }
         });
