@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{Batch, BatchOutcome, DetectionRow, Store, StoreStats};
 use crate::codec::now_us;
@@ -113,6 +113,30 @@ fn insert_row(insert: &mut rusqlite::CachedStatement<'_>, r: &DetectionRow, now:
     ])
 }
 
+/// How long an opener or a writer waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Switches the file to WAL, retrying while another connection holds it.
+///
+/// The switch needs an exclusive lock, and SQLite returns BUSY at once, without
+/// the busy timeout, when waiting could deadlock (this connection holds a shared
+/// lock while another wants to write). A sink and the API starting together on a
+/// new file hit exactly that, so BUSY is retried here up to the busy timeout.
+fn enable_wal(conn: &Connection) -> Result<(), StoreError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(cause) => return Err(StoreError::Sqlite { context: "enabling WAL", cause }),
+        }
+    }
+}
+
 /// A SQLite database file.
 pub(crate) struct SqliteStore {
     conn: Connection,
@@ -133,9 +157,9 @@ impl SqliteStore {
             }
         }
         let conn = Connection::open(path).map_err(|cause| StoreError::SqliteOpen { path: path.to_owned(), cause })?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err("setting the busy timeout"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err("setting the busy timeout"))?;
         if path != ":memory:" {
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(err("enabling WAL"))?;
+            enable_wal(&conn)?;
         }
         // Durable enough with WAL: a committed batch survives a process kill.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err("setting synchronous"))?;
@@ -345,6 +369,35 @@ mod tests {
         let version: i64 =
             store.conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    /// A sink and the API start together on a new file (the api integration test
+    /// lost its sink to "database is locked" this way): switching to WAL needs an
+    /// exclusive lock, and SQLite answers BUSY at once, without the busy timeout,
+    /// when waiting could deadlock. Every opener must get through.
+    #[test]
+    fn concurrent_first_opens_all_succeed() {
+        const OPENERS: usize = 4;
+        for round in 0..25 {
+            let dir = temp_dir(&format!("race{round}"));
+            let path = dir.join("vigil.sqlite").to_str().unwrap().to_owned();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(OPENERS));
+            let openers: Vec<_> = (0..OPENERS)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        SqliteStore::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                if let Err(e) = opener.join().unwrap() {
+                    panic!("round {round}: {e}");
+                }
+            }
+            std::fs::remove_dir_all(&dir).ok();
+        }
     }
 
     #[test]
