@@ -132,7 +132,7 @@ fn enable_wal(conn: &Connection) -> Result<(), StoreError> {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(200));
             }
-            Err(cause) => return Err(StoreError::Sqlite { context: "enabling WAL", cause }),
+            Err(cause) => return Err(err("enabling WAL")(cause)),
         }
     }
 }
