@@ -97,6 +97,10 @@ const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(100), cap: 
 #[cfg(test)]
 const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) };
 
+/// librdkafka's first backoff before retrying a refused request, in exactly-once mode
+/// (see [`producer_config`]).
+const TXN_RETRY_BACKOFF_MS: u64 = 10;
+
 /// Added to a transactional call's own timeout before it is given up as stuck.
 const CALL_GRACE: Duration = Duration::from_secs(5);
 
@@ -247,6 +251,7 @@ impl Committer {
         retry_call("send_offsets_to_transaction", Retries::Limited(5), self.call_limit(), send).await?;
         failpoint::kill_at(Point::KillAfterOffsets);
         failpoint::pause_at(Point::PauseBeforeCommit);
+        self.await_deliveries().await;
         failpoint::kill_soon(Point::KillDuringCommit, Duration::from_millis(2));
         let p = self.producer.clone();
         let lose_reply = AtomicBool::new(failpoint::reached(Point::CommitReplyLost));
@@ -260,6 +265,23 @@ impl Committer {
             result
         })
         .await
+    }
+
+    /// Waits, without blocking a thread, until librdkafka holds no undelivered record.
+    ///
+    /// rdkafka's `commit_transaction` flushes first, and its flush, when a record is still
+    /// in flight, polls for a fixed 100 ms whatever arrives: at low load that added 100 ms
+    /// to most batches on a cluster, whose produce reply often comes after the offsets'.
+    /// Checked every millisecond here, the commit's own flush finds nothing left. Past the
+    /// call timeout the commit is left to flush (and fail) on its own.
+    async fn await_deliveries(&self) {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while let Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) = self.producer.flush(Duration::ZERO) {
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Aborts the open transaction; a failure to abort makes the producer unusable.
@@ -440,6 +462,13 @@ fn producer_config(settings: &Settings, transactional_id: &str) -> ClientConfig 
         config
             .set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", cfg.transaction_timeout_ms.to_string());
+        // The coordinator writes a commit's markers after it has answered EndTxn; a
+        // transaction begun meanwhile is refused (CONCURRENT_TRANSACTIONS) and retried after
+        // this backoff. librdkafka's 100 ms default added 100 ms to a batch that followed
+        // another at once; the backoff still doubles on each retry, up to 1 s.
+        if !settings.kafka.client.contains_key("retry.backoff.ms") {
+            config.set("retry.backoff.ms", TXN_RETRY_BACKOFF_MS.to_string());
+        }
     }
     config
 }
@@ -583,6 +612,9 @@ mod tests {
         assert_eq!(eos.get("transactional.id"), Some("vigil-detector-a"));
         assert_eq!(eos.get("enable.idempotence"), Some("true"));
         assert_eq!(eos.get("acks"), Some("all"));
+        assert_eq!(eos.get("retry.backoff.ms"), Some("10"));
+        settings.kafka.client.insert("retry.backoff.ms".into(), "250".into());
+        assert_eq!(producer_config(&settings, "a").get("retry.backoff.ms"), Some("250"), "the user's setting stays");
         settings.detector.delivery = Delivery::AtLeastOnce;
         let alo = producer_config(&settings, "x");
         assert_eq!(alo.get("transactional.id"), None);
