@@ -101,6 +101,10 @@ const RETRY_BACKOFF: Backoff = Backoff { base: Duration::from_millis(1), cap: Du
 /// (see [`producer_config`]).
 const TXN_RETRY_BACKOFF_MS: u64 = 10;
 
+/// How long a commit waits for its records' deliveries before it leaves them to
+/// `commit_transaction` (see `Committer::await_deliveries`).
+const DELIVERY_WAIT: Duration = Duration::from_secs(1);
+
 /// Added to a transactional call's own timeout before it is given up as stuck.
 const CALL_GRACE: Duration = Duration::from_secs(5);
 
@@ -272,10 +276,11 @@ impl Committer {
     /// rdkafka's `commit_transaction` flushes first, and its flush, when a record is still
     /// in flight, polls for a fixed 100 ms whatever arrives: at low load that added 100 ms
     /// to most batches on a cluster, whose produce reply often comes after the offsets'.
-    /// Checked every millisecond here, the commit's own flush finds nothing left. Past the
-    /// call timeout the commit is left to flush (and fail) on its own.
+    /// Checked every millisecond here, the commit's own flush finds nothing left. Records
+    /// still in flight after [`DELIVERY_WAIT`] (a broker in trouble, where 100 ms more do
+    /// not matter) are left to the commit's flush and its timeout, as before.
     async fn await_deliveries(&self) {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
         while let Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) = self.producer.flush(Duration::ZERO) {
             if tokio::time::Instant::now() >= deadline {
                 return;
@@ -540,6 +545,52 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::DevBroker;
+    use rdkafka::producer::{FutureRecord, PurgeConfig};
+
+    /// An exactly-once committer on a 3-broker in-memory cluster, its transaction begun,
+    /// and the one partition of its `detections` led by broker 2 (the coordinator is 1).
+    async fn committer_with_leader_2(broker: &DevBroker) -> (Committer, String) {
+        let mut settings = Settings::default();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
+        settings.kafka.topics.detections.name = format!("detections-{suffix}");
+        settings.kafka.topics.detections.partitions = 1;
+        broker.create_topics(&settings.kafka).unwrap();
+        let (topic, txid) = (settings.kafka.topics.detections.name.clone(), format!("tx-{suffix}"));
+        broker.transaction_coordinator(&txid, 1).unwrap();
+        broker.partition_leader(&topic, 0, 2).unwrap();
+        let committer = Committer::create(&settings, &txid, CancellationToken::new()).await.unwrap();
+        committer.producer.begin_transaction().unwrap();
+        (committer, topic)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_starts_once_its_records_are_delivered() {
+        let broker = DevBroker::start(3).unwrap();
+        let (committer, topic) = committer_with_leader_2(&broker).await;
+        broker.broker_rtt(2, Duration::from_millis(300)).unwrap();
+        let delivery = committer.producer.send_result(FutureRecord::to(&topic).key("k").payload("v")).unwrap();
+        assert!(committer.producer.flush(Duration::ZERO).is_err(), "in flight: the leader answers in 300 ms");
+        committer.await_deliveries().await;
+        // So the flush inside commit_transaction has nothing left to poll for.
+        assert!(committer.producer.flush(Duration::ZERO).is_ok(), "returned before the delivery");
+        assert!(delivery.await.unwrap().is_ok());
+        let p = committer.producer.clone();
+        tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(10))).await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_that_cannot_be_delivered_are_left_to_the_commit() {
+        let broker = DevBroker::start(3).unwrap();
+        let (committer, topic) = committer_with_leader_2(&broker).await;
+        broker.broker_down(2).unwrap();
+        let _delivery = committer.producer.send_result(FutureRecord::to(&topic).key("k").payload("v")).unwrap();
+        let waited = tokio::time::timeout(DELIVERY_WAIT * 10, committer.await_deliveries()).await;
+        assert!(waited.is_ok(), "the wait for deliveries is bounded");
+        assert!(committer.producer.flush(Duration::ZERO).is_err(), "the record is still in flight");
+        committer.producer.purge(PurgeConfig::default().queue().inflight());
+    }
 
     #[tokio::test]
     async fn a_commit_is_retried_until_its_outcome_is_known() {
