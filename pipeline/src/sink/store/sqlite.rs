@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{Batch, BatchOutcome, DetectionRow, Store, StoreStats};
+use crate::backoff::Backoff;
 use crate::codec::now_us;
 use crate::sink::error::StoreError;
 use crate::sink::failpoint::{self, Point};
@@ -123,14 +124,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// lock while another wants to write). A sink and the API starting together on a
 /// new file hit exactly that, so BUSY is retried here up to the busy timeout.
 fn enable_wal(conn: &Connection) -> Result<(), StoreError> {
+    const PAUSE: Backoff = Backoff { base: Duration::from_millis(5), cap: Duration::from_millis(200) };
     let deadline = Instant::now() + BUSY_TIMEOUT;
-    let mut pause = Duration::from_millis(5);
+    let mut attempt = 0;
     loop {
         match conn.pragma_update(None, "journal_mode", "WAL") {
             Ok(()) => return Ok(()),
             Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) && Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(200));
+                attempt += 1;
+                std::thread::sleep(PAUSE.delay(attempt));
             }
             Err(cause) => return Err(err("enabling WAL")(cause)),
         }
