@@ -19,7 +19,8 @@ use crate::verify::read_topic_to_end;
 
 const GOOD: usize = 30;
 
-fn settings_for(broker: &DevBroker, delivery: Delivery) -> Settings {
+/// Settings for `broker` with topics of their own (created), for `delivery`.
+pub(super) fn settings_for(broker: &DevBroker, delivery: Delivery) -> Settings {
     let mut s = Settings::default();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     s.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();

@@ -549,17 +549,15 @@ mod tests {
     use rdkafka::producer::{FutureRecord, PurgeConfig};
 
     /// An exactly-once committer on a 3-broker in-memory cluster, its transaction begun,
-    /// and the one partition of its `detections` led by broker 2 (the coordinator is 1).
+    /// and every partition of its `detections` led by broker 2 (the coordinator is 1).
     async fn committer_with_leader_2(broker: &DevBroker) -> (Committer, String) {
-        let mut settings = Settings::default();
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        settings.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
-        settings.kafka.topics.detections.name = format!("detections-{suffix}");
-        settings.kafka.topics.detections.partitions = 1;
-        broker.create_topics(&settings.kafka).unwrap();
-        let (topic, txid) = (settings.kafka.topics.detections.name.clone(), format!("tx-{suffix}"));
+        let settings = super::super::loop_tests::settings_for(broker, Delivery::ExactlyOnce);
+        let detections = &settings.kafka.topics.detections;
+        let (topic, txid) = (detections.name.clone(), format!("tx-{}", detections.name));
         broker.transaction_coordinator(&txid, 1).unwrap();
-        broker.partition_leader(&topic, 0, 2).unwrap();
+        for partition in 0..detections.partitions {
+            broker.partition_leader(&topic, partition, 2).unwrap();
+        }
         let committer = Committer::create(&settings, &txid, CancellationToken::new()).await.unwrap();
         committer.producer.begin_transaction().unwrap();
         (committer, topic)
